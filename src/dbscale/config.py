@@ -1,0 +1,331 @@
+"""Topology configuration: groups of PostgreSQL nodes, pools, cache — validated, with clear errors.
+
+A topology is loaded from three sources, later ones overriding earlier ones:
+
+1. a TOML file (``dbscale.toml``, as written by ``dbscale up``);
+2. ``DBSCALE_*`` environment variables, so secrets never need to be in the file:
+   ``DBSCALE_GROUPS__MAIN__PRIMARY``, ``DBSCALE_CACHE__REDIS_URL`` (``__`` separates levels; lists are
+   comma-separated or JSON), plus the shortcuts ``DBSCALE_PRIMARY_URL``, ``DBSCALE_REPLICA_URLS`` (group
+   ``main``) and ``DBSCALE_REDIS_URL``; ``DBSCALE_CONFIG`` names the TOML file for ``from_env()``;
+3. Python keyword arguments.
+
+Every validation error becomes one :class:`~dbscale.errors.ConfigError` whose message names the field
+path and the fix. Passwords are masked in errors and in ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from dbscale.errors import ConfigError
+from dbscale.units import parse_duration, parse_size
+
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", url)
+
+
+class SecretURL(str):
+    """A connection URL whose ``repr`` hides the password; ``str()`` is the real URL."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_url(str(self)))
+
+    @property
+    def masked(self) -> str:
+        """The URL with its password replaced by ``***``, for logs and tables."""
+        return mask_url(str(self))
+
+
+def _postgres_url(value: str) -> SecretURL:
+    shown = mask_url(value)
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in _PG_SCHEMES:
+        raise ValueError(f"{shown!r} is not a PostgreSQL URL (use postgresql://user@host:port/dbname)")
+    try:
+        url = make_url(value)
+        _ = url.port
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(f"{shown!r} is not a valid URL ({type(exc).__name__}); check host, port and quoting") from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"{shown!r} has port {url.port}, outside 1-65535")
+    return SecretURL(value)
+
+
+def _redis_url(value: str) -> SecretURL:
+    shown = mask_url(value)
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in _REDIS_SCHEMES:
+        raise ValueError(f"{shown!r} is not a Redis URL (use redis://host:port/db)")
+    return SecretURL(value)
+
+
+def _duration(value: Any) -> float:
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 250ms, 2s, 5m)")
+    return parse_duration(value)
+
+
+def _size(value: Any) -> int:
+    if not isinstance(value, str | int):
+        raise ValueError(f"{value!r} is not a size (use e.g. 16MB or a number of bytes)")
+    return parse_size(value)
+
+
+PostgresURL = Annotated[str, AfterValidator(_postgres_url)]
+RedisURL = Annotated[str, AfterValidator(_redis_url)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PoolConfig(_Model):
+    """SQLAlchemy pool settings for each node of a group (production defaults)."""
+
+    pool_size: int = Field(20, ge=1, le=10_000)
+    max_overflow: int = Field(10, ge=0, le=10_000)
+    pool_timeout: Duration = 30.0
+    pool_recycle: Duration = 3600.0
+    pre_ping: bool = True
+    connect_timeout: Duration = 5.0
+
+
+class GroupConfig(_Model):
+    """One primary and its streaming replicas."""
+
+    primary: PostgresURL
+    replicas: list[PostgresURL] = Field(default_factory=list)
+    pgbouncer: PostgresURL | None = None
+    max_lag: Duration = 10.0
+    max_lag_bytes: Size | None = None
+    pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
+
+
+class CacheConfig(_Model):
+    """Cache tiers: an in-process L1 over Redis L2."""
+
+    redis_url: RedisURL | None = None
+    namespace: str = Field("dbscale", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    l1_size: int = Field(10_000, ge=0)
+    l1_max_bytes: Size | None = None
+    default_ttl: Duration = 300.0
+    redis_timeout: Duration = 0.05
+    serializer: Literal["orjson", "msgpack"] = "orjson"
+
+
+class TopologyConfig(_Model):
+    """The whole topology: named groups and the cache. Build with :func:`load_config`."""
+
+    groups: dict[str, GroupConfig]
+    cache: CacheConfig = Field(default_factory=CacheConfig)  # type: ignore[arg-type]
+
+    def group(self, name: str) -> GroupConfig:
+        """Return the group called ``name``; the error lists the known groups."""
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise ConfigError(f"groups.{name}: no such group (known: {', '.join(sorted(self.groups))})") from None
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.groups:
+            raise ValueError("groups: at least one group is required, e.g. [groups.main] primary = 'postgresql://...'")
+        for name in self.groups:
+            if not _NAME.match(name):
+                raise ValueError(f"groups.{name}: group names must match {_NAME.pattern}")
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or part.startswith(("function-", "lax-", "union[")):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _friendly(error: Mapping[str, Any]) -> str:
+    loc = _format_loc(tuple(error.get("loc", ())))
+    kind = error.get("type", "")
+    msg = str(error.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "extra_forbidden":
+        msg = "unknown setting; remove it or check its spelling"
+    elif kind == "missing":
+        msg = "required setting is missing"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _raise_config_error(exc: ValidationError, source: str | None) -> ConfigError:
+    parts = [_friendly(e) for e in exc.errors(include_url=False, include_input=False)]
+    prefix = f"{source}: " if source else ""
+    return ConfigError(prefix + "; ".join(mask_url(p) for p in parts))
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_value(raw: str) -> Any:
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(f"environment value {mask_url(text)!r} is not a JSON list") from None
+    return raw
+
+
+def _split_list(raw: str) -> list[str]:
+    value = _env_value(raw)
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_LIST_KEYS = {"replicas"}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Read ``DBSCALE_*`` variables into a nested dict of settings."""
+    data: dict[str, Any] = {}
+    shortcuts = {
+        "DBSCALE_PRIMARY_URL": ("groups", "main", "primary"),
+        "DBSCALE_REPLICA_URLS": ("groups", "main", "replicas"),
+        "DBSCALE_REDIS_URL": ("cache", "redis_url"),
+    }
+    for name, raw in sorted(environ.items()):
+        if not name.startswith("DBSCALE_") or name == "DBSCALE_CONFIG":
+            continue
+        if name in shortcuts:
+            path: tuple[str, ...] = shortcuts[name]
+        elif "__" in name:
+            path = tuple(part.lower() for part in name.removeprefix("DBSCALE_").split("__"))
+            if path[0] == "groups" and len(path) > 1:
+                # group names keep their case as written in the variable
+                path = ("groups", name.removeprefix("DBSCALE_").split("__")[1], *path[2:])
+        else:
+            continue
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _split_list(raw) if path[-1] in _LIST_KEYS else _env_value(raw)
+    return data
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file, turning a missing file or syntax error into a one-line ConfigError."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found (run `dbscale up` to generate one, or pass --config)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+
+
+def _shortcut_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Map the single-group shortcuts ``primary=``, ``replicas=``, ``redis_url=`` onto the model's shape."""
+    data: dict[str, Any] = {}
+    main: dict[str, Any] = {}
+    for key in ("primary", "replicas", "pgbouncer", "max_lag", "max_lag_bytes", "pool"):
+        if key in kwargs:
+            main[key] = kwargs.pop(key)
+    if main:
+        data["groups"] = {"main": main}
+    if "redis_url" in kwargs:
+        data["cache"] = {"redis_url": kwargs.pop("redis_url")}
+    return _deep_merge(data, kwargs)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> TopologyConfig:
+    """Load and validate a topology from a TOML file, ``DBSCALE_*`` variables and keyword overrides.
+
+    ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment. Keyword overrides
+    take the model's shape (``groups={...}``, ``cache={...}``) or the single-group shortcuts
+    ``primary=``, ``replicas=``, ``pgbouncer=``, ``redis_url=``.
+    """
+    env = os.environ if environ is None else environ
+    source: str | None = None
+    data: dict[str, Any] = {}
+    if path is None and env.get("DBSCALE_CONFIG"):
+        path = env["DBSCALE_CONFIG"]
+    if path is not None:
+        source = str(path)
+        data = read_toml(path)
+    data = _deep_merge(data, env_overrides(env))
+    data = _deep_merge(data, _shortcut_kwargs(dict(overrides)))
+    if "groups" not in data:
+        raise ConfigError(
+            (f"{source}: " if source else "")
+            + "groups: no database configured; set [groups.main] primary in the TOML file, "
+            "DBSCALE_PRIMARY_URL, or pass primary="
+        )
+    try:
+        return TopologyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _raise_config_error(exc, source) from None
+
+
+def sqlalchemy_url(url: str, *, async_: bool = False) -> URL:
+    """Turn a configured PostgreSQL URL into a SQLAlchemy URL using the psycopg 3 driver."""
+    parsed = make_url(str(url))
+    return parsed.set(drivername="postgresql+psycopg_async" if async_ else "postgresql+psycopg")
+
+
+def libpq_conninfo(url: str) -> str:
+    """Turn a configured PostgreSQL URL into a libpq URL that psycopg.connect() accepts."""
+    parsed = make_url(str(url)).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+__all__ = [
+    "CacheConfig",
+    "GroupConfig",
+    "PoolConfig",
+    "SecretURL",
+    "TopologyConfig",
+    "env_overrides",
+    "libpq_conninfo",
+    "load_config",
+    "mask_url",
+    "read_toml",
+    "sqlalchemy_url",
+]
