@@ -64,9 +64,9 @@ def parse_size(value: str | int) -> int:
 def format_duration(seconds: float) -> str:
     """Render seconds compactly (``250ms``, ``2s``, ``5m``) for display."""
     if seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{seconds * 1000:.12g}ms"
     if seconds < 60 or seconds % 60:
-        return f"{seconds:g}s"
+        return f"{seconds:.12g}s"
     if seconds < 3600 or seconds % 3600:
-        return f"{seconds / 60:g}m"
-    return f"{seconds / 3600:g}h"
+        return f"{seconds / 60:.12g}m"
+    return f"{seconds / 3600:.12g}h"

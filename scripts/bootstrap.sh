@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what dbscale needs on a fresh Debian 12 machine, idempotently:
+#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG) when missing, then a venv with dbscale[dev,bench].
+# As root it installs with apt-get; as an ordinary user it says which packages to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+[ -f /usr/share/postgresql/15/extension/pg_stat_statements.control ] || need+=(postgresql-contrib)
+[ -f /usr/share/postgresql/15/extension/hypopg.control ] || need+=(postgresql-15-hypopg)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
+"$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "bootstrap: installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # Debian starts the packaged services where it can; dbscale runs its own on free ports.
+    else
+        echo "bootstrap: missing system packages: ${need[*]}" >&2
+        echo "bootstrap: run: sudo apt-get install ${need[*]}" >&2
+        exit 1
+    fi
+fi
+
+stamp="$VENV/.dbscale-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[dev,bench]"
+    touch "$stamp"
+fi

@@ -1,0 +1,175 @@
+"""The ``dbscale`` command line: local topology, status, fault injection.
+
+Errors the user can fix print one line on stderr (``dbscale: error: ...``) and exit 2 for bad
+configuration or arguments, 1 for anything else dbscale reports; no traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dbscale.config import load_config
+from dbscale.errors import ConfigError, DbscaleError
+from dbscale.probe import NodeStatus, probe_topology
+
+app = typer.Typer(
+    name="dbscale",
+    help="Scale a PostgreSQL-backed application: local topology, status, fault injection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Fault injection on one node of the local topology.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+out = Console(highlight=False)
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the local topology lives.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DEFAULT_STATE_DIR = Path(".dbscale")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit."""
+    print(f"dbscale: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _local(state_dir: Path) -> Any:
+    from dbscale.local import LocalTopology
+
+    return LocalTopology(state_dir=state_dir)
+
+
+def _fmt_lag(status: NodeStatus) -> str:
+    if status.lag_bytes is None and status.lag_seconds is None:
+        return "-"
+    size = "?" if status.lag_bytes is None else f"{status.lag_bytes} B"
+    secs = "?" if status.lag_seconds is None else f"{status.lag_seconds:.2f} s"
+    return f"{size} / {secs}"
+
+
+def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
+    if as_json:
+        keys = ("name", "group", "role", "port", "healthy", "lag_bytes", "lag_seconds", "error")
+        print(json.dumps({"nodes": [{k: s.as_dict()[k] for k in keys} for s in statuses]}, indent=2))
+        return
+    table = Table(title="dbscale topology")
+    for column in ("node", "group", "role", "port", "status", "replay lag"):
+        table.add_column(column)
+    for s in statuses:
+        health = "[green]healthy[/]" if s.healthy else f"[red]down[/] {s.error or ''}".rstrip()
+        table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, _fmt_lag(s))
+    out.print(table)
+
+
+def _status_of(state_dir: Path | None, config: Path | None) -> list[NodeStatus]:
+    if config is None:
+        config = (state_dir or DEFAULT_STATE_DIR) / "dbscale.toml"
+        if not config.exists():
+            fail(f"no topology in {state_dir or DEFAULT_STATE_DIR} (run `dbscale up` first, or pass --config FILE)")
+    return probe_topology(load_config(config))
+
+
+@app.command()
+def up(
+    replicas: Annotated[int | None, typer.Option(help="Streaming replicas of group main (default 2).", min=0)] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="Extra single-primary groups for sharding (default 0).", min=0)
+    ] = None,
+    pgbouncer: Annotated[
+        bool | None, typer.Option("--pgbouncer/--no-pgbouncer", help="PgBouncer (transaction mode) per primary.")
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
+    topology = _local(state_dir)
+    topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
+    if not as_json:
+        out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
+    _print_status(probe_topology(load_config(topology.config_path)), as_json)
+
+
+@app.command()
+def down(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the state dir (data, configs, logs).")] = False,
+) -> None:
+    """Stop every process of the local topology (and with --purge delete its state dir)."""
+    _local(state_dir).down(purge=purge)
+    out.print(f"topology in {state_dir} stopped" + (" and purged" if purge else ""))
+
+
+@app.command()
+def status(
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show every node: group, role, port, health, replay lag (bytes and seconds)."""
+    if state_dir is not None and config is not None:
+        fail("pass either --state-dir or --config, not both", 2)
+    _print_status(_status_of(state_dir, config), as_json)
+
+
+class NodeAction(enum.StrEnum):
+    """What `dbscale node` can do to a node."""
+
+    stop = "stop"
+    kill = "kill"
+    start = "start"
+    pause_replay = "pause-replay"
+    resume_replay = "resume-replay"
+    promote = "promote"
+
+
+def _node_command(action: NodeAction) -> Callable[..., None]:
+    def command(
+        name: Annotated[str, typer.Argument(help="Node name, e.g. main-replica1 (see `dbscale status`).")],
+        state_dir: StateDir = DEFAULT_STATE_DIR,
+    ) -> None:
+        topology = _local(state_dir)
+        getattr(topology, action.name)(name)
+        out.print(f"{action.value}: {name} done")
+
+    command.__doc__ = {
+        NodeAction.stop: "Stop a node (fast shutdown).",
+        NodeAction.kill: "Kill a node with SIGKILL (a crash).",
+        NodeAction.start: "Start a stopped or killed node.",
+        NodeAction.pause_replay: "Pause WAL replay on a replica (it falls behind).",
+        NodeAction.resume_replay: "Resume WAL replay on a replica.",
+        NodeAction.promote: "Promote a replica to primary.",
+    }[action]
+    return command
+
+
+for _action in NodeAction:
+    node_app.command(_action.value)(_node_command(_action))
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning dbscale errors into one line on stderr."""
+    try:
+        app()
+    except ConfigError as exc:
+        print(f"dbscale: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except DbscaleError as exc:
+        print(f"dbscale: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
