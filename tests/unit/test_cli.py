@@ -1,0 +1,69 @@
+"""CLI behaviour that needs no servers: one-line errors, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbscale.probe import lsn_to_int
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dbscale.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_malformed_toml_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "dbscale.toml"
+    bad.write_text("[groups.main\nprimary = 'x'\n")
+    result = run_cli("status", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"dbscale: error: {bad}: invalid TOML")
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_url_names_field_and_hides_password(tmp_path: Path) -> None:
+    bad = tmp_path / "dbscale.toml"
+    bad.write_text(
+        '[groups.main]\nprimary = "postgresql://a@h/d"\nreplicas = ["postgresql://a@h/d", "mysql://u:pw@x"]\n'
+    )
+    result = run_cli("status", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"dbscale: error: {bad}: groups.main.replicas[1]: 'mysql://u:***@x' is not a PostgreSQL URL "
+        "(use postgresql://user@host:port/dbname)\n"
+    )
+
+
+def test_status_without_topology_says_what_to_do(tmp_path: Path) -> None:
+    result = run_cli("status", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "run `dbscale up` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_of_unreachable_config_reports_down_as_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "dbscale.toml"
+    cfg.write_text('[groups.main]\nprimary = "postgresql://u:hunter2@127.0.0.1:1/d"\n')
+    result = run_cli("status", "--config", str(cfg), "--json")
+    assert result.returncode == 0, result.stderr
+    nodes = json.loads(result.stdout)["nodes"]
+    assert [(n["name"], n["healthy"], n["port"]) for n in nodes] == [("main-primary", False, 1)]
+    assert "hunter2" not in result.stdout
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = run_cli("status", "--bogus")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
+
+
+@pytest.mark.parametrize(("lsn", "position"), [("0/0", 0), ("0/3000060", 0x3000060), ("1/0", 1 << 32)])
+def test_lsn_to_int(lsn: str, position: int) -> None:
+    assert lsn_to_int(lsn) == position
