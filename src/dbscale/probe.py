@@ -74,7 +74,8 @@ def _sample_postgres(url: str, timeout: float, *, prepare: bool) -> _PgSample:
 
 def _short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return mask_url(text)
+    # psycopg: 'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    return mask_url(text.rsplit("failed: ", 1)[-1])
 
 
 def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[NodeStatus]:
