@@ -10,15 +10,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
 
+from dbscale.cache import AsyncCache, Cache
 from dbscale.config import PoolConfig, TopologyConfig, load_config, sqlalchemy_url
 from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
+from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
+from dbscale.routing.context import CausalContext
+from dbscale.routing.router import GroupRouter, ReadConnection
+from dbscale.routing.settings import instrument_engine, router_arguments
 from dbscale.topology import NodeRef, configured_nodes
 
 
@@ -50,6 +57,7 @@ class _ClusterBase:
         self._nodes = {node.name: node for node in configured_nodes(config)}
         self._lock = threading.Lock()
         self._closed = False
+        self._causal = CausalContext()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **overrides: Any) -> Self:
@@ -80,6 +88,28 @@ class _ClusterBase:
         """Plain-data view of every metric this cluster recorded (see :meth:`Metrics.snapshot`)."""
         return self.metrics.snapshot()
 
+    def default_group(self) -> str:
+        """The group used when none is named: ``main`` if configured, else the only group."""
+        if "main" in self.config.groups or len(self.config.groups) != 1:
+            return "main"
+        return next(iter(self.config.groups))
+
+    def causal_token(self, group: str | None = None) -> str | None:
+        """This context's read-your-writes token (e.g. ``"main/0/3000060"``), or None before any write.
+
+        Carry it to a later request (cookie or header) and pass it to ``read(after=token)``; it names
+        the group, so a token from another group or topology is ignored rather than misapplied.
+        """
+        return self._causal.token(group)
+
+    def reset_causal(self) -> None:
+        """Forget this context's causal marks (e.g. at the start of each web request)."""
+        self._causal.clear()
+
+    def _router_args(self, group: str) -> dict[str, Any]:
+        self._check_open()
+        return router_arguments(group, self.config.group(group), self.metrics, self._causal)
+
     def _engine_options(self, node: NodeRef) -> dict[str, Any]:
         pool = self.config.group(node.group).pool
         return engine_options(pool, via_pgbouncer=node.role == "pgbouncer")
@@ -101,6 +131,7 @@ class Cluster(_ClusterBase):
     def __init__(self, config: TopologyConfig | None = None, /, **settings: Any) -> None:
         super().__init__(config, **settings)
         self._engines: dict[str, Engine] = {}
+        self._routers: dict[str, GroupRouter] = {}
 
     def engine(self, name: str) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use."""
@@ -113,14 +144,88 @@ class Cluster(_ClusterBase):
             engine = self._engines.get(name)
             if engine is None:
                 engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node))
+                instrument_engine(engine, self.metrics, node.group, name)
                 self._engines[name] = engine
         return engine
 
+    # -- read/write routing (dbscale.routing) ------------------------------------------------------
+    def router(self, group: str | None = None) -> GroupRouter:
+        """The router of ``group`` (default :meth:`default_group`), created on first use."""
+        name = group or self.default_group()
+        router = self._routers.get(name)
+        if router is None:
+            with self._lock:
+                router = self._routers.get(name)
+                if router is None:
+                    router = GroupRouter(**self._router_args(name), engine_for=self.engine)
+                    self._routers[name] = router
+        return router
+
+    def write(self, group: str | None = None) -> AbstractContextManager[Connection]:
+        """``with cluster.write() as conn``: one transaction on the group's primary.
+
+        Commits on success and records the causal token; rolls back on error. Never retried.
+        Raises :class:`~dbscale.PrimaryUnavailable` when no writer is known within ``write_timeout``.
+        """
+        return self.router(group).write()
+
+    def read(self, after: str | None = None, *, group: str | None = None) -> AbstractContextManager[ReadConnection]:
+        """``with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
+
+        The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
+        carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        """
+        router = self.router(group)
+        return router.read(self._causal.mark_for(router.name, after))
+
+    def session(
+        self, write: bool = False, *, after: str | None = None, group: str | None = None
+    ) -> AbstractContextManager[Session]:
+        """An ORM ``Session`` on the write transaction (``write=True``) or a routed read connection."""
+        router = self.router(group)
+        return router.session(write, self._causal.mark_for(router.name, after))
+
+    def start(self) -> None:
+        """Start the health monitor of every group now (otherwise it starts on first use)."""
+        for group in self.config.groups:
+            self.router(group).ensure_started()
+
+    def refresh(self, group: str | None = None) -> None:
+        """Run one health-check round now (every group, or ``group``), in the calling thread."""
+        for name in [group] if group else list(self.config.groups):
+            self.router(name).monitor.run_round()
+
+    def routing_status(self) -> list[dict[str, Any]]:
+        """Per node: group, role, health, lag, reads, writes, bans (runs a check round if none ran)."""
+        rows: list[dict[str, Any]] = []
+        for group in self.config.groups:
+            router = self.router(group)
+            if router.state.rounds == 0:
+                router.monitor.run_round()
+            rows.extend(router.status())
+        return rows
+
+    @property
+    def cache(self) -> Cache:
+        """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
+        self._check_open()
+        with self._lock:
+            cache: Cache | None = getattr(self, "_cache", None)
+            if cache is None:
+                cache = self._cache = Cache(self.config.cache, metrics=self.metrics)
+            return cache
+
     def close(self) -> None:
-        """Dispose every engine (closing pooled connections). Idempotent."""
+        """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
         with self._lock:
             engines, self._engines = list(self._engines.values()), {}
+            routers, self._routers = list(self._routers.values()), {}
             self._closed = True
+            cache = self.__dict__.pop("_cache", None)
+        if cache is not None:
+            cache.close()
+        for router in routers:
+            router.close()
         for engine in engines:
             engine.dispose()
 
@@ -139,6 +244,7 @@ class AsyncCluster(_ClusterBase):
     def __init__(self, config: TopologyConfig | None = None, /, **settings: Any) -> None:
         super().__init__(config, **settings)
         self._engines: dict[str, AsyncEngine] = {}
+        self._routers: dict[str, AsyncGroupRouter] = {}
 
     def engine(self, name: str) -> AsyncEngine:
         """The async SQLAlchemy engine of node ``name``, created on first use."""
@@ -152,14 +258,82 @@ class AsyncCluster(_ClusterBase):
             if engine is None:
                 url = sqlalchemy_url(node.url, async_=True)
                 engine = create_async_engine(url, **self._engine_options(node))
+                instrument_engine(engine.sync_engine, self.metrics, node.group, name)
                 self._engines[name] = engine
         return engine
 
+    # -- read/write routing (dbscale.routing) ------------------------------------------------------
+    def router(self, group: str | None = None) -> AsyncGroupRouter:
+        """The router of ``group`` (default :meth:`default_group`), created on first use."""
+        name = group or self.default_group()
+        router = self._routers.get(name)
+        if router is None:
+            with self._lock:
+                router = self._routers.get(name)
+                if router is None:
+                    router = AsyncGroupRouter(**self._router_args(name), engine_for=self.engine)
+                    self._routers[name] = router
+        return router
+
+    def write(self, group: str | None = None) -> AbstractAsyncContextManager[AsyncConnection]:
+        """``async with acl.write() as conn``: one transaction on the primary (see :meth:`Cluster.write`)."""
+        return self.router(group).write()
+
+    def read(
+        self, after: str | None = None, *, group: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncReadConnection]:
+        """``async with acl.read() as conn``: a routed read-only connection (see :meth:`Cluster.read`)."""
+        router = self.router(group)
+        return router.read(self._causal.mark_for(router.name, after))
+
+    def session(
+        self, write: bool = False, *, after: str | None = None, group: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncSession]:
+        """An ``AsyncSession`` on the write transaction or a routed read connection."""
+        router = self.router(group)
+        return router.session(write, self._causal.mark_for(router.name, after))
+
+    async def start(self) -> None:
+        """Start the health monitor task of every group on the running loop."""
+        for group in self.config.groups:
+            await self.router(group).ensure_started()
+
+    async def refresh(self, group: str | None = None) -> None:
+        """Run one health-check round now (every group, or ``group``)."""
+        for name in [group] if group else list(self.config.groups):
+            await self.router(name).monitor.run_round()
+
+    async def routing_status(self) -> list[dict[str, Any]]:
+        """Per node: group, role, health, lag, reads, writes, bans (see :meth:`Cluster.routing_status`)."""
+        rows: list[dict[str, Any]] = []
+        for group in self.config.groups:
+            router = self.router(group)
+            if router.state.rounds == 0:
+                await router.monitor.run_round()
+            rows.extend(router.status())
+        return rows
+
+    @property
+    def cache(self) -> AsyncCache:
+        """The tiered asyncio cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
+        self._check_open()
+        with self._lock:
+            cache: AsyncCache | None = getattr(self, "_cache", None)
+            if cache is None:
+                cache = self._cache = AsyncCache(self.config.cache, metrics=self.metrics)
+            return cache
+
     async def close(self) -> None:
-        """Dispose every engine. Idempotent."""
+        """Stop the health monitors and dispose every engine. Idempotent."""
         with self._lock:
             engines, self._engines = list(self._engines.values()), {}
+            routers, self._routers = list(self._routers.values()), {}
             self._closed = True
+            cache = self.__dict__.pop("_cache", None)
+        if cache is not None:
+            await cache.close()
+        for router in routers:
+            await router.close()
         for engine in engines:
             await engine.dispose()
 

@@ -120,6 +120,32 @@ class GroupConfig(_Model):
     max_lag: Duration = 10.0
     max_lag_bytes: Size | None = None
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
+    # Read-replica routing (see dbscale.routing).
+    load_balancing: Literal["least_outstanding", "round_robin", "random"] = "least_outstanding"
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    fallback: Literal["primary", "error"] = "primary"
+    read_your_writes: str = "lsn"
+    causal_wait: Duration = 0.05
+    health_interval: Duration = 1.0
+    ban_initial: Duration = 5.0
+    ban_max: Duration = 60.0
+    write_timeout: Duration = 5.0
+    write_via_pgbouncer: bool = True
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.weights is not None and len(self.weights) != len(self.replicas):
+            raise ValueError(
+                f"weights: {len(self.weights)} weights for {len(self.replicas)} replicas; give one per replica"
+            )
+        mode = self.read_your_writes.strip().lower()
+        if mode not in ("lsn", "off") and not mode.startswith("delay:"):
+            raise ValueError(f"read_your_writes: {self.read_your_writes!r} is not 'lsn', 'off' or 'delay:<duration>'")
+        if mode.startswith("delay:"):
+            parse_duration(mode.removeprefix("delay:").strip())
+        if self.health_interval <= 0:
+            raise ValueError("health_interval: must be > 0 (e.g. 1s)")
+        if self.ban_max < self.ban_initial:
+            raise ValueError("ban_max: must be >= ban_initial")
 
 
 class CacheConfig(_Model):
@@ -131,7 +157,31 @@ class CacheConfig(_Model):
     l1_max_bytes: Size | None = None
     default_ttl: Duration = 300.0
     redis_timeout: Duration = 0.05
-    serializer: Literal["orjson", "msgpack"] = "orjson"
+    serializer: Literal["orjson", "msgpack", "pickle"] = "orjson"
+    l1_ttl: Duration = 5.0
+    negative_ttl: Duration = 30.0
+    jitter: float = Field(0.1, ge=0.0, lt=1.0)
+    leases: bool = True  # off only to compare: fills that race an invalidation then stay stale until TTL
+    lease_ttl: Duration = 10.0
+    lease_wait: Duration = 2.0
+    stale_ttl: Duration = 30.0
+    serve_stale: bool = False
+    xfetch_beta: float = Field(0.0, ge=0.0)
+    compress_threshold: Size | None = None
+    allow_pickle: bool = False
+    hmac_key: str | None = Field(None, repr=False)
+    breaker_threshold: int = Field(3, ge=1)
+    breaker_cooldown: Duration = 2.0
+    invalidation_channel: str | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.serializer == "pickle" and not self.allow_pickle:
+            raise ValueError("serializer: 'pickle' must be enabled explicitly with allow_pickle = true and hmac_key")
+        if self.allow_pickle and not self.hmac_key:
+            raise ValueError(
+                "allow_pickle: pickle needs hmac_key too (unsigned pickle in a shared Redis is remote code "
+                "execution); set hmac_key or use orjson/msgpack"
+            )
 
 
 class TopologyConfig(_Model):

@@ -1,0 +1,356 @@
+"""The asyncio group router: the line-for-line twin of :mod:`dbscale.routing.router`.
+
+Same core, same decisions; only the waiting differs (``await`` instead of blocking). Keep the two
+files in step: a change to one is a change to both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from sqlalchemy import Executable
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.routing.core import ReadPlan
+from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, is_read_only_error
+from dbscale.routing.group import GroupRouterBase
+from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+from dbscale.routing.monitor import AsyncMonitor
+from dbscale.routing.router import INSERT_LSN_SQL, REPLAY_LSN_SQL
+
+
+class AsyncGroupRouter(GroupRouterBase):
+    """Routes one group's reads and writes (asyncio). Built by :class:`dbscale.AsyncCluster`."""
+
+    def __init__(
+        self,
+        *args: Any,
+        engine_for: Callable[[str], AsyncEngine],
+        record: Callable[[str, Mark], None],
+        monitor_urls: dict[str, str],
+        check_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_for = engine_for
+        self._engines: dict[str, AsyncEngine] = {}
+        self._record = record
+        self.monitor = AsyncMonitor(self, monitor_urls, check_timeout)
+        self._started = False
+
+    async def ensure_started(self) -> None:
+        """Start the health monitor task on first use and wait briefly for its first round."""
+        if not self._started:
+            self._started = True
+            await self.monitor.start(wait=self.monitor.timeout + 1.0)
+
+    async def close(self) -> None:
+        """Stop the health monitor."""
+        await self.monitor.stop()
+
+    # -- connections ------------------------------------------------------------------------------
+    async def connect(self, node: str) -> AsyncConnection:
+        """Check out a pooled connection to ``node``; count waits, translate pool errors."""
+        started = time.perf_counter()
+        try:
+            engine = self._engines.get(node)
+            if engine is None:
+                engine = self._engines[node] = self.engine_for(node)
+            conn = await engine.connect()
+        except sa_exc.TimeoutError as exc:
+            self.metrics.pool_timeout(node)
+            raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
+        waited = time.perf_counter() - started
+        if waited > 0.001:
+            self.metrics.pool_wait(node, waited)
+        return conn
+
+    async def replay_lsn(self, conn: AsyncConnection) -> int:
+        """The replay position of the replica behind ``conn``."""
+        value = (await conn.exec_driver_sql(REPLAY_LSN_SQL)).scalar()
+        return parse_lsn(str(value)) if value is not None else 0
+
+    async def verify(self, conn: AsyncConnection, node: str, plan: ReadPlan) -> bool:
+        """Whether ``node`` has replayed ``plan.verify_lsn``, waiting up to ``plan.wait`` seconds."""
+        assert plan.verify_lsn is not None
+        wanted = plan.verify_lsn
+        first = seen = await self.replay_lsn(conn)
+        if seen >= wanted:
+            self.note_replay(node, seen)
+            self.metrics.causal["inline"].inc()
+            return True
+        started = time.perf_counter()
+        deadline = started + plan.wait
+        step = 0.0005
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(min(step, max(0.0, deadline - time.perf_counter())))
+            step = min(step * 2, 0.005)
+            seen = await self.replay_lsn(conn)
+            if seen >= wanted:
+                self.metrics.causal_wait.observe(time.perf_counter() - started)
+                self.note_replay(node, seen)
+                self.metrics.causal["waited"].inc()
+                await conn.rollback()  # the next statement takes a fresh snapshot
+                return True
+        if plan.wait:
+            self.metrics.causal_wait.observe(time.perf_counter() - started)
+        self.note_replay(node, seen)
+        if seen == first:
+            self.note_stalled(node, seen)
+        return False
+
+    # -- reads ------------------------------------------------------------------------------------
+    def read(self, mark: Mark | None) -> AsyncReadConnection:
+        """A connection chosen by policy, as an async context manager (see :meth:`dbscale.AsyncCluster.read`)."""
+        return AsyncReadConnection(self, mark)
+
+    # -- writes -----------------------------------------------------------------------------------
+    async def await_writer(self) -> str:
+        """The current writer, waiting up to the write timeout for the monitor to find one."""
+        writer = self.writer()
+        if writer is not None:
+            return writer
+        started = time.monotonic()
+        while True:
+            self.monitor.kick()
+            remaining = self.write_timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                raise self.no_writer(self.write_timeout)
+            await asyncio.sleep(min(0.05, remaining))
+            writer = self.writer()
+            if writer is not None:
+                return writer
+
+    def _write_failed(self, writer: str, exc: BaseException, what: str) -> BaseException:
+        if is_read_only_error(exc):
+            self.note_not_writer(writer)
+        elif is_connection_error(exc):
+            self.note_failure(writer, describe(exc))
+        else:
+            return exc
+        self.monitor.kick()
+        self.metrics.write_errors.inc()
+        return PrimaryUnavailable(f"group {self.name!r}: {what} on {writer} failed ({describe(exc)}); not retried")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction on the writer (see :meth:`dbscale.AsyncCluster.write`)."""
+        await self.ensure_started()
+        writer = await self.await_writer()
+        try:
+            conn = await self.connect(self.write_target(writer))
+            await conn.begin()
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+            raise self._write_failed(writer, exc, "connecting") from exc
+        try:
+            try:
+                yield conn
+            except BaseException as exc:
+                if conn.in_transaction():
+                    with suppress(sa_exc.SQLAlchemyError):
+                        await conn.rollback()
+                mapped = self._write_failed(writer, exc, "the transaction")
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            try:
+                await conn.commit()
+            except sa_exc.DBAPIError as exc:
+                raise self._write_failed(writer, exc, "COMMIT (outcome unknown)") from exc
+            self.metrics.writes[writer].inc()
+            await self._after_commit(conn, writer)
+        finally:
+            await conn.close()
+
+    async def _after_commit(self, conn: AsyncConnection, writer: str) -> None:
+        mode = self.settings.read_your_writes
+        if mode == "delay":
+            self._record(self.name, Mark(at=self.wall_clock()))
+        elif mode == "lsn":
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            try:
+                await driver.set_autocommit(True)  # one round trip, no BEGIN/ROLLBACK around it
+                try:
+                    row = await (await driver.execute(INSERT_LSN_SQL)).fetchone()
+                finally:
+                    await driver.set_autocommit(False)
+            except Exception as exc:
+                raise PrimaryUnavailable(
+                    f"group {self.name!r}: the transaction committed on {writer}, but its causal token "
+                    f"could not be read ({describe(exc)})"
+                ) from exc
+            self._record(self.name, Mark(lsn=record_boundary(parse_lsn(row[0]))))
+
+    # -- ORM ------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def session(self, write: bool, mark: Mark | None) -> AsyncIterator[AsyncSession]:
+        """An ``AsyncSession`` bound to a write transaction or a routed read connection."""
+        if write:
+            async with self.write() as conn:
+                session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
+                try:
+                    yield session
+                    await session.flush()
+                finally:
+                    await session.close()
+        else:
+            async with self.read(mark) as rc:
+                session = AsyncSession(bind=rc.connection, join_transaction_mode="rollback_only")
+                try:
+                    yield session
+                finally:
+                    await session.close()
+
+
+class AsyncReadConnection:
+    """A routed async read connection; the twin of :class:`dbscale.routing.router.ReadConnection`."""
+
+    def __init__(self, router: AsyncGroupRouter, mark: Mark | None) -> None:
+        self._router = router
+        self._mark = mark
+        self._conn: AsyncConnection | None = None
+        self._node: str | None = None
+        self._held: str | None = None
+        self._delivered = False
+        self._retried = False
+        self._excluded: frozenset[str] = frozenset()
+
+    async def __aenter__(self) -> AsyncReadConnection:
+        r = self._router
+        if not r._started:
+            await r.ensure_started()
+        await self.open(frozenset())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.finish()
+
+    @property
+    def node(self) -> str:
+        """The node this read runs on."""
+        assert self._node is not None
+        return self._node
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The underlying ``AsyncConnection`` (statements run on it directly are not retried)."""
+        assert self._conn is not None
+        self._delivered = True
+        return self._conn
+
+    async def open(self, exclude: frozenset[str]) -> None:
+        """Plan, check out and (under a causal mark) verify; retry once on a connection error."""
+        r = self._router
+        self._excluded = exclude
+        plan = r.plan_read(self._mark, exclude)
+        node = plan.node
+        assert node is not None
+        r.acquire(node)
+        self._node = self._held = node
+        try:
+            conn = await r.connect(node)
+            if plan.fallback:
+                await conn.execution_options(postgresql_readonly=True)
+            self._conn = conn
+            if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
+                await self._swap_to_writer()
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+            if not is_connection_error(exc):
+                await self.finish()
+                raise
+            await self._failed(exc)
+            await self.open(self._excluded | {node})
+            return
+        if plan.fallback:
+            r.metrics.fallbacks.inc()
+            if self._mark is not None and (self._mark.lsn is not None or self._mark.at is not None):
+                r.metrics.causal["primary"].inc()
+        elif plan.verify_lsn is None and self._mark is not None and self._mark.lsn is not None:
+            r.metrics.causal["replica"].inc()
+        r.metrics.reads[node].inc()
+
+    async def _swap_to_writer(self) -> None:
+        r = self._router
+        await self.finish()
+        writer = r.writer()
+        if writer is None or r.settings.fallback == "error":
+            r.metrics.read_errors.inc()
+            raise NoReplicaAvailable(
+                f"group {r.name!r}: no replica reached the causal token in time and "
+                + ("fallback = 'error'" if writer is not None else "no primary is available")
+            )
+        r.acquire(writer)
+        self._node = self._held = writer
+        conn = await r.connect(writer)
+        await conn.execution_options(postgresql_readonly=True)
+        self._conn = conn
+        r.metrics.fallbacks.inc()
+        r.metrics.causal["primary"].inc()
+        r.metrics.reads[writer].inc()
+        self._mark = None
+
+    async def _failed(self, exc: BaseException) -> None:
+        r = self._router
+        node = self.node
+        r.note_failure(node, describe(exc))
+        r.monitor.kick()
+        await self.finish()
+        if self._retried:
+            r.metrics.read_errors.inc()
+            raise NodeUnavailable(f"group {r.name!r}: read failed on {node} after a retry ({describe(exc)})") from exc
+        self._retried = True
+        r.metrics.retries.inc()
+
+    async def finish(self) -> None:
+        """Return the connection to its pool (ending the read-only transaction)."""
+        conn, self._conn = self._conn, None
+        held, self._held = self._held, None
+        if conn is not None:
+            with suppress(sa_exc.SQLAlchemyError):
+                await conn.close()
+        if held is not None:
+            self._router.release(held)
+
+    async def _run(self, call: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+        if self._delivered:
+            assert self._conn is not None
+            return await call(self._conn)
+        while True:
+            assert self._conn is not None
+            try:
+                result = await call(self._conn)
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if not is_connection_error(exc):
+                    raise
+                failed = self.node
+                await self._failed(exc)
+                await self.open(self._excluded | {failed})
+                continue
+            self._delivered = True
+            return result
+
+    async def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``AsyncConnection.execute`` with the one-retry rule."""
+        return await self._run(lambda c: c.execute(statement, parameters, **kw))
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
+        """``AsyncConnection.exec_driver_sql`` with the one-retry rule."""
+        return await self._run(lambda c: c.exec_driver_sql(statement, parameters, **kw))
+
+    async def scalar(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``AsyncConnection.scalar`` with the one-retry rule."""
+        return await self._run(lambda c: c.scalar(statement, parameters, **kw))
+
+    async def scalars(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``AsyncConnection.scalars`` with the one-retry rule."""
+        return await self._run(lambda c: c.scalars(statement, parameters, **kw))
+
+
+__all__ = ["AsyncGroupRouter", "AsyncReadConnection"]

@@ -1,0 +1,357 @@
+"""The group router's decision core — pure: snapshots and ``now`` in, decisions out.
+
+Theory of operation
+-------------------
+A :class:`GroupState` is an immutable snapshot of what the router knows about one group: for every
+node its discovered role, ban record, last health check, replay position and lag. Nothing in this
+module performs I/O or reads a clock; the I/O shells (:mod:`dbscale.routing.router`,
+:mod:`dbscale.routing.monitor`) feed it facts and act on what it returns.
+
+* The **health monitor** runs :data:`CHECK_SQL` on every node each interval and hands the rows (or
+  the errors) to :func:`apply_round`, which updates roles, bans (:mod:`.bans`), elects the writer
+  (a reachable, unbanned node not in recovery, highest timeline first, so a promoted replica wins
+  over a stale old primary) and computes each replica's lag against the writer's WAL position.
+* A **read** asks :func:`plan_read`: replicas that are reachable, unbanned, checked recently and
+  within ``max_lag`` are candidates; under a causal mark only those whose replay LSN has reached it
+  qualify. If none has reached it yet but one could, the plan says "verify inline" (one
+  ``pg_last_wal_replay_lsn()`` on the connection about to be used, optionally waiting a bounded
+  time); otherwise the read falls back to the writer (``fallback = "primary"``) or fails
+  (``"error"``). The balancer (:mod:`.balance`) picks among candidates.
+* A **write** asks :func:`plan_write` for the writer; none known means ``PrimaryUnavailable``.
+* Query-time facts (a connection error, an LSN seen inline, a wait that saw no progress) are folded
+  back with :func:`note_failure`, :func:`note_replay` and :func:`note_stalled`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from dbscale.routing.balance import Policy, choose
+from dbscale.routing.bans import BanPolicy, BanState
+from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+
+Role = Literal["primary", "replica", "unknown"]
+ReadYourWrites = Literal["lsn", "delay", "off"]
+
+#: One round trip that tells a node's role, WAL position, lag inputs and timeline.
+CHECK_SQL = """\
+SELECT r,
+       CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END::text,
+       CASE WHEN r THEN pg_last_wal_receive_lsn() END::text,
+       CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+       CASE WHEN r THEN pg_is_wal_replay_paused() ELSE false END,
+       CASE WHEN r THEN NULL
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END
+FROM (SELECT pg_is_in_recovery() AS r) AS s"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCheck:
+    """What one passing health check reported."""
+
+    in_recovery: bool
+    lsn: int | None
+    receive_lsn: int | None = None
+    replay_age: float | None = None
+    replay_paused: bool = False
+    timeline: int | None = None
+
+
+def parse_check_row(row: Sequence[object]) -> NodeCheck:
+    """Turn a row of :data:`CHECK_SQL` into a :class:`NodeCheck`."""
+    in_recovery, lsn, receive, age, paused, timeline = row
+    return NodeCheck(
+        in_recovery=bool(in_recovery),
+        lsn=parse_lsn(str(lsn)) if lsn is not None else None,
+        receive_lsn=parse_lsn(str(receive)) if receive is not None else None,
+        replay_age=max(0.0, float(age)) if isinstance(age, int | float) else None,
+        replay_paused=bool(paused),
+        timeline=int(timeline) if isinstance(timeline, int) else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Routing settings of one group, in seconds and bytes (built from ``GroupConfig``)."""
+
+    primary: str
+    replicas: tuple[str, ...]
+    policy: Policy = "least_outstanding"
+    weights: Mapping[str, float] = field(default_factory=dict)
+    max_lag: float = 10.0
+    max_lag_bytes: int | None = None
+    fallback: Literal["primary", "error"] = "primary"
+    read_your_writes: ReadYourWrites = "lsn"
+    delay: float = 2.0
+    causal_wait: float = 0.05
+    health_interval: float = 1.0
+    bans: BanPolicy = field(default_factory=BanPolicy)
+
+    @property
+    def stale_after(self) -> float:
+        """A view older than this is not trusted for replica eligibility (the monitor may be stuck)."""
+        return max(3 * self.health_interval, 3.0)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every PostgreSQL node of the group, the configured primary first."""
+        return (self.primary, *self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """The router's knowledge of one node."""
+
+    name: str
+    role: Role = "unknown"
+    reachable: bool | None = None
+    lsn: int | None = None
+    receive_lsn: int | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    caught_up_at: float | None = None
+    checked_at: float | None = None
+    timeline: int | None = None
+    replay_paused: bool = False
+    stalled_at: int | None = None
+    ban: BanState = field(default_factory=BanState)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """Snapshot of one group: node views and the elected writer (None: no writer known)."""
+
+    views: Mapping[str, NodeView]
+    writer: str | None
+    rounds: int = 0
+
+    @classmethod
+    def initial(cls, settings: Settings) -> GroupState:
+        """Before any check: the configured primary is assumed to be the writer, replicas unknown."""
+        views = {n: NodeView(n) for n in settings.nodes}
+        return cls(views=views, writer=settings.primary)
+
+
+def _with_view(state: GroupState, view: NodeView) -> GroupState:
+    views = dict(state.views)
+    views[view.name] = view
+    return replace(state, views=views)
+
+
+def replica_lag(
+    check: NodeCheck, writer_lsn: int | None, caught_up_at: float | None, now: float
+) -> tuple[int | None, float | None, float | None]:
+    """Lag of a replica as ``(bytes, seconds, caught_up_at)``.
+
+    Bytes behind is ``writer_lsn - replay_lsn`` (never negative; the sign matters, PgDog #1122).
+    ``now() - pg_last_xact_replay_timestamp()`` grows while the primary is idle, so a replica that
+    has replayed everything the writer has is 0 s behind, and otherwise it is behind by at most the
+    time since it was last seen caught up.
+    """
+    if check.lsn is None:
+        return None, None, caught_up_at
+    if writer_lsn is not None:
+        lag_bytes: int | None = max(0, writer_lsn - check.lsn)
+        caught_up = check.lsn >= writer_lsn
+    else:
+        lag_bytes = None
+        caught_up = False
+    if caught_up:
+        return lag_bytes, 0.0, now
+    bounds = [b for b in (check.replay_age, None if caught_up_at is None else now - caught_up_at) if b is not None]
+    return lag_bytes, (min(bounds) if bounds else None), caught_up_at
+
+
+def elect_writer(views: Mapping[str, NodeView], settings: Settings, now: float) -> str | None:
+    """The reachable, usable node not in recovery with the highest timeline (configured primary wins ties)."""
+    best: str | None = None
+    best_key: tuple[int, int] = (-1, -1)
+    for name in settings.nodes:
+        view = views[name]
+        if view.role != "primary" or not view.reachable or not view.ban.usable(now):
+            continue
+        key = (view.timeline or 0, 1 if name == settings.primary else 0)
+        if key > best_key:
+            best, best_key = name, key
+    return best
+
+
+def apply_round(
+    state: GroupState, results: Mapping[str, NodeCheck | BaseException], settings: Settings, now: float
+) -> GroupState:
+    """Fold one monitor round (a check result or an error per probed node) into the state."""
+    views = dict(state.views)
+    for name, result in results.items():
+        view = views[name]
+        if isinstance(result, BaseException):
+            reason = f"{type(result).__name__}: {result}"[:200]
+            views[name] = replace(view, reachable=False, checked_at=now, ban=settings.bans.fail(view.ban, now, reason))
+            continue
+        stalled = view.stalled_at
+        if stalled is not None and result.lsn is not None and result.lsn > stalled:
+            stalled = None
+        views[name] = replace(
+            view,
+            role="replica" if result.in_recovery else "primary",
+            reachable=True,
+            lsn=result.lsn,
+            receive_lsn=result.receive_lsn,
+            checked_at=now,
+            timeline=result.timeline,
+            replay_paused=result.replay_paused,
+            stalled_at=stalled,
+            ban=settings.bans.passed(view.ban, now),
+        )
+    writer = elect_writer(views, settings, now)
+    writer_lsn = views[writer].lsn if writer is not None else None
+    if writer_lsn is not None:
+        writer_lsn = record_boundary(writer_lsn)
+    for name, result in results.items():
+        if isinstance(result, NodeCheck) and result.in_recovery:
+            view = views[name]
+            lag_bytes, lag_seconds, caught = replica_lag(result, writer_lsn, view.caught_up_at, now)
+            views[name] = replace(view, lag_bytes=lag_bytes, lag_seconds=lag_seconds, caught_up_at=caught)
+    return GroupState(views=views, writer=writer, rounds=state.rounds + 1)
+
+
+def note_failure(state: GroupState, name: str, settings: Settings, now: float, reason: str) -> GroupState:
+    """A query on ``name`` failed with a connection error: ban it; a banned writer is no longer the writer."""
+    view = state.views[name]
+    state = _with_view(state, replace(view, reachable=False, ban=settings.bans.fail(view.ban, now, reason)))
+    if state.writer == name:
+        state = replace(state, writer=None)
+    return state
+
+
+def note_replay(state: GroupState, name: str, lsn: int) -> GroupState:
+    """An inline check saw ``name`` replayed up to ``lsn`` (positions only move forward)."""
+    view = state.views[name]
+    if view.lsn is not None and view.lsn >= lsn:
+        return state
+    stalled = view.stalled_at if view.stalled_at is not None and lsn <= view.stalled_at else None
+    return _with_view(state, replace(view, lsn=lsn, stalled_at=stalled))
+
+
+def note_stalled(state: GroupState, name: str, lsn: int) -> GroupState:
+    """A causal wait on ``name`` saw no replay progress past ``lsn``: do not wait on it again until it moves."""
+    return _with_view(state, replace(state.views[name], stalled_at=lsn))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Where a read goes. ``verify_lsn``: check the replica's replay LSN inline before using it."""
+
+    node: str | None
+    fallback: bool = False
+    verify_lsn: int | None = None
+    wait: float = 0.0
+    reason: str = ""
+    rr_state: dict[str, float] | None = None
+
+
+def replica_ok(view: NodeView, settings: Settings, now: float) -> bool:
+    """Whether a replica may serve reads at all: reachable, unbanned, freshly checked, within max_lag."""
+    if view.role != "replica" or not view.reachable or not view.ban.usable(now):
+        return False
+    if view.checked_at is None or now - view.checked_at > settings.stale_after:
+        return False
+    if view.lag_seconds is not None and view.lag_seconds > settings.max_lag:
+        return False
+    return not (
+        settings.max_lag_bytes is not None and view.lag_bytes is not None and view.lag_bytes > settings.max_lag_bytes
+    )
+
+
+def read_candidates(state: GroupState, settings: Settings, now: float) -> tuple[list[str], float]:
+    """Replicas that may serve an unmarked read, and until when that list holds for this snapshot.
+
+    The list can only change with a new snapshot or when a view turns stale, so a shell may reuse
+    it for the same ``state`` object until ``valid_until``.
+    """
+    names = [n for n, v in state.views.items() if replica_ok(v, settings, now)]
+    checked = [state.views[n].checked_at for n in names]
+    valid_until = min((c + settings.stale_after for c in checked if c is not None), default=float("inf"))
+    return names, valid_until
+
+
+def plan_read(
+    state: GroupState,
+    settings: Settings,
+    *,
+    now: float,
+    wall_now: float,
+    rand: float,
+    mark: Mark | None = None,
+    outstanding: Mapping[str, int] | None = None,
+    rr_state: Mapping[str, float] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> ReadPlan:
+    """Decide where one read goes (see the module docstring)."""
+    out = outstanding or {}
+    rr = rr_state or {}
+    in_delay = mark is not None and mark.at is not None and wall_now - mark.at < settings.delay
+    if in_delay and settings.read_your_writes == "delay":
+        return _fallback(state, settings, now, exclude, "written within the read-your-writes delay")
+    wanted = mark.lsn if mark is not None and settings.read_your_writes == "lsn" else None
+    usable = [n for n, v in state.views.items() if n not in exclude and replica_ok(v, settings, now)]
+    if not usable:
+        return _fallback(state, settings, now, exclude, "no replica is healthy and within max_lag")
+    if wanted is None:
+        pick, new_rr = choose(
+            settings.policy, usable, weights=settings.weights, outstanding=out, rr_state=rr, rand=rand
+        )
+        return ReadPlan(pick, rr_state=new_rr)
+    fresh = [n for n in usable if (state.views[n].lsn or 0) >= wanted]
+    if fresh:
+        pick, new_rr = choose(settings.policy, fresh, weights=settings.weights, outstanding=out, rr_state=rr, rand=rand)
+        return ReadPlan(pick, rr_state=new_rr)
+    pick, new_rr = choose(settings.policy, usable, weights=settings.weights, outstanding=out, rr_state=rr, rand=rand)
+    view = state.views[pick]
+    waitable = view.stalled_at is None or (view.lsn is not None and view.lsn > view.stalled_at)
+    return ReadPlan(pick, verify_lsn=wanted, wait=settings.causal_wait if waitable else 0.0, rr_state=new_rr)
+
+
+def _fallback(state: GroupState, settings: Settings, now: float, exclude: frozenset[str], why: str) -> ReadPlan:
+    if settings.fallback == "error":
+        return ReadPlan(None, reason=why + " and fallback = 'error'")
+    writer = plan_write(state, now)
+    if writer is None or writer in exclude:
+        return ReadPlan(None, reason=why + " and no primary is available")
+    return ReadPlan(writer, fallback=True, reason=why)
+
+
+def plan_write(state: GroupState, now: float) -> str | None:
+    """The node writes go to, or None while no writer is known."""
+    writer = state.writer
+    if writer is None or not state.views[writer].ban.usable(now):
+        return None
+    return writer
+
+
+def due_checks(state: GroupState, now: float) -> list[str]:
+    """Nodes the monitor should probe this round (banned nodes wait for their ban to expire)."""
+    return [n for n, v in state.views.items() if v.ban.due_for_check(now)]
+
+
+__all__ = [
+    "CHECK_SQL",
+    "GroupState",
+    "NodeCheck",
+    "NodeView",
+    "ReadPlan",
+    "Settings",
+    "apply_round",
+    "due_checks",
+    "elect_writer",
+    "note_failure",
+    "note_replay",
+    "note_stalled",
+    "parse_check_row",
+    "plan_read",
+    "plan_write",
+    "read_candidates",
+    "replica_lag",
+    "replica_ok",
+]

@@ -1,0 +1,223 @@
+"""Health monitors: a background thread (sync) or task (asyncio) probing every node of a group.
+
+Each node gets one dedicated autocommit connection (not from the pools, so a full pool never
+blinds the monitor), reused between rounds and reopened after a failure. A round probes the due
+nodes concurrently with :data:`~dbscale.routing.core.CHECK_SQL`, bounded by a timeout, and folds
+the results into the router's state with :meth:`GroupRouterBase.apply_round`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import psycopg
+
+from dbscale.routing.core import CHECK_SQL, GroupState, NodeCheck, parse_check_row
+from dbscale.routing.group import GroupRouterBase
+
+
+def _connect_kwargs(timeout: float) -> dict[str, object]:
+    ms = max(100, int(timeout * 1000))
+    return {
+        "autocommit": True,
+        "connect_timeout": max(2, round(timeout)),
+        "options": f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms * 4}",
+        "application_name": "dbscale-monitor",
+    }
+
+
+class _Prober:
+    """One node's monitor connection (sync)."""
+
+    def __init__(self, conninfo: str, timeout: float) -> None:
+        self.conninfo = conninfo
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def probe(self) -> NodeCheck | BaseException:
+        if not self.lock.acquire(blocking=False):
+            return TimeoutError("the previous health check of this node is still running")
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.conninfo, **_connect_kwargs(self.timeout))  # type: ignore[arg-type]
+            row = self.conn.execute(CHECK_SQL).fetchone()
+            if row is None:
+                raise RuntimeError("health check returned no row")
+            return parse_check_row(row)
+        except Exception as exc:
+            self.close()
+            return exc
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class SyncMonitor:
+    """Background health checks for one group, in a daemon thread."""
+
+    def __init__(self, router: GroupRouterBase, conninfo: Mapping[str, str], timeout: float) -> None:
+        self.router = router
+        self.timeout = timeout
+        self._probers = {name: _Prober(url, timeout) for name, url in conninfo.items()}
+        self._pool = ThreadPoolExecutor(
+            max_workers=len(self._probers), thread_name_prefix=f"dbscale-check-{router.name}"
+        )
+        self._round_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def run_round(self) -> GroupState:
+        """Probe every due node now and return the new state (also usable without the thread)."""
+        with self._round_lock:
+            due = [n for n in self.router.due_checks() if n in self._probers]
+            futures = {n: self._pool.submit(self._probers[n].probe) for n in due}
+            results: dict[str, NodeCheck | BaseException] = {}
+            for name, fut in futures.items():
+                try:
+                    results[name] = fut.result(timeout=self.timeout + 0.5)
+                except FutureTimeout:
+                    results[name] = TimeoutError(f"health check took longer than {self.timeout:.1f}s")
+            state = self.router.apply_round(results)
+        self._first.set()
+        return state
+
+    def start(self, wait: float | None = None) -> None:
+        """Start the thread (idempotent); optionally wait up to ``wait`` seconds for the first round."""
+        with self._start_lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"dbscale-monitor-{self.router.name}", daemon=True
+                )
+                self._thread.start()
+        if wait:
+            self._first.wait(wait)
+
+    def kick(self) -> None:
+        """Run the next round now instead of at the end of the interval."""
+        self._kick.set()
+
+    def _run(self) -> None:
+        interval = self.router.settings.health_interval
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a bug in one round must not end monitoring
+                self.run_round()
+            self._kick.wait(interval)
+            self._kick.clear()
+
+    def stop(self) -> None:
+        """Stop the thread and close the monitor connections. Idempotent."""
+        self._stop.set()
+        self._kick.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(self.timeout + 2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for prober in self._probers.values():
+            if prober.lock.acquire(timeout=0.1):
+                try:
+                    prober.close()
+                finally:
+                    prober.lock.release()
+
+
+class AsyncMonitor:
+    """Background health checks for one group, as an asyncio task on the running loop."""
+
+    def __init__(self, router: GroupRouterBase, conninfo: Mapping[str, str], timeout: float) -> None:
+        self.router = router
+        self.timeout = timeout
+        self._conninfo = dict(conninfo)
+        self._conns: dict[str, psycopg.AsyncConnection[tuple[object, ...]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._kick: asyncio.Event | None = None
+        self._first: asyncio.Event | None = None
+        self._round_lock: asyncio.Lock | None = None
+        self._stopped = False
+
+    async def _probe(self, name: str) -> NodeCheck:
+        conn = self._conns.get(name)
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo[name], **_connect_kwargs(self.timeout))  # type: ignore[arg-type]
+            self._conns[name] = conn
+        cur = await conn.execute(CHECK_SQL)
+        row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError("health check returned no row")
+        return parse_check_row(row)
+
+    async def _probe_bounded(self, name: str) -> NodeCheck | BaseException:
+        try:
+            return await asyncio.wait_for(self._probe(name), self.timeout + 0.5)
+        except Exception as exc:
+            conn = self._conns.pop(name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            return exc
+
+    async def run_round(self) -> GroupState:
+        """Probe every due node now and return the new state."""
+        if self._round_lock is None:
+            self._round_lock = asyncio.Lock()
+        async with self._round_lock:
+            due = [n for n in self.router.due_checks() if n in self._conninfo]
+            checks = await asyncio.gather(*(self._probe_bounded(n) for n in due))
+            state = self.router.apply_round(dict(zip(due, checks, strict=True)))
+        if self._first is not None:
+            self._first.set()
+        return state
+
+    async def start(self, wait: float | None = None) -> None:
+        """Start the task on the running loop (idempotent); optionally wait for the first round."""
+        if self._task is None and not self._stopped:
+            self._kick = asyncio.Event()
+            self._first = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"dbscale-monitor-{self.router.name}")
+        if wait and self._first is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._first.wait(), wait)
+
+    def kick(self) -> None:
+        """Run the next round now."""
+        if self._kick is not None:
+            self._kick.set()
+
+    async def _run(self) -> None:
+        assert self._kick is not None
+        interval = self.router.settings.health_interval
+        while not self._stopped:
+            with contextlib.suppress(Exception):
+                await self.run_round()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), interval)
+            self._kick.clear()
+
+    async def stop(self) -> None:
+        """Cancel the task and close the monitor connections. Idempotent."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+__all__ = ["AsyncMonitor", "SyncMonitor"]

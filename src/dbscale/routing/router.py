@@ -1,0 +1,361 @@
+"""The synchronous group router: ``read()``, ``write()`` and ``session()`` over the pure core.
+
+Theory of operation: every call asks the core (:mod:`dbscale.routing.core`) for a decision from the
+current snapshot, then acts: check out a pooled connection, verify a causal LSN inline when the
+snapshot cannot vouch for the replica, retry a read once on another node after a connection error,
+and fold what it learned (bans, replay positions) back into the snapshot. The async twin in
+:mod:`dbscale.routing.aio` mirrors this file line for line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Executable
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.routing.core import ReadPlan
+from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, is_read_only_error
+from dbscale.routing.group import GroupRouterBase
+from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+from dbscale.routing.monitor import SyncMonitor
+
+REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+
+
+class GroupRouter(GroupRouterBase):
+    """Routes one group's reads and writes (sync). Built by :class:`dbscale.Cluster`; use its methods."""
+
+    def __init__(
+        self,
+        *args: Any,
+        engine_for: Callable[[str], Engine],
+        record: Callable[[str, Mark], None],
+        monitor_urls: dict[str, str],
+        check_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_for = engine_for
+        self._engines: dict[str, Engine] = {}
+        self._record = record
+        self.monitor = SyncMonitor(self, monitor_urls, check_timeout)
+        self._started = False
+
+    def ensure_started(self) -> None:
+        """Start the health monitor on first use and wait briefly for its first round."""
+        if not self._started:
+            self._started = True
+            self.monitor.start(wait=self.monitor.timeout + 1.0)
+
+    def close(self) -> None:
+        """Stop the health monitor."""
+        self.monitor.stop()
+
+    # -- connections ------------------------------------------------------------------------------
+    def connect(self, node: str) -> Connection:
+        """Check out a pooled connection to ``node``; count waits, translate pool and connection errors."""
+        started = time.perf_counter()
+        try:
+            engine = self._engines.get(node)
+            if engine is None:
+                engine = self._engines[node] = self.engine_for(node)
+            conn = engine.connect()
+        except sa_exc.TimeoutError as exc:
+            self.metrics.pool_timeout(node)
+            raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
+        waited = time.perf_counter() - started
+        if waited > 0.001:
+            self.metrics.pool_wait(node, waited)
+        return conn
+
+    def replay_lsn(self, conn: Connection) -> int:
+        """The replay position of the replica behind ``conn``."""
+        value = conn.exec_driver_sql(REPLAY_LSN_SQL).scalar()
+        return parse_lsn(str(value)) if value is not None else 0
+
+    def verify(self, conn: Connection, node: str, plan: ReadPlan) -> bool:
+        """Whether ``node`` has replayed ``plan.verify_lsn``, waiting up to ``plan.wait`` seconds."""
+        assert plan.verify_lsn is not None
+        wanted = plan.verify_lsn
+        first = seen = self.replay_lsn(conn)
+        if seen >= wanted:
+            self.note_replay(node, seen)
+            self.metrics.causal["inline"].inc()
+            return True
+        started = time.perf_counter()
+        deadline = started + plan.wait
+        step = 0.0005
+        while time.perf_counter() < deadline:
+            time.sleep(min(step, max(0.0, deadline - time.perf_counter())))
+            step = min(step * 2, 0.005)
+            seen = self.replay_lsn(conn)
+            if seen >= wanted:
+                self.metrics.causal_wait.observe(time.perf_counter() - started)
+                self.note_replay(node, seen)
+                self.metrics.causal["waited"].inc()
+                conn.rollback()  # the next statement takes a fresh snapshot
+                return True
+        if plan.wait:
+            self.metrics.causal_wait.observe(time.perf_counter() - started)
+        self.note_replay(node, seen)
+        if seen == first:
+            self.note_stalled(node, seen)
+        return False
+
+    # -- reads ------------------------------------------------------------------------------------
+    def read(self, mark: Mark | None) -> ReadConnection:
+        """A connection chosen by policy, as a context manager (see :meth:`dbscale.Cluster.read`)."""
+        return ReadConnection(self, mark)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def await_writer(self) -> str:
+        """The current writer, waiting up to the write timeout for the monitor to find one."""
+        writer = self.writer()
+        if writer is not None:
+            return writer
+        started = time.monotonic()
+        while True:
+            self.monitor.kick()
+            remaining = self.write_timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                raise self.no_writer(self.write_timeout)
+            time.sleep(min(0.05, remaining))
+            writer = self.writer()
+            if writer is not None:
+                return writer
+
+    def _write_failed(self, writer: str, exc: BaseException, what: str) -> BaseException:
+        if is_read_only_error(exc):
+            self.note_not_writer(writer)
+        elif is_connection_error(exc):
+            self.note_failure(writer, describe(exc))
+        else:
+            return exc
+        self.monitor.kick()
+        self.metrics.write_errors.inc()
+        return PrimaryUnavailable(f"group {self.name!r}: {what} on {writer} failed ({describe(exc)}); not retried")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction on the writer (see :meth:`dbscale.Cluster.write`)."""
+        self.ensure_started()
+        writer = self.await_writer()
+        try:
+            conn = self.connect(self.write_target(writer))
+            conn.begin()
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+            raise self._write_failed(writer, exc, "connecting") from exc
+        with conn:
+            try:
+                yield conn
+            except BaseException as exc:
+                if conn.in_transaction():
+                    with suppress(sa_exc.SQLAlchemyError):
+                        conn.rollback()
+                mapped = self._write_failed(writer, exc, "the transaction")
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            try:
+                conn.commit()
+            except sa_exc.DBAPIError as exc:
+                raise self._write_failed(writer, exc, "COMMIT (outcome unknown)") from exc
+            self.metrics.writes[writer].inc()
+            self._after_commit(conn, writer)
+
+    def _after_commit(self, conn: Connection, writer: str) -> None:
+        mode = self.settings.read_your_writes
+        if mode == "delay":
+            self._record(self.name, Mark(at=self.wall_clock()))
+        elif mode == "lsn":
+            driver: Any = conn.connection.driver_connection
+            try:
+                driver.autocommit = True  # one round trip, no BEGIN/ROLLBACK around it
+                try:
+                    row = driver.execute(INSERT_LSN_SQL).fetchone()
+                finally:
+                    driver.autocommit = False
+            except Exception as exc:
+                raise PrimaryUnavailable(
+                    f"group {self.name!r}: the transaction committed on {writer}, but its causal token "
+                    f"could not be read ({describe(exc)})"
+                ) from exc
+            self._record(self.name, Mark(lsn=record_boundary(parse_lsn(row[0]))))
+
+    # -- ORM ------------------------------------------------------------------------------------
+    @contextmanager
+    def session(self, write: bool, mark: Mark | None) -> Iterator[Session]:
+        """An ORM Session bound to a write transaction or a routed read connection."""
+        if write:
+            with self.write() as conn:
+                session = Session(bind=conn, join_transaction_mode="rollback_only")
+                try:
+                    yield session
+                    session.flush()
+                finally:
+                    session.close()
+        else:
+            with self.read(mark) as rc:
+                session = Session(bind=rc.connection, join_transaction_mode="rollback_only")
+                try:
+                    yield session
+                finally:
+                    session.close()
+
+
+class ReadConnection:
+    """A routed read connection. Statements run on :attr:`connection` (a SQLAlchemy ``Connection``).
+
+    Until a statement has returned, a connection error moves the read to another eligible node
+    once (the failed node is banned); after that, errors propagate. ``node`` says where it ran.
+    """
+
+    def __init__(self, router: GroupRouter, mark: Mark | None) -> None:
+        self._router = router
+        self._mark = mark
+        self._conn: Connection | None = None
+        self._node: str | None = None
+        self._held: str | None = None
+        self._delivered = False
+        self._retried = False
+        self._excluded: frozenset[str] = frozenset()
+
+    def __enter__(self) -> ReadConnection:
+        r = self._router
+        if not r._started:
+            r.ensure_started()
+        self.open(frozenset())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()
+
+    @property
+    def node(self) -> str:
+        """The node this read runs on."""
+        assert self._node is not None
+        return self._node
+
+    @property
+    def connection(self) -> Connection:
+        """The underlying SQLAlchemy Connection (statements run on it directly are not retried)."""
+        assert self._conn is not None
+        self._delivered = True
+        return self._conn
+
+    def open(self, exclude: frozenset[str]) -> None:
+        """Plan, check out and (under a causal mark) verify; retry once on a connection error."""
+        r = self._router
+        self._excluded = exclude
+        plan = r.plan_read(self._mark, exclude)
+        node = plan.node
+        assert node is not None
+        r.acquire(node)
+        self._node = self._held = node
+        try:
+            conn = r.connect(node)
+            if plan.fallback:
+                conn.execution_options(postgresql_readonly=True)
+            self._conn = conn
+            if plan.verify_lsn is not None and not r.verify(conn, node, plan):
+                self._swap_to_writer()
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+            if not is_connection_error(exc):
+                self.finish()
+                raise
+            self._failed(exc)
+            self.open(self._excluded | {node})
+            return
+        if plan.fallback:
+            r.metrics.fallbacks.inc()
+            if self._mark is not None and (self._mark.lsn is not None or self._mark.at is not None):
+                r.metrics.causal["primary"].inc()
+        elif plan.verify_lsn is None and self._mark is not None and self._mark.lsn is not None:
+            r.metrics.causal["replica"].inc()
+        r.metrics.reads[node].inc()
+
+    def _swap_to_writer(self) -> None:
+        r = self._router
+        self.finish()
+        writer = r.writer()
+        if writer is None or r.settings.fallback == "error":
+            r.metrics.read_errors.inc()
+            raise NoReplicaAvailable(
+                f"group {r.name!r}: no replica reached the causal token in time and "
+                + ("fallback = 'error'" if writer is not None else "no primary is available")
+            )
+        r.acquire(writer)
+        self._node = self._held = writer
+        conn = r.connect(writer)
+        conn.execution_options(postgresql_readonly=True)
+        self._conn = conn
+        r.metrics.fallbacks.inc()
+        r.metrics.causal["primary"].inc()
+        r.metrics.reads[writer].inc()
+        self._mark = None
+
+    def _failed(self, exc: BaseException) -> None:
+        r = self._router
+        node = self.node
+        r.note_failure(node, describe(exc))
+        r.monitor.kick()
+        self.finish()
+        if self._retried:
+            r.metrics.read_errors.inc()
+            raise NodeUnavailable(f"group {r.name!r}: read failed on {node} after a retry ({describe(exc)})") from exc
+        self._retried = True
+        r.metrics.retries.inc()
+
+    def finish(self) -> None:
+        """Return the connection to its pool (ending the read-only transaction)."""
+        conn, self._conn = self._conn, None
+        held, self._held = self._held, None
+        if conn is not None:
+            with suppress(sa_exc.SQLAlchemyError):
+                conn.close()
+        if held is not None:
+            self._router.release(held)
+
+    def _run(self, call: Callable[[Connection], Any]) -> Any:
+        if self._delivered:
+            assert self._conn is not None
+            return call(self._conn)
+        while True:
+            assert self._conn is not None
+            try:
+                result = call(self._conn)
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if not is_connection_error(exc):
+                    raise
+                failed = self.node
+                self._failed(exc)
+                self.open(self._excluded | {failed})
+                continue
+            self._delivered = True
+            return result
+
+    def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``Connection.execute`` with the one-retry rule."""
+        return self._run(lambda c: c.execute(statement, parameters, **kw))
+
+    def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
+        """``Connection.exec_driver_sql`` with the one-retry rule."""
+        return self._run(lambda c: c.exec_driver_sql(statement, parameters, **kw))
+
+    def scalar(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``Connection.scalar`` with the one-retry rule."""
+        return self._run(lambda c: c.scalar(statement, parameters, **kw))
+
+    def scalars(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
+        """``Connection.scalars`` with the one-retry rule."""
+        return self._run(lambda c: c.scalars(statement, parameters, **kw))
+
+
+__all__ = ["GroupRouter", "ReadConnection"]

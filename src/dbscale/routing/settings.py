@@ -1,0 +1,75 @@
+"""Build the pure core's :class:`~dbscale.routing.core.Settings` from a validated ``GroupConfig``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+from dbscale.config import GroupConfig, libpq_conninfo
+from dbscale.metrics import Metrics
+from dbscale.routing.bans import BanPolicy
+from dbscale.routing.context import CausalContext
+from dbscale.routing.core import ReadYourWrites, Settings
+from dbscale.routing.metrics import RoutingMetrics
+from dbscale.topology import pgbouncer_name, primary_name, replica_name
+from dbscale.units import parse_duration
+
+
+def parse_read_your_writes(text: str) -> tuple[ReadYourWrites, float]:
+    """``"lsn"`` → ("lsn", 0); ``"delay:2s"`` → ("delay", 2.0); ``"off"`` → ("off", 0)."""
+    mode = text.strip().lower()
+    if mode.startswith("delay:"):
+        return "delay", parse_duration(mode.removeprefix("delay:").strip())
+    if mode in ("lsn", "off"):
+        return ("lsn" if mode == "lsn" else "off"), 0.0
+    raise ValueError(f"read_your_writes: {text!r} is not 'lsn', 'off' or 'delay:<duration>'")
+
+
+def group_settings(group: str, cfg: GroupConfig) -> Settings:
+    """The routing settings of ``group``; node names follow :mod:`dbscale.topology`."""
+    replicas = tuple(replica_name(group, i) for i in range(1, len(cfg.replicas) + 1))
+    weights = dict(zip(replicas, cfg.weights, strict=True)) if cfg.weights is not None else {}
+    mode, delay = parse_read_your_writes(cfg.read_your_writes)
+    return Settings(
+        primary=primary_name(group),
+        replicas=replicas,
+        policy=cfg.load_balancing,
+        weights=weights,
+        max_lag=cfg.max_lag,
+        max_lag_bytes=cfg.max_lag_bytes,
+        fallback=cfg.fallback,
+        read_your_writes=mode,
+        delay=delay,
+        causal_wait=cfg.causal_wait,
+        health_interval=cfg.health_interval,
+        bans=BanPolicy(initial=cfg.ban_initial, maximum=cfg.ban_max),
+    )
+
+
+def router_arguments(group: str, cfg: GroupConfig, metrics: Metrics, causal: CausalContext) -> dict[str, Any]:
+    """Keyword arguments shared by :class:`GroupRouter` and :class:`AsyncGroupRouter` for ``group``."""
+    settings = group_settings(group, cfg)
+    bouncer = pgbouncer_name(group) if cfg.pgbouncer is not None else None
+    nodes = settings.nodes + ((bouncer,) if bouncer else ())
+    urls = {settings.primary: libpq_conninfo(cfg.primary)}
+    urls.update({n: libpq_conninfo(u) for n, u in zip(settings.replicas, cfg.replicas, strict=True)})
+    return {
+        "name": group,
+        "settings": settings,
+        "metrics": RoutingMetrics(metrics, group, nodes),
+        "write_endpoint": bouncer if bouncer and cfg.write_via_pgbouncer else settings.primary,
+        "write_timeout": cfg.write_timeout,
+        "record": causal.record,
+        "monitor_urls": urls,
+        "check_timeout": max(1.0, min(cfg.pool.connect_timeout, 2 * cfg.health_interval)),
+    }
+
+
+def instrument_engine(engine: Engine, metrics: Metrics, group: str, node: str) -> None:
+    """Count new physical connections of ``engine`` (SQLAlchemy's ``connect`` pool event)."""
+    counter = metrics.counter("pool_connects", "New physical connections opened", ("group", "node")).labels(group, node)
+    event.listen(engine, "connect", lambda *_: counter.inc())
+
+
+__all__ = ["group_settings", "instrument_engine", "parse_read_your_writes", "router_arguments"]
