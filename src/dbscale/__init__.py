@@ -14,24 +14,29 @@ from dbscale.errors import (
     SerializationError,
 )
 from dbscale.metrics import Metrics
+from dbscale.routing import AsyncReadConnection, InvalidCausalToken, PoolTimeout, ReadConnection
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCluster",
+    "AsyncReadConnection",
     "CacheConfig",
     "CacheError",
     "Cluster",
     "ConfigError",
     "DbscaleError",
     "GroupConfig",
+    "InvalidCausalToken",
     "LocalTopologyError",
     "Metrics",
     "MissingBinaryError",
     "NoReplicaAvailable",
     "NodeUnavailable",
     "PoolConfig",
+    "PoolTimeout",
     "PrimaryUnavailable",
+    "ReadConnection",
     "SerializationError",
     "TopologyConfig",
     "__version__",

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dbscale.config import load_config
+from dbscale.config import TopologyConfig, load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.probe import NodeStatus, probe_topology
 
@@ -31,7 +31,7 @@ app = typer.Typer(
 node_app = typer.Typer(help="Fault injection on one node of the local topology.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the local topology lives.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -60,24 +60,56 @@ def _fmt_lag(status: NodeStatus) -> str:
 
 def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
     if as_json:
-        keys = ("name", "group", "role", "port", "healthy", "lag_bytes", "lag_seconds", "error")
-        print(json.dumps({"nodes": [{k: s.as_dict()[k] for k in keys} for s in statuses]}, indent=2))
+        print(json.dumps({"nodes": [s.as_dict() for s in statuses]}, indent=2))
         return
     table = Table(title="dbscale topology")
-    for column in ("node", "group", "role", "port", "status", "replay lag"):
+    for column in ("node", "group", "role", "port", "status", "replay lag", "router"):
         table.add_column(column)
     for s in statuses:
         health = "[green]healthy[/]" if s.healthy else f"[red]down[/] {s.error or ''}".rstrip()
-        table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, _fmt_lag(s))
+        lag = _fmt_lag(s) + (" (replay paused)" if s.replay_paused else "")
+        table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, lag, s.router or "-")
     out.print(table)
 
 
-def _status_of(state_dir: Path | None, config: Path | None) -> list[NodeStatus]:
+def _config_path(state_dir: Path | None, config: Path | None) -> Path:
+    if state_dir is not None and config is not None:
+        fail("pass either --state-dir or --config, not both", 2)
     if config is None:
         config = (state_dir or DEFAULT_STATE_DIR) / "dbscale.toml"
         if not config.exists():
             fail(f"no topology in {state_dir or DEFAULT_STATE_DIR} (run `dbscale up` first, or pass --config FILE)")
-    return probe_topology(load_config(config))
+    return config
+
+
+def _with_router_view(statuses: list[NodeStatus], topology: TopologyConfig) -> list[NodeStatus]:
+    """Add what a fresh router would decide for each PostgreSQL node (one health round, short timeouts)."""
+    from dbscale.cluster import Cluster
+
+    quick = topology.model_copy(
+        update={
+            "groups": {
+                name: group.model_copy(update={"pool": group.pool.model_copy(update={"connect_timeout": 2.0})})
+                for name, group in topology.groups.items()
+            }
+        }
+    )
+    with Cluster(quick) as cluster:
+        rows = {row["node"]: row for row in cluster.routing_status()}
+    for status in statuses:
+        row = rows.get(status.name)
+        if row is not None:
+            status.router = _router_verdict(row)
+            status.replay_paused = row.get("replay_paused")
+    return statuses
+
+
+def _router_verdict(row: dict[str, Any]) -> str:
+    if row.get("ban_reason"):
+        return f"banned: {row['ban_reason']}"
+    if row.get("role") == "writer":
+        return "writes"
+    return "reads" if row.get("health") == "ok" else str(row.get("health"))
 
 
 @app.command()
@@ -118,10 +150,37 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag (bytes and seconds)."""
-    if state_dir is not None and config is not None:
-        fail("pass either --state-dir or --config, not both", 2)
-    _print_status(_status_of(state_dir, config), as_json)
+    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
+    topology = load_config(_config_path(state_dir, config))
+    _print_status(_with_router_view(probe_topology(topology), topology), as_json)
+
+
+@app.command("pgbouncer-config")
+def pgbouncer_config(
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="The dbscale.toml to generate for.")] = None,
+    listen_port: Annotated[int, typer.Option(help="Port PgBouncer listens on.", min=1, max=65535)] = 6432,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Write pgbouncer.ini and userlist.txt (0600) here.")
+    ] = None,
+) -> None:
+    """Print a pgbouncer.ini (transaction pooling) and userlist for the configured topology."""
+    from dbscale.routing import render_pgbouncer_config
+
+    files = render_pgbouncer_config(load_config(_config_path(state_dir, config)), listen_port=listen_port)
+    if output_dir is None:
+        print("; ---- pgbouncer.ini ----")
+        print(files.ini, end="")
+        print("; ---- userlist.txt (keep private: mode 0600) ----")
+        print(files.userlist, end="")
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "pgbouncer.ini").write_text(files.ini)
+    userlist = output_dir / "userlist.txt"
+    userlist.touch(mode=0o600)
+    userlist.chmod(0o600)
+    userlist.write_text(files.userlist)
+    out.print(f"wrote {output_dir / 'pgbouncer.ini'} and {userlist} (0600)")
 
 
 class NodeAction(enum.StrEnum):

@@ -121,7 +121,10 @@ class GroupConfig(_Model):
     max_lag_bytes: Size | None = None
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
     # Read-replica routing (see dbscale.routing).
-    load_balancing: Literal["least_outstanding", "round_robin", "random"] = "least_outstanding"
+    load_balancing: Annotated[
+        Literal["least_outstanding", "round_robin", "random"],
+        BeforeValidator(lambda v: v.replace("-", "_") if isinstance(v, str) else v),
+    ] = "least_outstanding"
     weights: list[Annotated[float, Field(ge=0)]] | None = None
     fallback: Literal["primary", "error"] = "primary"
     read_your_writes: str = "lsn"

@@ -16,6 +16,7 @@ import psycopg
 import redis
 
 from dbscale.config import TopologyConfig, libpq_conninfo, mask_url
+from dbscale.routing.lsn import parse_lsn
 from dbscale.topology import NodeRef, configured_nodes
 
 _REPLICA_SQL = """
@@ -39,6 +40,8 @@ class NodeStatus:
     lag_seconds: float | None = None
     in_recovery: bool | None = None
     error: str | None = None
+    replay_paused: bool | None = None
+    router: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``dbscale status --json``)."""
@@ -52,12 +55,6 @@ class _PgSample:
     receive_lsn: str | None
     replay_lsn: str | None
     replay_age: float | None
-
-
-def lsn_to_int(lsn: str) -> int:
-    """``'0/3000060'`` → byte position."""
-    high, _, low = lsn.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def _sample_postgres(url: str, timeout: float, *, prepare: bool) -> _PgSample:
@@ -127,7 +124,7 @@ def _status(node: NodeRef, sample: _PgSample | BaseException, primary_lsn: str |
             return status
         status.healthy = sample.replay_lsn is not None
         if sample.replay_lsn is not None and primary_lsn is not None:
-            status.lag_bytes = max(0, lsn_to_int(primary_lsn) - lsn_to_int(sample.replay_lsn))
+            status.lag_bytes = max(0, parse_lsn(primary_lsn) - parse_lsn(sample.replay_lsn))
         caught_up = sample.replay_lsn is not None and sample.replay_lsn == sample.receive_lsn and status.lag_bytes == 0
         status.lag_seconds = 0.0 if caught_up or sample.replay_age is None else max(0.0, sample.replay_age)
     else:

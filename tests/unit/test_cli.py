@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from dbscale.probe import lsn_to_int
-
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -64,6 +60,21 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert "No such option" in result.stderr
 
 
-@pytest.mark.parametrize(("lsn", "position"), [("0/0", 0), ("0/3000060", 0x3000060), ("1/0", 1 << 32)])
-def test_lsn_to_int(lsn: str, position: int) -> None:
-    assert lsn_to_int(lsn) == position
+def test_pgbouncer_config_prints_transaction_mode_and_writes_private_userlist(tmp_path: Path) -> None:
+    cfg = tmp_path / "dbscale.toml"
+    cfg.write_text(
+        '[groups.main]\nprimary = "postgresql://app:pw1@10.0.0.1:5432/app"\n'
+        'replicas = ["postgresql://app:pw1@10.0.0.2:5432/app"]\n'
+    )
+    result = run_cli("pgbouncer-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "pool_mode = transaction" in result.stdout
+    assert "max_client_conn = 1000" in result.stdout
+    assert "app_main = host=10.0.0.1 port=5432 dbname=app" in result.stdout
+    assert "app_main_replica1 = host=10.0.0.2" in result.stdout
+    out_dir = tmp_path / "out"
+    result = run_cli("pgbouncer-config", "--config", str(cfg), "--output-dir", str(out_dir), "--listen-port", "7432")
+    assert result.returncode == 0, result.stderr
+    assert "listen_port = 7432" in (out_dir / "pgbouncer.ini").read_text()
+    assert (out_dir / "userlist.txt").read_text() == '"app" "pw1"\n'
+    assert (out_dir / "userlist.txt").stat().st_mode & 0o777 == 0o600

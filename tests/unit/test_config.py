@@ -218,3 +218,9 @@ def test_from_config_applies_environment(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(os.environ, "DBSCALE_GROUPS__main__POOL__POOL_SIZE", "3")
     with dbscale.Cluster.from_config(path) as cluster:
         assert cluster.config.group("main").pool.pool_size == 3
+
+
+def test_load_balancing_accepts_hyphenated_names() -> None:
+    group = load_config(environ={}, groups={"main": {"primary": PG, "load_balancing": "round-robin"}}).group("main")
+    assert group.load_balancing == "round_robin"
+    assert "load_balancing" in error_of(groups={"main": {"primary": PG, "load_balancing": "fastest"}})
