@@ -157,7 +157,9 @@ def status(
 
 @app.command("pgbouncer-config")
 def pgbouncer_config(
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="The dbscale.toml to generate for.")] = None,
     listen_port: Annotated[int, typer.Option(help="Port PgBouncer listens on.", min=1, max=65535)] = 6432,
     output_dir: Annotated[
