@@ -6,7 +6,6 @@ a start only counts once a real query has gone through it.
 
 from __future__ import annotations
 
-import signal
 import time
 
 import psycopg
@@ -104,15 +103,9 @@ def start(node: NodeInfo, rt: Runtime, target_port: int, timeout: float = 30.0) 
 
 def stop(node: NodeInfo, rt: Runtime, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM (immediate shutdown), SIGKILL after ``timeout``; return once the process is gone."""
-    main = pid(node, rt)
-    if main is not None and processes.terminate([main], signal.SIGTERM, timeout):
-        raise LocalTopologyError(f"{node.name} (pid {main}) did not exit even after SIGKILL")
+    processes.stop_main(node.name, pid(node, rt), timeout)
 
 
 def kill(node: NodeInfo, rt: Runtime) -> int | None:
     """SIGKILL pgbouncer; return its pid."""
-    main = pid(node, rt)
-    if main is not None:
-        processes.send_signal([main], signal.SIGKILL)
-        processes.wait_gone([main], 5.0)
-    return main
+    return processes.sigkill(pid(node, rt))

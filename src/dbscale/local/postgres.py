@@ -189,11 +189,7 @@ def stop(node: NodeInfo, rt: Runtime, timeout: float = STOP_TIMEOUT) -> None:
 
 def kill(node: NodeInfo, rt: Runtime) -> int | None:
     """SIGKILL the postmaster (its children notice and exit on their own); return its pid."""
-    main = pid(node, rt)
-    if main is not None:
-        processes.send_signal([main], signal.SIGKILL)
-        processes.wait_gone([main], 5.0)
-    return main
+    return processes.sigkill(pid(node, rt))
 
 
 def connect(node: NodeInfo, password: str, dbname: str = DATABASE, timeout: int = 3) -> psycopg.Connection[Any]:

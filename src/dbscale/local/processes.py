@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from dbscale.errors import LocalTopologyError
+
 _PROC = Path("/proc")
 
 
@@ -127,3 +129,17 @@ def terminate(pids: Iterable[int], sig: signal.Signals, timeout: float) -> list[
         send_signal(left, signal.SIGKILL)
         left = wait_gone(left, 5.0)
     return left
+
+
+def sigkill(pid: int | None) -> int | None:
+    """SIGKILL one process (if any) and wait for it to go; return the pid for the caller's records."""
+    if pid is not None:
+        send_signal([pid], signal.SIGKILL)
+        wait_gone([pid], 5.0)
+    return pid
+
+
+def stop_main(label: str, pid: int | None, timeout: float) -> None:
+    """SIGTERM one process, SIGKILL after ``timeout``; raise if it survives even that."""
+    if pid is not None and terminate([pid], signal.SIGTERM, timeout):
+        raise LocalTopologyError(f"{label} (pid {pid}) did not exit even after SIGKILL")

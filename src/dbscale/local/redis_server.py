@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 
@@ -57,15 +56,9 @@ def start(node: NodeInfo, rt: Runtime, timeout: float = 30.0) -> None:
 
 def stop(node: NodeInfo, rt: Runtime, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM (nothing is saved), SIGKILL after ``timeout``; return once the process is gone."""
-    main = pid(node, rt)
-    if main is not None and processes.terminate([main], signal.SIGTERM, timeout):
-        raise LocalTopologyError(f"redis (pid {main}) did not exit even after SIGKILL")
+    processes.stop_main("redis", pid(node, rt), timeout)
 
 
 def kill(node: NodeInfo, rt: Runtime) -> int | None:
     """SIGKILL redis-server; return its pid."""
-    main = pid(node, rt)
-    if main is not None:
-        processes.send_signal([main], signal.SIGKILL)
-        processes.wait_gone([main], 5.0)
-    return main
+    return processes.sigkill(pid(node, rt))
