@@ -1,0 +1,263 @@
+"""State shared by the sync and async cache front ends: config, L1, serde, breaker, metrics, threads.
+
+:class:`CacheCore` holds no event-loop objects, so one core serves a :class:`~dbscale.cache.Cache`
+and its :class:`~dbscale.cache.AsyncCache` twin at once (they share the L1 and the invalidation
+listener). The read and write protocols live in the two front ends; the decisions they take are in
+the pure modules (:mod:`~dbscale.cache.leases`, :mod:`~dbscale.cache.policy`, :mod:`~dbscale.cache.l1`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from dbscale.cache.invalidation import Invalidation, Listener, RetryQueue, apply_invalidation
+from dbscale.cache.keys import RedisKeys, glob_to_regex
+from dbscale.cache.l1 import L1
+from dbscale.cache.l2 import CacheUnavailable, RedisL2
+from dbscale.cache.leases import LeaseReply
+from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfetch_should_recompute
+from dbscale.cache.serde import HEADER_LEN, Serializer, decode_header, encode_header
+from dbscale.cache.stats import CacheStats
+from dbscale.config import CacheConfig
+from dbscale.errors import SerializationError
+from dbscale.metrics import Metrics
+
+__all__ = ["CacheCore", "Options"]
+
+log = logging.getLogger("dbscale.cache")
+
+
+class Options:
+    """Per-call (or per-decorated-function) settings, resolved against the config once."""
+
+    __slots__ = ("l1", "serve_stale", "tags", "ttl", "xfetch_beta")
+
+    def __init__(
+        self, ttl: float, *, l1: bool, serve_stale: bool, xfetch_beta: float, tags: tuple[str, ...] = ()
+    ) -> None:
+        self.ttl, self.l1, self.serve_stale, self.xfetch_beta, self.tags = ttl, l1, serve_stale, xfetch_beta, tags
+
+
+class CacheCore:
+    """Shared, loop-independent cache state. ``clock`` returns Unix seconds; ``rand`` uniform [0, 1)."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        metrics: Metrics | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.stats = CacheStats(self.metrics)
+        self.keys = RedisKeys(config.namespace, config.invalidation_channel)
+        self.serde = Serializer(
+            config.serializer,
+            compress_threshold=config.compress_threshold,
+            hmac_key=config.hmac_key,
+            allow_pickle=config.allow_pickle,
+        )
+        self._plain_json = config.hmac_key is None
+        self.l1 = L1(config.l1_size, config.l1_max_bytes)
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown)
+        self.clock, self.rand = clock, rand
+        self.origin = uuid.uuid4().hex
+        self.url: str | None = None if config.redis_url is None else str(config.redis_url)
+        self.admin_timeout = max(10 * config.redis_timeout, 0.25)
+        self.stale_px = int(config.stale_ttl * 1000)
+        self.lease_ms = max(1, int(config.lease_ttl * 1000))
+        self._lock = threading.Lock()
+        self._l2: RedisL2 | None = None
+        self._listener: Listener | None = None
+        self.retry = RetryQueue(self._apply_queued, self.stats.pending.set)
+        self.closed = False
+        self._sample = 0
+        self.start_listener()  # subscribe early: L1 is only written while subscribed
+
+    # -- lazily started I/O pieces (sync client, listener thread) ---------------------------------
+    def sync_l2(self) -> RedisL2 | None:
+        """The synchronous L2 (None when no redis_url is configured)."""
+        if self._l2 is None and self.url is not None:
+            with self._lock:
+                if self._l2 is None:
+                    self._l2 = RedisL2(
+                        self.url, self.keys, timeout=self.config.redis_timeout, admin_timeout=self.admin_timeout
+                    )
+        return self._l2
+
+    def start_listener(self) -> Listener | None:
+        """Start the invalidation listener once (only with Redis and a non-empty L1)."""
+        if self._listener is None and self.url is not None and self.config.l1_size > 0 and not self.closed:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = Listener(self.url, self.keys.channel, self.origin, self._on_remote, self.l1.clear)
+        return self._listener
+
+    def l1_writable(self) -> bool:
+        """May values be stored in L1 now? Only while invalidations can reach us."""
+        if self.url is None:
+            return True
+        listener = self._listener
+        if listener is None:
+            listener = self.start_listener()
+        return listener is not None and listener.ready
+
+    def _on_remote(self, keys: list[str], pattern: str | None) -> None:
+        if keys:
+            self.l1.invalidate(keys)
+        if pattern is not None:
+            self.l1.invalidate_matching(glob_to_regex(pattern))
+
+    # -- entries ----------------------------------------------------------------------------------
+    def make_entry(self, value: Any, ttl: float, delta: float) -> tuple[bytes, int, int]:
+        """``(entry, physical_px, expires_ms)`` for a value; None values use ``negative_ttl``."""
+        if value is None:
+            ttl = self.config.negative_ttl
+        ttl = jittered_ttl(ttl, self.config.jitter, self.rand())
+        now_ms = int(self.clock() * 1000)
+        expires_ms = now_ms + max(1, int(ttl * 1000))
+        payload = self.serde.dumps(value)
+        entry = encode_header(expires_ms, int(delta * 1000)) + payload
+        return entry, max(1, int(ttl * 1000)) + self.stale_px, expires_ms
+
+    def decode(self, entry: bytes) -> tuple[Any, int, int]:
+        """``(value, expires_ms, delta_ms)`` of an entry; SerializationError if corrupt."""
+        if entry[:1] == b"1" and entry[HEADER_LEN : HEADER_LEN + 1] == b"j" and self._plain_json:
+            try:  # hot path: plain orjson entry
+                return orjson.loads(entry[HEADER_LEN + 1 :]), int(entry[1:14]), int(entry[14:22])
+            except ValueError:
+                pass  # fall through to the careful path, which names the problem
+        expires_ms, delta_ms = decode_header(entry)
+        return self.serde.loads_fast(entry[HEADER_LEN:]), expires_ms, delta_ms
+
+    def fresh(self, entry: bytes, now: float) -> bool:
+        """Is the entry's logical expiry in the future?"""
+        return decode_header(entry)[0] > now * 1000
+
+    def wants_early(self, now: float, expires_ms: int, delta_ms: int, beta: float) -> bool:
+        """XFetch: should this hit trigger an early recomputation?"""
+        if beta <= 0:
+            return False
+        return xfetch_should_recompute(now, expires_ms / 1000, delta_ms / 1000, beta, 1.0 - self.rand())
+
+    def store_l1(self, key: str, value: Any, expires_ms: int, size: int, token: int, now: float) -> None:
+        """Put a value fetched from L2 into L1, unless invalidated meanwhile or L1 is not safe."""
+        if not self.l1_writable():
+            return
+        ttl = min(self.config.l1_ttl, expires_ms / 1000 - now)
+        self.l1.put(key, value, ttl, now, size=size, token=token)
+
+    def store_local(self, key: str, value: Any, opts: Options, token: int) -> None:
+        """L1-only mode (no Redis configured): L1 holds the value for the full TTL."""
+        if opts.l1:
+            ttl = self.config.negative_ttl if value is None else opts.ttl
+            self.l1.put(key, value, jittered_ttl(ttl, self.config.jitter, self.rand()), self.clock(), token=token)
+
+    def healthy_l2(self) -> RedisL2 | None:
+        """The sync L2 when it exists, the breaker is closed and nothing is queued (hot path), else None."""
+        l2 = self._l2
+        if l2 is None or self.retry._items or self.breaker._d.state is not BreakerState.CLOSED:
+            return None
+        return l2
+
+    def sample_latency(self) -> bool:
+        """True for one L2 read in 16: the hot path does not pay for a histogram on every hit."""
+        self._sample = n = (self._sample + 1) & 15
+        return n == 0
+
+    def tag_ttl(self, ttl: float) -> int:
+        """Seconds a tag set must outlive its newest member."""
+        return math.ceil(ttl * (1 + self.config.jitter) + self.config.stale_ttl + self.config.lease_ttl) + 1
+
+    def lease_token(self) -> str:
+        """A fresh, unique lease token."""
+        return uuid.uuid4().hex
+
+    # -- Redis health -----------------------------------------------------------------------------
+    def redis_allowed(self, now: float) -> bool:
+        """Should this call use Redis? No while the breaker is open or invalidations are pending."""
+        if self.url is None:
+            return False
+        if len(self.retry):
+            self.stats.bypassed.inc()
+            return False
+        if not self.breaker.allow(now):
+            self.stats.bypassed.inc()
+            return False
+        return True
+
+    def redis_failed(self, op: str, exc: CacheUnavailable) -> None:
+        """Count a Redis failure and feed the breaker."""
+        self.stats.error(op)
+        if self.breaker.failure(self.clock()):
+            self.stats.breaker_trips.inc()
+            log.warning("cache: Redis unavailable, serving from the loader for %.1fs: %s", self.breaker.cooldown, exc)
+
+    def decode_failed(self, key: str, exc: SerializationError) -> None:
+        """Count an entry that could not be decoded (treated as a miss)."""
+        self.stats.error("decode")
+        log.warning("cache: entry %r could not be decoded, treating as a miss: %s", key, exc)
+
+    # -- invalidation bookkeeping -----------------------------------------------------------------
+    def drop_local(self, inv: Invalidation) -> None:
+        """Apply an invalidation to this process's L1 (always, whether or not Redis is reachable)."""
+        if inv.kind == "key":
+            self.l1.invalidate(inv.items)
+        elif inv.kind == "pattern":
+            for pattern in inv.items:
+                self.l1.invalidate_matching(glob_to_regex(pattern))
+        else:
+            self.l1.clear_inflight()
+
+    def after_redis_invalidation(self, inv: Invalidation, keys: Iterable[str]) -> None:
+        """Drop the keys Redis reported (a tag's members) from L1."""
+        if inv.kind == "tag":
+            self.l1.invalidate(keys)
+
+    def queue(self, inv: Invalidation, exc: CacheUnavailable | None) -> None:
+        """Queue an invalidation Redis did not take; it is retried until it succeeds."""
+        if inv.kind == "tag":
+            self.l1.clear()  # we cannot tell which local keys carry the tag
+        self.stats.inval_retries.inc()
+        if exc is not None:
+            self.redis_failed("invalidate", exc)
+        log.warning("cache: invalidation %s %s queued for retry (Redis unavailable)", inv.kind, list(inv.items)[:5])
+        self.retry.add(inv)
+
+    def _apply_queued(self, inv: Invalidation) -> None:
+        l2 = self.sync_l2()
+        if l2 is None:
+            return
+        keys = apply_invalidation(l2, inv, self.stale_px, self.origin)
+        self.after_redis_invalidation(inv, keys)
+        self.breaker.success()
+
+    def apply_lease_hit(self, key: str, reply: LeaseReply) -> tuple[bool, Any, int]:
+        """Decode a HIT lease reply: ``(ok, value, expires_ms)``."""
+        assert reply.entry is not None
+        try:
+            value, expires_ms, _ = self.decode(reply.entry)
+        except SerializationError as exc:
+            self.decode_failed(key, exc)
+            return False, None, 0
+        return True, value, expires_ms
+
+    def close(self) -> None:
+        """Stop the threads and close the sync clients."""
+        self.closed = True
+        if self._listener is not None:
+            self._listener.close()
+        self.retry.close()
+        if self._l2 is not None:
+            self._l2.close()

@@ -1,0 +1,169 @@
+"""L2 over redis-py (synchronous): the lease scripts, batched invalidation, and error translation.
+
+Every redis-py error (and socket error) leaving this module is a :class:`CacheUnavailable`, raised
+``from`` the original, so the tier above can fail open without knowing about redis-py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dbscale.cache.keys import RedisKeys
+from dbscale.cache.leases import (
+    FILL_SCRIPT,
+    INVALIDATE_SCRIPT,
+    LEASE_SCRIPT,
+    SET_SCRIPT,
+    LeaseReply,
+    parse_lease_reply,
+)
+from dbscale.config import mask_url
+from dbscale.errors import CacheError
+
+__all__ = ["BATCH", "RELEASE_SCRIPT", "CacheUnavailable", "RedisL2", "client_options"]
+
+BATCH = 500
+
+#: KEYS: l  ARGV: token.  Give a lease back early (the loader raised).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CacheUnavailable(CacheError):
+    """Redis could not be reached in time (or answered with an error)."""
+
+
+_ERRORS = (redis.RedisError, OSError, TimeoutError)
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """redis-py client options: bounded timeouts, no hidden retries (the breaker decides)."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+
+
+@contextmanager
+def translate(url: str, op: str) -> Iterator[None]:
+    """Turn redis-py and socket errors into CacheUnavailable (the URL's password masked)."""
+    try:
+        yield
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class RedisL2:
+    """Synchronous Redis operations of the cache. ``timeout`` bounds reads; ``admin_timeout`` invalidations."""
+
+    def __init__(self, url: str, keys: RedisKeys, *, timeout: float, admin_timeout: float) -> None:
+        self.url = url
+        self.keys = keys
+        self.client = redis.Redis.from_url(url, **client_options(timeout))
+        self.admin = redis.Redis.from_url(url, **client_options(admin_timeout))
+        self._lease = self.client.register_script(LEASE_SCRIPT)
+        self._fill = self.client.register_script(FILL_SCRIPT)
+        self._set = self.client.register_script(SET_SCRIPT)
+        self._release = self.client.register_script(RELEASE_SCRIPT)
+        self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
+
+    def get(self, key: str) -> bytes | None:
+        """The raw entry of ``key`` (None if absent)."""
+        try:  # inline, not translate(): this is the hot path
+            return cast(bytes | None, self.client.get(self.keys.value(key)))
+        except _ERRORS as exc:
+            raise CacheUnavailable(f"redis {mask_url(self.url)}: GET failed: {type(exc).__name__}: {exc}") from exc
+
+    def lease(
+        self, key: str, tags: Sequence[str], *, now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
+    ) -> LeaseReply:
+        """Run the lease script (see :mod:`dbscale.cache.leases`)."""
+        keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
+        with translate(self.url, "lease"):
+            reply = self._lease(keys, [now_ms, token, lease_ms, tag_ttl, key, "1" if force else "0"])
+        return parse_lease_reply(reply)
+
+    def fill(self, key: str, token: str, entry: bytes, px: int) -> bool:
+        """Store ``entry`` if ``token`` still holds the lease; False means the fill was dropped."""
+        with translate(self.url, "fill"):
+            return bool(self._fill(self.keys.triple(key), [token, entry, px]))
+
+    def release(self, key: str, token: str) -> None:
+        """Give the lease back if ``token`` still holds it."""
+        with translate(self.url, "release"):
+            self._release([self.keys.triple(key)[1]], [token])
+
+    def set(self, key: str, entry: bytes, px: int, tags: Sequence[str], tag_ttl: int) -> None:
+        """Write ``entry`` unconditionally, revoking any lease."""
+        keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
+        with translate(self.url, "set"):
+            self._set(keys, [entry, px, tag_ttl, key])
+
+    def invalidate(self, keys: Sequence[str], stale_px: int) -> int:
+        """Invalidate cache keys in pipelined batches; returns how many held a value."""
+        found = 0
+        with translate(self.url, "invalidate"):
+            for start in range(0, len(keys), BATCH):
+                pipe = self.admin.pipeline(transaction=False)
+                for key in keys[start : start + BATCH]:
+                    self._invalidate(self.keys.triple(key), [stale_px], client=pipe)
+                found += sum(int(r) for r in pipe.execute())
+        return found
+
+    def invalidate_tags(self, tags: Sequence[str], stale_px: int) -> list[str]:
+        """Invalidate every key of each tag (SPOP batches, then per-key scripts); returns the keys."""
+        out: list[str] = []
+        for tag in tags:
+            tag_key = self.keys.tag(tag)
+            while True:
+                with translate(self.url, "SPOP"):
+                    members = self.admin.spop(tag_key, BATCH)
+                if not members:
+                    break
+                batch = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+                self.invalidate(batch, stale_px)
+                out.extend(batch)
+        return out
+
+    def invalidate_pattern(self, pattern: str, stale_px: int) -> list[str]:
+        """Invalidate every key matching a Redis glob, found with SCAN batches (never KEYS)."""
+        out: list[str] = []
+        seen: set[str] = set()
+        cursor = 0
+        match = self.keys.scan_pattern(pattern)
+        while True:
+            with translate(self.url, "SCAN"):
+                cursor, found = cast(tuple[int, list[bytes]], self.admin.scan(cursor, match=match, count=BATCH))
+            batch = [k for k in {self.keys.user_key(r) for r in found} if k not in seen]
+            if batch:
+                self.invalidate(batch, stale_px)
+                seen.update(batch)
+                out.extend(batch)
+            if cursor == 0:
+                return out
+
+    def publish(self, channel: str, message: bytes) -> None:
+        """Broadcast an invalidation message."""
+        with translate(self.url, "PUBLISH"):
+            self.admin.publish(channel, message)
+
+    def ping(self) -> bool:
+        """True if Redis answers."""
+        with translate(self.url, "PING"):
+            return bool(self.client.ping())
+
+    def close(self) -> None:
+        """Close both connection pools."""
+        self.client.close()
+        self.admin.close()

@@ -1,0 +1,160 @@
+"""Leases: no stale fills, no thundering herds (Facebook, "Scaling Memcache at Facebook", §3.2.1).
+
+Theory of operation
+-------------------
+Each cache key ``k`` has three Redis keys (see :class:`~dbscale.cache.keys.RedisKeys`): the value
+``v``, the lease ``l`` and a stale copy ``s``. All state changes are Lua scripts, so each is atomic.
+
+1. **Read.** ``GET v``. A value whose logical expiry (in its header) is in the future is a hit.
+2. **Miss ⇒ lease.** :data:`LEASE_SCRIPT` re-checks ``v``; if there is still no fresh value and
+   nobody holds ``l``, it stores the caller's random token in ``l`` (with a TTL, so a crashed holder
+   cannot block the key forever), adds ``k`` to each of its tag sets, and answers GRANTED. If someone
+   else holds the lease it answers HELD. Both answers carry the stale value, if any (an expired
+   ``v`` kept for ``stale_ttl``, or the ``s`` copy an invalidation left behind).
+3. **Fill.** Only the holder calls the loader. :data:`FILL_SCRIPT` writes ``v`` only if ``l`` still
+   holds the caller's token, then deletes ``l`` and ``s``. Otherwise the fill is *dropped*.
+4. **Invalidate.** :data:`INVALIDATE_SCRIPT` moves ``v`` to ``s`` and deletes ``l``. Deleting the lease
+   is what makes the protocol correct: a reader that loaded from the database *before* the writer
+   committed took its lease *before* the writer's invalidation (which runs after COMMIT), so that
+   invalidation revoked its lease and its old value is dropped instead of overwriting the cache.
+   Tags: the key joined its tag sets when the lease was granted, i.e. before the database read, so
+   an invalidation by tag (``SPOP`` batches of the set, then step 4 per member) finds every key whose
+   fill could be stale. Pattern invalidation finds ``v``, ``l`` and ``s`` keys by ``SCAN`` batches.
+5. **Waiters.** A caller told HELD either takes the stale value (``serve_stale=True``) or polls
+   with short back-off, holding no connection while it sleeps, for at most ``lease_wait``; after
+   that it calls the loader itself and does not fill (:func:`wait_decision`). In-process
+   single-flight sits on top, so one process sends one lease request per key at a time.
+
+Times in the scripts come from the caller's clock (``now_ms`` argument), the same clock that writes
+the logical expiry in the entry header. On Redis Cluster the three keys of ``k`` share a hash slot;
+tag sets live in their own slots, which :data:`LEASE_SCRIPT` would then have to update separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "FILL_SCRIPT",
+    "INVALIDATE_SCRIPT",
+    "LEASE_SCRIPT",
+    "SET_SCRIPT",
+    "LeaseReply",
+    "LeaseStatus",
+    "WaitAction",
+    "parse_lease_reply",
+    "wait_decision",
+]
+
+#: KEYS: v, l, s, tag sets...  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key, force ("1" = ignore a fresh v)
+LEASE_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[6] ~= '1' then
+  local exp = tonumber(string.sub(v, 2, 14))
+  if exp and exp > tonumber(ARGV[1]) then return {1, v} end
+end
+local stale = v or redis.call('GET', KEYS[3])
+if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
+  local tag_ttl = tonumber(ARGV[4])
+  for i = 4, #KEYS do
+    redis.call('SADD', KEYS[i], ARGV[5])
+    if redis.call('TTL', KEYS[i]) < tag_ttl then redis.call('EXPIRE', KEYS[i], tag_ttl) end
+  end
+  return {2, stale or false}
+end
+return {3, stale or false, redis.call('PTTL', KEYS[2])}
+"""
+
+#: KEYS: v, l, s  ARGV: token, entry, px.  Returns 1 if stored, 0 if the lease was revoked (dropped fill).
+FILL_SCRIPT = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
+return 0
+"""
+
+#: KEYS: v, l, s, tag sets...  ARGV: entry, px, tag_ttl_s, cache key.  An unconditional write that revokes leases.
+SET_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3])
+local tag_ttl = tonumber(ARGV[3])
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  if redis.call('TTL', KEYS[i]) < tag_ttl then redis.call('EXPIRE', KEYS[i], tag_ttl) end
+end
+return 1
+"""
+
+#: KEYS: v, l, s  ARGV: stale_px (0 = keep no stale copy).  Revokes the lease; returns 1 if a value existed.
+INVALIDATE_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[3], v, 'PX', ARGV[1]) end
+redis.call('DEL', KEYS[1], KEYS[2])
+if v then return 1 end
+return 0
+"""
+
+
+class LeaseStatus(Enum):
+    """What :data:`LEASE_SCRIPT` answered."""
+
+    HIT = 1  # a fresh value appeared meanwhile
+    GRANTED = 2  # the caller holds the lease and must load and fill
+    HELD = 3  # someone else holds the lease
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    """A decoded lease reply: the status, the fresh entry (HIT) or stale entry (if any), and the holder's lease TTL."""
+
+    status: LeaseStatus
+    entry: bytes | None
+    holder_ttl_ms: int = 0
+
+
+def parse_lease_reply(reply: Any) -> LeaseReply:
+    """Decode the raw list :data:`LEASE_SCRIPT` returns."""
+    status = LeaseStatus(int(reply[0]))
+    entry = reply[1] if len(reply) > 1 else None
+    ttl = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
+    return LeaseReply(status, entry if entry else None, ttl)
+
+
+class WaitAction(Enum):
+    """What a caller told HELD does next."""
+
+    SERVE_STALE = "serve_stale"
+    SLEEP = "sleep"  # then ask for the lease again
+    LOAD_WITHOUT_FILL = "load"  # waited long enough: call the loader, do not fill
+
+
+@dataclass(frozen=True, slots=True)
+class WaitDecision:
+    """A :class:`WaitAction` and, for SLEEP, how long."""
+
+    action: WaitAction
+    sleep: float = 0.0
+
+
+def wait_decision(
+    *, elapsed: float, attempt: int, lease_wait: float, serve_stale: bool, has_stale: bool, holder_ttl: float
+) -> WaitDecision:
+    """Decide what a caller whose lease request was answered HELD does next.
+
+    Stale values are served at once when allowed. Otherwise poll with exponential back-off (2 ms
+    doubling to 50 ms, never past ``lease_wait`` or the holder's remaining lease) until ``lease_wait``
+    has elapsed, then load without filling.
+    """
+    if serve_stale and has_stale:
+        return WaitDecision(WaitAction.SERVE_STALE)
+    remaining = lease_wait - elapsed
+    if remaining <= 0:
+        return WaitDecision(WaitAction.LOAD_WITHOUT_FILL)
+    step = min(0.002 * (2 ** min(attempt, 10)), 0.05, remaining)
+    if holder_ttl > 0:
+        step = min(step, max(holder_ttl, 0.001))
+    return WaitDecision(WaitAction.SLEEP, step)

@@ -1,0 +1,62 @@
+"""``cluster.cache``: the decorator through Cluster and AsyncCluster, metrics in the cluster registry."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dbscale import AsyncCluster, Cluster
+
+pytestmark = pytest.mark.integration
+
+
+def test_cluster_cache_decorates_sync_and_async(topology_config_path: Path) -> None:
+    cluster = Cluster.from_config(topology_config_path, cache={"namespace": f"t{uuid.uuid4().hex[:12]}"})
+    calls: list[str] = []
+
+    @cluster.cache.cached(ttl=300, key="user:{user_id}", tags=["user:{user_id}"])
+    def get_user(user_id: int) -> dict[str, int] | None:
+        calls.append("sync")
+        return {"id": user_id}
+
+    @cluster.cache.cached(ttl=300, key="auser:{user_id}", tags=["user:{user_id}"])
+    async def aget_user(user_id: int) -> dict[str, int] | None:
+        calls.append("async")
+        return {"id": user_id}
+
+    assert get_user(42) == get_user(user_id=42) == {"id": 42}
+    assert asyncio.run(aget_user(42)) == {"id": 42}
+    assert asyncio.run(aget_user(42)) == {"id": 42}
+    assert calls == ["sync", "async"]
+    assert cluster.cache.invalidate_tags("user:42")
+    get_user(42)
+    asyncio.run(aget_user(42))
+    assert calls == ["sync", "async", "sync", "async"]
+    assert cluster.metrics.value("cache_fills_total") == 4
+    assert cluster.cache is cluster.cache
+    cluster.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = cluster.cache
+
+
+def test_async_cluster_cache(topology_config_path: Path) -> None:
+    async def main() -> None:
+        cluster = AsyncCluster.from_config(topology_config_path, cache={"namespace": f"t{uuid.uuid4().hex[:12]}"})
+        calls: list[int] = []
+
+        @cluster.cache.cached(ttl=300, key="n:{n}")
+        async def square(n: int) -> int:
+            calls.append(n)
+            return n * n
+
+        assert await square(3) == 9 and await square(n=3) == 9 and calls == [3]
+        assert await square.invalidate(3)
+        assert await cluster.cache.get("n:3") is None
+        assert await cluster.cache.set("n:3", 10) and await square(3) == 10
+        assert cluster.metrics.value("cache_hits_total", tier="l2") >= 1
+        await cluster.close()
+
+    asyncio.run(main())

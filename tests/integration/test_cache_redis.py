@@ -1,0 +1,343 @@
+"""The cache on a real Redis: falsy values, leases, stampedes, invalidation, serde (one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from dbscale.cache import AsyncCache, Cache
+from dbscale.config import CacheConfig, load_config
+from dbscale.errors import SerializationError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_url(topology_config_path: Path) -> str:
+    url = load_config(topology_config_path, environ={}).cache.redis_url
+    assert url is not None
+    return str(url)
+
+
+@pytest.fixture
+def make_cache(redis_url: str) -> Iterator[Any]:
+    made: list[Cache] = []
+
+    def factory(**settings: Any) -> Cache:
+        settings.setdefault("namespace", f"t{uuid.uuid4().hex[:12]}")
+        cache = Cache(CacheConfig(redis_url=redis_url, **settings))
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
+FALSY = [0, "", [], None, False]
+
+
+@pytest.mark.parametrize("l1", [True, False])
+@pytest.mark.parametrize("value", FALSY, ids=repr)
+def test_falsy_values_are_hits_on_second_call(make_cache: Any, value: Any, l1: bool) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached(ttl=60, key="falsy:{n}", l1=l1)
+    def load(n: int) -> Any:
+        calls.append(n)
+        return value
+
+    assert load(1) == value and load(1) == value and load(n=1) == value
+    assert calls == [1]
+    hits = cache.metrics.value("cache_hits_total", tier="l1") + cache.metrics.value("cache_hits_total", tier="l2")
+    assert hits == 2
+    if not l1:
+        assert cache.metrics.value("cache_hits_total", tier="l1") == 0
+
+
+@pytest.mark.parametrize("value", FALSY, ids=repr)
+def test_falsy_values_are_hits_async(make_cache: Any, value: Any) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached(ttl=60, key="afalsy:{n}", l1=False)
+    async def load(n: int) -> Any:
+        calls.append(n)
+        return value
+
+    async def main() -> None:
+        assert await load(1) == value
+        assert await load(1) == value
+        await cache.aio.close()
+
+    asyncio.run(main())
+    assert calls == [1]
+
+
+def test_none_uses_negative_ttl(make_cache: Any, redis_url: str) -> None:
+    cache = make_cache(negative_ttl=1, jitter=0, stale_ttl=0)
+
+    @cache.cached(ttl=300, key="neg:{n}")
+    def load(n: int) -> None:
+        return None
+
+    load(1)
+    ttl_ms = redis.Redis.from_url(redis_url).pttl(cache.core.keys.value("neg:1"))
+    assert 0 < ttl_ms <= 1000
+
+
+def test_jitter_spreads_ttls(make_cache: Any, redis_url: str) -> None:
+    cache = make_cache(jitter=0.1, stale_ttl=0)
+    for i in range(40):
+        cache.set(f"j{i}", i, ttl=100)
+    r = redis.Redis.from_url(redis_url)
+    ttls = [r.pttl(cache.core.keys.value(f"j{i}")) for i in range(40)]
+    assert min(ttls) >= 89_000 and max(ttls) <= 110_100 and max(ttls) - min(ttls) > 2_000
+
+
+def test_fill_that_raced_an_invalidation_is_dropped(make_cache: Any) -> None:
+    cache = make_cache()
+    db = {"v": "old"}
+    started, release = threading.Event(), threading.Event()
+
+    @cache.cached(ttl=60, key="race")
+    def load() -> str:
+        value = db["v"]  # the slow reader saw the old row ...
+        started.set()
+        release.wait(5)
+        return value
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(load)
+        assert started.wait(5)
+        db["v"] = "new"  # ... a writer commits and invalidates ...
+        assert cache.invalidate("race")
+        release.set()
+        assert slow.result() == "old"  # the caller gets what it read ...
+    assert cache.metrics.value("cache_dropped_fills_total") == 1  # ... but it never reaches the cache
+    assert cache.get("race") is None
+    assert load() == "new"
+
+
+def test_stampede_200_threads_one_loader_call(make_cache: Any) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+    barrier = threading.Barrier(200)
+
+    @cache.cached(ttl=60, key="cold")
+    def load() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return 42
+
+    def call() -> int:
+        barrier.wait()
+        return load()
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda _: call(), range(200)))
+    assert results == [42] * 200 and len(calls) == 1
+
+
+def test_stampede_200_tasks_one_loader_call(make_cache: Any) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached(ttl=60, key="acold")
+    async def load() -> int:
+        calls.append(1)
+        await asyncio.sleep(0.2)
+        return 7
+
+    async def main() -> list[int]:
+        try:
+            return await asyncio.gather(*(load() for _ in range(200)))
+        finally:
+            await cache.aio.close()
+
+    assert asyncio.run(main()) == [7] * 200 and len(calls) == 1
+
+
+def test_lease_holder_elsewhere_waiters_wait_or_take_stale(make_cache: Any) -> None:
+    ns = f"t{uuid.uuid4().hex[:12]}"
+    a, b = make_cache(namespace=ns, l1_size=0), make_cache(namespace=ns, l1_size=0)
+    a.set("k", "v1")
+    a.invalidate("k")  # v1 becomes the stale copy
+    gate = threading.Event()
+
+    def slow() -> str:
+        gate.wait(5)
+        return "v2"
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(a.get_or_load, "k", slow)
+        time.sleep(0.1)  # a holds the lease now
+        assert b.get_or_load("k", lambda: "never", serve_stale=True) == "v1"
+        assert b.metrics.value("cache_stale_served_total") == 1
+        waiter = pool.submit(b.get_or_load, "k", lambda: "never")  # no serve_stale: waits for the fill
+        time.sleep(0.05)
+        assert not waiter.done()
+        gate.set()
+        assert holder.result() == "v2"
+        assert waiter.result() == "v2"
+    assert b.metrics.value("cache_lease_waits_total") == 2
+    assert b.metrics.value("cache_loader_calls_total") == 0
+
+
+def test_waiter_gives_up_after_lease_wait_and_does_not_fill(make_cache: Any) -> None:
+    ns = f"t{uuid.uuid4().hex[:12]}"
+    a, b = make_cache(namespace=ns, lease_wait=0.2), make_cache(namespace=ns, lease_wait=0.2)
+    gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(a.get_or_load, "k", lambda: gate.wait(5) and "slow")
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert b.get_or_load("k", lambda: "own") == "own"
+        assert 0.15 < time.monotonic() - t0 < 1.0
+        assert b.metrics.value("cache_lease_timeouts_total") == 1
+        gate.set()
+        assert holder.result() == "slow"
+    assert b.get("k", l1=False) == "slow"
+
+
+def test_tags_and_pattern_invalidation_with_scan(make_cache: Any, redis_url: str) -> None:
+    cache = make_cache()
+    version = {"n": 1}
+
+    @cache.cached(ttl=60, key="user:{uid}:{part}", tags=["user:{uid}", "users"])
+    def part(uid: int, part: str) -> tuple[int, str, int]:
+        return (uid, part, version["n"])
+
+    for uid in range(30):
+        part(uid, "a")
+        part(uid, "b")
+    version["n"] = 2
+    assert cache.invalidate_tags("user:3")
+    assert part(3, "a")[2] == 2 and part(3, "b")[2] == 2 and part(4, "a")[2] == 1
+    assert cache.invalidate_pattern("user:1*:a")
+    assert [part(i, "a")[2] for i in (1, 10, 19, 2)] == [2, 2, 2, 1]
+    assert part(10, "b")[2] == 1
+    assert cache.invalidate_tags("users")
+    assert all(part(i, p)[2] == 2 for i in range(30) for p in "ab")
+    # the tag set was consumed and rebuilt by the refills
+    assert redis.Redis.from_url(redis_url).scard(cache.core.keys.tag("users")) == 60
+
+
+def test_invalidate_and_refresh_on_decorated_function(make_cache: Any) -> None:
+    cache = make_cache()
+    counter = {"n": 0}
+
+    @cache.cached(ttl=60, key="c:{x}")
+    def count(x: int) -> int:
+        counter["n"] += 1
+        return counter["n"]
+
+    assert count(1) == 1 and count(1) == 1
+    assert count.invalidate(x=1)
+    assert count(1) == 2
+    assert count.refresh(1) == 3 and count(1) == 3
+    assert count.cache_key(x=1) == "c:1"
+
+
+def test_async_invalidate_and_refresh(make_cache: Any) -> None:
+    acache: AsyncCache = make_cache().aio
+    counter = {"n": 0}
+
+    @acache.cached(ttl=60, key="ac:{x}")
+    async def count(x: int) -> int:
+        counter["n"] += 1
+        return counter["n"]
+
+    async def main() -> None:
+        assert await count(1) == 1 and await count(1) == 1
+        assert await count.invalidate(1)
+        assert await count(x=1) == 2
+        assert await count.refresh(1) == 3
+        assert await acache.set("direct", {"a": 1}) and await acache.get("direct") == {"a": 1}
+        assert await acache.delete("direct") and await acache.get("direct") is None
+        assert await acache.invalidate_tags("none") and await acache.invalidate_pattern("ac:*")
+        assert await count(1) == 4
+        await acache.close()
+
+    asyncio.run(main())
+
+
+def test_get_set_delete(make_cache: Any) -> None:
+    cache = make_cache()
+    assert cache.get("nope", "dflt") == "dflt"
+    assert cache.set("k", [1, 2], ttl=30)
+    assert cache.get("k") == [1, 2] and cache.get("k", l1=False) == [1, 2]
+    assert cache.delete("k")
+    assert cache.get("k") is None
+
+
+def test_unserializable_value_raises_and_releases_lease(make_cache: Any) -> None:
+    cache = make_cache()
+
+    class Row:
+        pass
+
+    @cache.cached(ttl=60, key="row")
+    def load() -> Any:
+        return Row()
+
+    with pytest.raises(SerializationError, match="Row"):
+        load()
+    t0 = time.monotonic()
+    assert cache.get_or_load("row", lambda: "ok") == "ok"  # lease was released: no waiting
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_msgpack_compression_and_hmac_on_redis(make_cache: Any) -> None:
+    cache = make_cache(serializer="msgpack", compress_threshold=64, hmac_key="s3cret")
+    big = {"rows": list(range(500))}
+    assert cache.set("big", big)
+    assert cache.get("big", l1=False) == big
+    other = make_cache(namespace=cache.config.namespace, hmac_key="wrong", l1_size=0)
+    assert other.get("big") is None  # bad signature: a miss, counted
+    assert other.metrics.value("cache_errors_total", op="decode") == 1
+
+
+def test_xfetch_recomputes_before_expiry(make_cache: Any) -> None:
+    cache = make_cache(jitter=0)
+    calls: list[int] = []
+
+    @cache.cached(ttl=0.4, key="x", l1=False, xfetch_beta=50.0)
+    def load() -> int:
+        calls.append(1)
+        time.sleep(0.02)
+        return len(calls)
+
+    load()
+    deadline = time.monotonic() + 0.38
+    while time.monotonic() < deadline:
+        load()
+        time.sleep(0.005)
+    assert len(calls) >= 2  # recomputed early, before the 0.4 s TTL ran out
+    assert cache.metrics.value("cache_early_recomputes_total") >= 1
+
+
+def test_l1_only_cache_without_redis() -> None:
+    cache = Cache(CacheConfig(redis_url=None))
+    calls: list[int] = []
+
+    @cache.cached(ttl=60)
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert f(1) == f(1) == 1 and calls == [1]
+    cache.invalidate(f.cache_key(1))
+    f(1)
+    assert calls == [1, 1]
+    cache.close()
