@@ -8,8 +8,7 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
-	$(VENV)/bin/dbscale up --replicas 2 --shards 2 --pgbouncer --state-dir $(STATE_DIR)
-	$(VENV)/bin/dbscale status --state-dir $(STATE_DIR)
+	$(VENV)/bin/dbscale demo --state-dir $(STATE_DIR)
 
 down: bootstrap
 	$(VENV)/bin/dbscale down --state-dir $(STATE_DIR)

@@ -133,6 +133,25 @@ def up(
 
 
 @app.command()
+def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Run the demo on a local topology (started if needed): read-your-writes, routing, caching, metrics."""
+    from dbscale.demo import run_demo
+
+    report = run_demo(state_dir, out)
+    _print_status(
+        _with_router_view(
+            probe_topology(load_config(state_dir / "dbscale.toml")), load_config(state_dir / "dbscale.toml")
+        ),
+        False,
+    )
+    if report.failures:
+        fail(f"{len(report.failures)} guarantee(s) did not hold: {'; '.join(report.failures)}")
+    out.print(
+        f"demo finished; the topology keeps running in {state_dir} (`dbscale down --state-dir {state_dir}` stops it)"
+    )
+
+
+@app.command()
 def down(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     purge: Annotated[bool, typer.Option("--purge", help="Also delete the state dir (data, configs, logs).")] = False,
