@@ -2,12 +2,14 @@
 
 :class:`CacheCore` holds no event-loop objects, so one core serves a :class:`~dbscale.cache.Cache`
 and its :class:`~dbscale.cache.AsyncCache` twin at once (they share the L1 and the invalidation
-listener). The read and write protocols live in the two front ends; the decisions they take are in
-the pure modules (:mod:`~dbscale.cache.leases`, :mod:`~dbscale.cache.policy`, :mod:`~dbscale.cache.l1`).
+listener). The hit path and the write path live in the two front ends, the miss path once in
+:mod:`~dbscale.cache.miss`; the decisions they take are in the pure modules
+(:mod:`~dbscale.cache.leases`, :mod:`~dbscale.cache.policy`, :mod:`~dbscale.cache.l1`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -72,6 +74,7 @@ class CacheCore:
         self.l1 = L1(config.l1_size, config.l1_max_bytes)
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown)
         self.clock, self.rand = clock, rand
+        self.monotonic: Callable[[], float] = time.monotonic  # lease waits: elapsed time, not wall time
         self.origin = uuid.uuid4().hex
         self.url: str | None = None if config.redis_url is None else str(config.redis_url)
         self.admin_timeout = max(10 * config.redis_timeout, 0.25)
@@ -82,7 +85,7 @@ class CacheCore:
         self._listener: Listener | None = None
         self.retry = RetryQueue(self._apply_queued, self.stats.pending.set)
         self.closed = False
-        self._sample = 0
+        self._tick = itertools.count().__next__
         self.start_listener()  # subscribe early: L1 is only written while subscribed
 
     # -- lazily started I/O pieces (sync client, listener thread) ---------------------------------
@@ -133,10 +136,11 @@ class CacheCore:
 
     def decode(self, entry: bytes) -> tuple[Any, int, int]:
         """``(value, expires_ms, delta_ms)`` of an entry; SerializationError if corrupt."""
-        if entry[:1] == b"1" and entry[HEADER_LEN : HEADER_LEN + 1] == b"j" and self._plain_json:
-            try:  # hot path: plain orjson entry
-                return orjson.loads(entry[HEADER_LEN + 1 :]), int(entry[1:14]), int(entry[14:22])
-            except ValueError:
+        if self._plain_json:
+            try:  # hot path: header version "1" (0x31), orjson payload "j" (0x6A); indexing allocates nothing
+                if entry[0] == 0x31 and entry[HEADER_LEN] == 0x6A:
+                    return orjson.loads(entry[HEADER_LEN + 1 :]), int(entry[1:14]), int(entry[14:22])
+            except (IndexError, ValueError):
                 pass  # fall through to the careful path, which names the problem
         expires_ms, delta_ms = decode_header(entry)
         return self.serde.loads_fast(entry[HEADER_LEN:]), expires_ms, delta_ms
@@ -173,8 +177,7 @@ class CacheCore:
 
     def sample_latency(self) -> bool:
         """True for one L2 read in 16: the hot path does not pay for a histogram on every hit."""
-        self._sample = n = (self._sample + 1) & 15
-        return n == 0
+        return not self._tick() & 15
 
     def tag_ttl(self, ttl: float) -> int:
         """Seconds a tag set must outlive its newest member."""

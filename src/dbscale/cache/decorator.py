@@ -96,8 +96,7 @@ def _sync_wrapper(
                     pass
                 hit()
                 return entry[0]
-        tags = None if tag_builder is None else (lambda: tag_builder.build(args, kwargs))
-        return fetch(k, lambda: func(*args, **kwargs), opts, tags)
+        return fetch(k, func, args, kwargs, opts, tag_builder)
 
     def invalidate(*args: Any, **kwargs: Any) -> bool:
         return cache.invalidate(build(args, kwargs))
@@ -105,8 +104,7 @@ def _sync_wrapper(
     def refresh(*args: Any, **kwargs: Any) -> Any:
         k = build(args, kwargs)
         cache.invalidate(k)
-        tags = None if tag_builder is None else (lambda: tag_builder.build(args, kwargs))
-        return fetch(k, lambda: func(*args, **kwargs), opts, tags)
+        return fetch(k, func, args, kwargs, opts, tag_builder)
 
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]
     wrapper.refresh = refresh  # type: ignore[attr-defined]
@@ -142,8 +140,7 @@ def _async_wrapper(
             if entry is not None and entry[1] > clock():
                 hit()
                 return entry[0]
-        tags = None if tag_builder is None else (lambda: tag_builder.build(args, kwargs))
-        return await fetch(k, lambda: func(*args, **kwargs), opts, tags)
+        return await fetch(k, func, args, kwargs, opts, tag_builder)
 
     async def invalidate(*args: Any, **kwargs: Any) -> bool:
         return await acache.invalidate(build(args, kwargs))
@@ -151,8 +148,7 @@ def _async_wrapper(
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         k = build(args, kwargs)
         await acache.invalidate(k)
-        tags = None if tag_builder is None else (lambda: tag_builder.build(args, kwargs))
-        return await fetch(k, lambda: func(*args, **kwargs), opts, tags)
+        return await fetch(k, func, args, kwargs, opts, tag_builder)
 
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]
     wrapper.refresh = refresh  # type: ignore[attr-defined]

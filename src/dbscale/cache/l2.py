@@ -2,13 +2,25 @@
 
 Every redis-py error (and socket error) leaving this module is a :class:`CacheUnavailable`, raised
 ``from`` the original, so the tier above can fail open without knowing about redis-py.
+
+The read of a hit (:meth:`RedisL2.get`) does not go through ``Redis.get``: it sends a pre-packed
+``GET`` on a connection of its own idle list. redis-py's pool probes every connection before every
+command (``can_read``: three socket syscalls) to catch one the server closed or one left with an
+unread reply; on a hit that probe and the command layers around it cost more than the rest of
+the cache together. Neither case can go unnoticed here: redis-py disconnects a connection on any
+error or interruption during a send or a read (so no reply is ever left unread), and a connection
+the server closed fails at once on the next send or read, which :meth:`RedisL2.get` then retries
+once on a fresh connection (GET is idempotent). Timeouts are never retried, so a slow Redis still
+fails the read within ``timeout``. Idle connections are dropped in a forked child.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,7 +38,7 @@ from dbscale.cache.leases import (
 from dbscale.config import mask_url
 from dbscale.errors import CacheError
 
-__all__ = ["BATCH", "RELEASE_SCRIPT", "CacheUnavailable", "RedisL2", "client_options"]
+__all__ = ["BATCH", "RELEASE_SCRIPT", "CacheUnavailable", "RedisL2", "client_options", "packed_get"]
 
 BATCH = 500
 
@@ -55,13 +67,48 @@ def client_options(timeout: float) -> dict[str, Any]:
     }
 
 
+def packed_get(name: bytes) -> bytes:
+    """The RESP encoding of ``GET name`` (what redis-py's packer builds, without its generic loop)."""
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
+
+
+def unavailable(url: str, op: str, exc: BaseException) -> CacheUnavailable:
+    """The CacheUnavailable for a failed operation (the URL's password masked)."""
+    return CacheUnavailable(f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}")
+
+
+class Conn(Protocol):
+    """The part of a redis-py connection (sync or asyncio) the GET fast path uses."""
+
+    _sock: Any
+
+    def send_packed_command(self, command: tuple[bytes], check_health: bool = True) -> Any: ...
+
+    def read_response(self) -> Any: ...
+
+    def disconnect(self) -> Any: ...
+
+
+# Every live RedisL2, so a forked child can drop the idle connections it shares with its parent.
+_live: weakref.WeakSet[RedisL2] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for l2 in list(_live):
+        l2._idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 @contextmanager
 def translate(url: str, op: str) -> Iterator[None]:
     """Turn redis-py and socket errors into CacheUnavailable (the URL's password masked)."""
     try:
         yield
     except _ERRORS as exc:
-        raise CacheUnavailable(f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}") from exc
+        raise unavailable(url, op, exc) from exc
 
 
 class RedisL2:
@@ -70,6 +117,9 @@ class RedisL2:
     def __init__(self, url: str, keys: RedisKeys, *, timeout: float, admin_timeout: float) -> None:
         self.url = url
         self.keys = keys
+        self._value_prefix = keys.value("")[:-1]  # "ns:v:{"; a value key is this + key + "}"
+        self._get_pool = redis.ConnectionPool.from_url(url, **client_options(timeout))
+        self._idle: list[Conn] = []
         self.client = redis.Redis.from_url(url, **client_options(timeout))
         self.admin = redis.Redis.from_url(url, **client_options(admin_timeout))
         self._lease = self.client.register_script(LEASE_SCRIPT)
@@ -77,16 +127,48 @@ class RedisL2:
         self._set = self.client.register_script(SET_SCRIPT)
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
+        _live.add(self)
 
     def get(self, key: str) -> bytes | None:
-        """The raw entry of ``key`` (None if absent)."""
-        try:  # inline, not translate(): this is the hot path
-            return cast(bytes | None, self.client.get(self.keys.value(key)))
+        """The raw entry of ``key`` (None if absent); see the module docstring for the transport."""
+        command = packed_get((self._value_prefix + key + "}").encode())
+        idle = self._idle
+        conn = idle.pop() if idle else cast(Conn, self._get_pool.make_connection())
+        was_connected = conn._sock is not None
+        try:
+            conn.send_packed_command((command,), check_health=False)
+            entry = conn.read_response()
+        except redis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
+            if not was_connected:
+                idle.append(conn)
+                raise unavailable(self.url, "GET", exc) from exc
+            return self._get_again(conn, command)  # the server closed it while idle: once more, fresh
         except _ERRORS as exc:
-            raise CacheUnavailable(f"redis {mask_url(self.url)}: GET failed: {type(exc).__name__}: {exc}") from exc
+            idle.append(conn)  # redis-py disconnected it if the error left it unusable
+            raise unavailable(self.url, "GET", exc) from exc
+        except BaseException:
+            conn.disconnect()  # interrupted between send and read: the reply must not be read by another call
+            idle.append(conn)
+            raise
+        idle.append(conn)
+        return cast(bytes | None, entry)
+
+    def _get_again(self, conn: Conn, command: bytes) -> bytes | None:
+        conn.disconnect()
+        try:
+            conn.send_packed_command((command,), check_health=False)
+            entry = conn.read_response()
+        except _ERRORS as exc:
+            raise unavailable(self.url, "GET", exc) from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._idle.append(conn)
+        return cast(bytes | None, entry)
 
     def lease(
-        self, key: str, tags: Sequence[str], *, now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
+        self, key: str, tags: Sequence[str], now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
     ) -> LeaseReply:
         """Run the lease script (see :mod:`dbscale.cache.leases`)."""
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
@@ -164,6 +246,9 @@ class RedisL2:
             return bool(self.client.ping())
 
     def close(self) -> None:
-        """Close both connection pools."""
+        """Close the connection pools and the idle GET connections."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
         self.client.close()
         self.admin.close()

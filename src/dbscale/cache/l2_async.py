@@ -2,17 +2,26 @@
 
 A redis.asyncio client belongs to the event loop it first ran on, so the async tier keeps one
 :class:`AsyncRedisL2` per running loop.
+
+:meth:`AsyncRedisL2.get` uses the same transport as the sync :meth:`~dbscale.cache.l2.RedisL2.get`
+(its own idle connections, no per-command pool probe; see :mod:`dbscale.cache.l2`). The probe costs
+even more here: redis.asyncio runs it under ``asyncio.timeout(0)``, an extra turn of the event loop
+per command. Its connections have no socket timeout of their own (with one, every send is wrapped
+in ``asyncio.wait_for``, a new task per command); one ``asyncio.timeout`` bounds the send and the
+read together, and (re)connecting is bounded by the connect timeout, as in the sync client.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aredis
 
 from dbscale.cache.keys import RedisKeys
-from dbscale.cache.l2 import _ERRORS, BATCH, RELEASE_SCRIPT, CacheUnavailable, client_options
+from dbscale.cache.l2 import _ERRORS, BATCH, RELEASE_SCRIPT, client_options, packed_get, unavailable
 from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
@@ -21,9 +30,23 @@ from dbscale.cache.leases import (
     LeaseReply,
     parse_lease_reply,
 )
-from dbscale.config import mask_url
 
 __all__ = ["AsyncRedisL2"]
+
+
+class _AConn(Protocol):
+    """The part of a redis.asyncio connection the GET fast path uses."""
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def send_packed_command(self, command: bytes, check_health: bool = True) -> Any: ...
+
+    async def read_response(self) -> Any: ...
+
+    async def connect(self) -> Any: ...
+
+    async def disconnect(self, nowait: bool = False) -> Any: ...
 
 
 @asynccontextmanager
@@ -31,8 +54,8 @@ async def atranslate(url: str, op: str) -> AsyncIterator[None]:
     """Turn redis-py, socket and asyncio timeout errors into CacheUnavailable."""
     try:
         yield
-    except (TimeoutError, *_ERRORS) as exc:
-        raise CacheUnavailable(f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}") from exc
+    except _ERRORS as exc:
+        raise unavailable(url, op, exc) from exc
 
 
 class AsyncRedisL2:
@@ -41,6 +64,10 @@ class AsyncRedisL2:
     def __init__(self, url: str, keys: RedisKeys, *, timeout: float, admin_timeout: float) -> None:
         self.url = url
         self.keys = keys
+        self.timeout = timeout
+        self._value_prefix = keys.value("")[:-1]  # "ns:v:{"; a value key is this + key + "}"
+        self._get_pool = aredis.ConnectionPool.from_url(url, **{**client_options(timeout), "socket_timeout": None})
+        self._idle: list[_AConn] = []
         self.client = aredis.Redis.from_url(url, **client_options(timeout))
         self.admin = aredis.Redis.from_url(url, **client_options(admin_timeout))
         self._lease = self.client.register_script(LEASE_SCRIPT)
@@ -50,14 +77,52 @@ class AsyncRedisL2:
         self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
 
     async def get(self, key: str) -> bytes | None:
-        """The raw entry of ``key`` (None if absent)."""
-        try:  # inline, not atranslate(): this is the hot path
-            return await self.client.get(self.keys.value(key))  # type: ignore[no-any-return]
-        except (TimeoutError, *_ERRORS) as exc:
-            raise CacheUnavailable(f"redis {mask_url(self.url)}: GET failed: {type(exc).__name__}: {exc}") from exc
+        """The raw entry of ``key`` (None if absent); see the module docstring for the transport."""
+        command = packed_get((self._value_prefix + key + "}").encode())
+        idle = self._idle
+        conn = idle.pop() if idle else cast(_AConn, self._get_pool.make_connection())  # type: ignore[no-untyped-call]
+        was_connected = conn.is_connected
+        try:
+            if not was_connected:
+                await conn.connect()  # bounded by socket_connect_timeout, as in the sync client
+            async with asyncio.timeout(self.timeout):
+                await conn.send_packed_command(command, check_health=False)
+                entry = await conn.read_response()
+        except aredis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
+            if not was_connected:
+                idle.append(conn)
+                raise unavailable(self.url, "GET", exc) from exc
+            return await self._get_again(conn, command)  # the server closed it while idle: once more, fresh
+        except _ERRORS as exc:
+            await conn.disconnect(nowait=True)  # a timeout may leave the reply unread
+            idle.append(conn)
+            raise unavailable(self.url, "GET", exc) from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)  # cancelled: the reply must not be read by another call
+            idle.append(conn)
+            raise
+        idle.append(conn)
+        return cast(bytes | None, entry)
+
+    async def _get_again(self, conn: _AConn, command: bytes) -> bytes | None:
+        try:
+            await conn.disconnect(nowait=True)
+            await conn.connect()
+            async with asyncio.timeout(self.timeout):
+                await conn.send_packed_command(command, check_health=False)
+                entry = await conn.read_response()
+        except _ERRORS as exc:
+            await conn.disconnect(nowait=True)
+            raise unavailable(self.url, "GET", exc) from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(conn)
+        return cast(bytes | None, entry)
 
     async def lease(
-        self, key: str, tags: Sequence[str], *, now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
+        self, key: str, tags: Sequence[str], now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
     ) -> LeaseReply:
         """Run the lease script (see :mod:`dbscale.cache.leases`)."""
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
@@ -135,6 +200,9 @@ class AsyncRedisL2:
             return bool(await self.client.ping())
 
     async def close(self) -> None:
-        """Close both connection pools."""
+        """Close the connection pools and the idle GET connections."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
         await self.client.aclose()
         await self.admin.aclose()

@@ -6,13 +6,76 @@ Names (``dbscale_`` prefix, counters end in ``_total``): ``cache_hits{tier}``, `
 ``cache_early_recomputes``, ``cache_errors{op}``, ``cache_bypassed`` (Redis skipped: breaker open),
 ``cache_breaker_trips``, ``cache_invalidations{kind}``, ``cache_invalidation_retries``, the gauge
 ``cache_pending_invalidations`` and the histogram ``cache_latency_seconds{op}``.
+
+Hits and misses are counted on every read, so they are not prometheus_client Counters (whose
+``inc()`` takes a lock, ~0.5–1 µs): each is an :class:`itertools.count`, whose ``next()`` is one C
+call and atomic under the GIL, read by a collector registered in the same registry whenever the
+registry is collected. ``Metrics.snapshot()`` and ``Metrics.value()`` therefore see exact values.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from dbscale.metrics import Metrics
 
-__all__ = ["CacheStats"]
+__all__ = ["CacheStats", "HotCounter"]
+
+
+class HotCounter:
+    """A lock-free exact counter: ``inc()`` is ``next()`` on an :class:`itertools.count`."""
+
+    __slots__ = ("_count", "inc")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        #: Add one (returns the previous value; callers ignore it).
+        self.inc = self._count.__next__
+
+    @property
+    def value(self) -> int:
+        """The current count (read without consuming: ``repr`` is ``count(N)``)."""
+        return int(repr(self._count)[6:-1])
+
+
+class _HitCollector(Collector):
+    """Exposes ``cache_hits{tier}`` and ``cache_misses{tier}`` from :class:`HotCounter` values."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.hits = {"l1": HotCounter(), "l2": HotCounter()}
+        self.misses = {"l1": HotCounter(), "l2": HotCounter()}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, doc, counters in (
+            ("cache_hits", "Cache hits per tier", self.hits),
+            ("cache_misses", "Cache misses per tier", self.misses),
+        ):
+            family = CounterMetricFamily(f"{self.prefix}_{name}", doc, labels=["tier"])
+            for tier, counter in counters.items():
+                family.add_metric([tier], counter.value)
+            yield family
+
+
+# One collector per registry: caches sharing a Metrics (a Cluster's sync and async caches) share
+# their hit counters, as they shared the prometheus Counters before.
+_collectors: weakref.WeakKeyDictionary[Metrics, _HitCollector] = weakref.WeakKeyDictionary()
+_collectors_lock = threading.Lock()
+
+
+def _hit_collector(metrics: Metrics) -> _HitCollector:
+    with _collectors_lock:
+        collector = _collectors.get(metrics)
+        if collector is None:
+            collector = _collectors[metrics] = _HitCollector(metrics._prefix)
+            metrics.registry.register(collector)
+        return collector
 
 
 class CacheStats:
@@ -20,12 +83,11 @@ class CacheStats:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        hits = metrics.counter("cache_hits", "Cache hits per tier", ["tier"])
-        misses = metrics.counter("cache_misses", "Cache misses per tier", ["tier"])
-        self.l1_hit = hits.labels("l1")
-        self.l2_hit = hits.labels("l2")
-        self.l1_miss = misses.labels("l1")
-        self.l2_miss = misses.labels("l2")
+        hot = _hit_collector(metrics)
+        self.l1_hit = hot.hits["l1"]
+        self.l2_hit = hot.hits["l2"]
+        self.l1_miss = hot.misses["l1"]
+        self.l2_miss = hot.misses["l2"]
         self.fills = metrics.counter("cache_fills", "Values stored in Redis by a lease holder")
         self.dropped_fills = metrics.counter("cache_dropped_fills", "Fills refused because their lease was revoked")
         self.lease_waits = metrics.counter("cache_lease_waits", "Callers that waited for another lease holder")

@@ -1,21 +1,25 @@
 """The synchronous cache: L1 → Redis L2 → loader, with leases, single-flight and fail-open.
 
+This shell holds the public API, the hit path and direct access (get/set/invalidate). The miss
+path is :func:`dbscale.cache.miss.miss_flow`, shared with the asyncio cache and driven here by
+:meth:`Cache._run` with blocking I/O; in-process single-flight is :mod:`dbscale.cache.flight`.
 :class:`AsyncCache` (in :mod:`dbscale.cache.tier_async`) is the hand-written asyncio twin of this
-module; keep the two in step. Both take their decisions from the pure modules.
+module; keep the two in step.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbscale.cache.core import CacheCore, Options
-from dbscale.cache.invalidation import Invalidation, apply_invalidation
+from dbscale.cache.flight import SingleFlight
+from dbscale.cache.invalidation import Invalidation, apply_invalidation, encode_message
+from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
-from dbscale.cache.leases import LeaseStatus, WaitAction, wait_decision
+from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 from dbscale.metrics import Metrics
@@ -26,26 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["Cache"]
 
 T = TypeVar("T")
-_MISS: Any = object()
-
-
-class _Flight:
-    """One in-process load that concurrent callers of the same key wait for (a held lock, not an Event: cheaper)."""
-
-    __slots__ = ("_lock", "error", "value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def wait(self) -> None:
-        with self._lock:
-            pass
-
-    def finish(self) -> None:
-        self._lock.release()
 
 
 class Cache:
@@ -74,8 +58,7 @@ class Cache:
             if core is not None
             else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
         )
-        self._flights: dict[str, _Flight] = {}
-        self._flock = threading.Lock()
+        self._flight = SingleFlight()
         self._twin: AsyncCache | None = None
 
     @property
@@ -130,10 +113,22 @@ class Cache:
     ) -> T:
         """The cached value of ``key``, calling ``loader()`` (once per key across processes) on a miss."""
         opts = self.options(ttl, l1=l1, serve_stale=serve_stale, tags=tags)
-        return self.fetch(key, loader, opts, None)  # type: ignore[no-any-return]
+        return self.fetch(key, loader, (), {}, opts, None)  # type: ignore[no-any-return]
 
-    def fetch(self, key: str, load: Callable[[], Any], opts: Options, tags: Callable[[], Sequence[str]] | None) -> Any:
-        """Read-through used by the decorator: L1, then L2, then (single-flight) lease and loader."""
+    def fetch(
+        self,
+        key: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+        tags: TagBuilder | None,
+    ) -> Any:
+        """Read-through used by the decorator: L1, then L2, then (single-flight) lease and ``func(*args, **kwargs)``.
+
+        The L2 hit is the hot path: one GET (:meth:`RedisL2.get`), the header check and ``orjson.loads``
+        (:meth:`CacheCore.decode`), a lock-free counter. The loader closure is only built on a miss.
+        """
         core = self.core
         if opts.l1:
             found, value = core.l1.lookup(key, core.clock())
@@ -174,182 +169,53 @@ class Cache:
                                     core.store_l1(key, value, expires_ms, len(entry), token, now)
                                 return value
                             core.stats.early.inc()
-                            return self._lease_path(key, load, opts, tags, l2, token, current=value)
+                            flow = miss_flow(
+                                core, key, opts, tag_thunk(tags, args, kwargs), token, redis=True, current=value
+                            )
+                            return self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
-        return self._single_flight(key, lambda: self._miss(key, load, opts, tags, l2, token, force))
+        flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
+        return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
 
-    def _single_flight(self, key: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` once for concurrent callers of the same key in this process; share its outcome."""
-        with self._flock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            flight.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
-            flight.value = fn()
-            return flight.value
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._flock:
-                del self._flights[key]
-            flight.finish()
-
-    def _miss(
-        self,
-        key: str,
-        load: Callable[[], Any],
-        opts: Options,
-        tags: Callable[[], Sequence[str]] | None,
-        l2: RedisL2 | None,
-        token: int,
-        force: bool,
+    def _run(
+        self, flow: Flow, l2: RedisL2 | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if l2 is not None:
-            return self._lease_path(key, load, opts, tags, l2, token, force=force)
-        value = self._load(load)[0]  # Redis skipped or down: fail open
-        if self.core.url is None:
-            self.core.store_local(key, value, opts, token)
-        return value
-
-    def _load(self, load: Callable[[], Any]) -> tuple[Any, float]:
-        core = self.core
-        core.stats.loader_calls.inc()
-        t0 = time.perf_counter()
-        value = load()
-        delta = time.perf_counter() - t0
-        core.stats.lat_load.observe(delta)
-        return value, delta
-
-    def _lease_path(
-        self,
-        key: str,
-        load: Callable[[], Any],
-        opts: Options,
-        tags: Callable[[], Sequence[str]] | None,
-        l2: RedisL2,
-        token: int,
-        *,
-        current: Any = _MISS,
-        force: bool = False,
-    ) -> Any:
-        core = self.core
-        tag_list = list(opts.tags) if tags is None else list(tags())
-        if not core.config.leases:
-            return self._load_and_set(key, load, opts, l2, tag_list, token)
-        lease_token = core.lease_token()
-        started = time.monotonic()
-        attempt = 0
-        waited = False
+        """Drive a :func:`~dbscale.cache.miss.miss_flow` with blocking I/O."""
+        result: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                reply = l2.lease(
-                    key,
-                    tag_list,
-                    now_ms=int(core.clock() * 1000),
-                    token=lease_token,
-                    lease_ms=core.lease_ms,
-                    tag_ttl=core.tag_ttl(opts.ttl),
-                    force=force or current is not _MISS,
-                )
-            except CacheUnavailable as exc:
-                core.redis_failed("lease", exc)
-                return current if current is not _MISS else self._load(load)[0]
-            if reply.status is LeaseStatus.HIT:
-                ok, value, expires_ms = core.apply_lease_hit(key, reply)
-                if ok:
-                    core.stats.l2_hit.inc()
-                    if opts.l1:
-                        core.store_l1(key, value, expires_ms, len(reply.entry or b""), token, core.clock())
-                    return value
-                force = True
-                continue
-            if reply.status is LeaseStatus.GRANTED:
-                return self._load_and_fill(key, load, opts, l2, lease_token, token)
-            # HELD by someone else
-            if current is not _MISS:
-                return current  # XFetch: another caller is already recomputing; ours is still fresh
-            if not waited:
-                waited = True
-                core.stats.lease_waits.inc()
-            decision = wait_decision(
-                elapsed=time.monotonic() - started,
-                attempt=attempt,
-                lease_wait=core.config.lease_wait,
-                serve_stale=opts.serve_stale,
-                has_stale=reply.entry is not None,
-                holder_ttl=reply.holder_ttl_ms / 1000,
-            )
-            if decision.action is WaitAction.SERVE_STALE:
-                try:
-                    value = core.decode(reply.entry or b"")[0]
-                except SerializationError as exc:
-                    core.decode_failed(key, exc)
-                else:
-                    core.stats.stale_served.inc()
-                    return value
-                decision = wait_decision(
-                    elapsed=time.monotonic() - started,
-                    attempt=attempt,
-                    lease_wait=core.config.lease_wait,
-                    serve_stale=False,
-                    has_stale=False,
-                    holder_ttl=reply.holder_ttl_ms / 1000,
-                )
-            if decision.action is WaitAction.LOAD_WITHOUT_FILL:
-                core.stats.lease_timeouts.inc()
-                return self._load(load)[0]
-            time.sleep(decision.sleep)
-            attempt += 1
-
-    def _load_and_fill(
-        self, key: str, load: Callable[[], Any], opts: Options, l2: RedisL2, lease_token: str, token: int
-    ) -> Any:
-        core = self.core
-        try:
-            value, delta = self._load(load)
-            entry, px, expires_ms = core.make_entry(value, opts.ttl, delta)
-        except BaseException:
+                request = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result = error = None
+            op = request[0]
             try:
-                l2.release(key, lease_token)
-            except CacheUnavailable as exc:
-                core.redis_failed("release", exc)
-            raise
-        try:
-            stored = l2.fill(key, lease_token, entry, px)
-        except CacheUnavailable as exc:
-            core.redis_failed("fill", exc)
-            return value
-        if stored:
-            core.stats.fills.inc()
-            if opts.l1:
-                core.store_l1(key, value, expires_ms, len(entry), token, core.clock())
-        else:
-            core.stats.dropped_fills.inc()
-        return value
+                if op is Op.LOAD:
+                    result = self._load(func, args, kwargs)
+                elif op is Op.SLEEP:
+                    time.sleep(request[1])
+                else:
+                    assert l2 is not None
+                    if op is Op.LEASE:
+                        result = l2.lease(*request[1:])
+                    elif op is Op.FILL:
+                        result = l2.fill(*request[1:])
+                    elif op is Op.RELEASE:
+                        l2.release(*request[1:])
+                    else:
+                        l2.set(*request[1:])
+            except BaseException as exc:  # handed to the flow, which decides (fail open, release, re-raise)
+                error = exc
 
-    def _load_and_set(
-        self, key: str, load: Callable[[], Any], opts: Options, l2: RedisL2, tags: list[str], token: int
-    ) -> Any:
-        """Leases off (comparison only): the textbook unconditional SET after loading."""
-        core = self.core
-        value, delta = self._load(load)
-        entry, px, expires_ms = core.make_entry(value, opts.ttl, delta)
-        try:
-            l2.set(key, entry, px, tags, core.tag_ttl(opts.ttl))
-        except CacheUnavailable as exc:
-            core.redis_failed("fill", exc)
-            return value
-        core.stats.fills.inc()
-        if opts.l1:
-            core.store_l1(key, value, expires_ms, len(entry), token, core.clock())
-        return value
+    def _load(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float]:
+        stats = self.core.stats
+        stats.loader_calls.inc()
+        t0 = time.perf_counter()
+        value = func(*args, **kwargs)
+        delta = time.perf_counter() - t0
+        stats.lat_load.observe(delta)
+        return value, delta
 
     # -- direct access ----------------------------------------------------------------------------
     def get(self, key: str, default: Any = None, *, l1: bool = True) -> Any:
@@ -403,7 +269,7 @@ class Cache:
             return False
         try:
             l2.set(key, entry, px, list(tags), core.tag_ttl(px / 1000))
-            apply_invalidation_publish(l2, core, [key])
+            l2.publish(core.keys.channel, encode_message(core.origin, keys=[key]))
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
@@ -474,10 +340,3 @@ class Cache:
     def close(self) -> None:
         """Stop background threads and close connections. Idempotent."""
         self.core.close()
-
-
-def apply_invalidation_publish(l2: RedisL2, core: CacheCore, keys: list[str]) -> None:
-    """Tell other processes to drop ``keys`` from their L1."""
-    from dbscale.cache.invalidation import encode_message
-
-    l2.publish(core.keys.channel, encode_message(core.origin, keys=keys))

@@ -2,7 +2,8 @@
 
 Differences from the sync shell are only those asyncio requires: ``await`` on redis.asyncio, an
 ``asyncio.sleep`` between lease polls (no connection is held while waiting), single-flight futures
-per event loop, and one redis.asyncio client per running loop.
+per event loop, and one redis.asyncio client per running loop. The miss path itself is not
+repeated here: :meth:`AsyncCache._run` drives the same :func:`~dbscale.cache.miss.miss_flow`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbscale.cache.core import CacheCore, Options
+from dbscale.cache.flight import AsyncSingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
+from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.l2_async import AsyncRedisL2
-from dbscale.cache.leases import LeaseStatus, WaitAction, wait_decision
+from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 from dbscale.metrics import Metrics
@@ -29,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncCache"]
 
 T = TypeVar("T")
-_MISS: Any = object()
 
 
 class AsyncCache:
@@ -52,7 +54,7 @@ class AsyncCache:
             if core is not None
             else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
         )
-        self._flights: dict[tuple[int, str], asyncio.Future[Any]] = {}
+        self._flight = AsyncSingleFlight()
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
         self._twin: Cache | None = None
 
@@ -112,12 +114,18 @@ class AsyncCache:
     ) -> T:
         """The cached value of ``key``, awaiting ``loader()`` (once per key across processes) on a miss."""
         opts = self.options(ttl, l1=l1, serve_stale=serve_stale, tags=tags)
-        return await self.fetch(key, loader, opts, None)  # type: ignore[no-any-return]
+        return await self.fetch(key, loader, (), {}, opts, None)  # type: ignore[no-any-return]
 
     async def fetch(
-        self, key: str, load: Callable[[], Awaitable[Any]], opts: Options, tags: Callable[[], Sequence[str]] | None
+        self,
+        key: str,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+        tags: TagBuilder | None,
     ) -> Any:
-        """Read-through used by the decorator: L1, then L2, then (single-flight) lease and loader."""
+        """Read-through used by the decorator; see :meth:`Cache.fetch`."""
         core = self.core
         if opts.l1:
             found, value = core.l1.lookup(key, core.clock())
@@ -126,7 +134,7 @@ class AsyncCache:
                 return value
             core.stats.l1_miss.inc()
         now = core.clock()
-        token = core.l1.token()
+        token = core.l1._gen
         l2 = self._l2() if core.url is not None and core.redis_allowed(now) else None
         force = False
         if l2 is not None:
@@ -138,7 +146,8 @@ class AsyncCache:
                 core.redis_failed("get", exc)
                 l2 = None
             else:
-                core.breaker.success()
+                if core.breaker._d.failures:
+                    core.breaker.success()
                 if sample:
                     core.stats.lat_l2_get.observe(time.perf_counter() - t0)
                 if entry is not None:
@@ -149,185 +158,68 @@ class AsyncCache:
                         force = True
                     else:
                         if expires_ms > now * 1000:
-                            if not core.wants_early(now, expires_ms, delta_ms, opts.xfetch_beta):
+                            if not opts.xfetch_beta or not core.wants_early(
+                                now, expires_ms, delta_ms, opts.xfetch_beta
+                            ):
                                 core.stats.l2_hit.inc()
                                 if opts.l1:
                                     core.store_l1(key, value, expires_ms, len(entry), token, now)
                                 return value
                             core.stats.early.inc()
-                            return await self._lease_path(key, load, opts, tags, l2, token, current=value)
+                            flow = miss_flow(
+                                core, key, opts, tag_thunk(tags, args, kwargs), token, redis=True, current=value
+                            )
+                            return await self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
-        return await self._single_flight(key, lambda: self._miss(key, load, opts, tags, l2, token, force))
+        flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
+        return await self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
 
-    async def _single_flight(self, key: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``fn`` once for concurrent callers of the same key on this loop; share its outcome."""
-        loop = asyncio.get_running_loop()
-        fkey = (id(loop), key)
-        flight = self._flights.get(fkey)
-        if flight is not None:
-            return await asyncio.shield(flight)
-        flight = loop.create_future()
-        self._flights[fkey] = flight
-        try:
-            value = await fn()
-        except BaseException as exc:
-            if not flight.done():
-                flight.set_exception(exc)
-                flight.exception()  # mark retrieved: there may be no followers
-            raise
-        else:
-            flight.set_result(value)
-            return value
-        finally:
-            self._flights.pop(fkey, None)
-
-    async def _miss(
+    async def _run(
         self,
-        key: str,
-        load: Callable[[], Awaitable[Any]],
-        opts: Options,
-        tags: Callable[[], Sequence[str]] | None,
+        flow: Flow,
         l2: AsyncRedisL2 | None,
-        token: int,
-        force: bool,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
-        if l2 is not None:
-            return await self._lease_path(key, load, opts, tags, l2, token, force=force)
-        value = (await self._load(load))[0]  # Redis skipped or down: fail open
-        if self.core.url is None:
-            self.core.store_local(key, value, opts, token)
-        return value
-
-    async def _load(self, load: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
-        core = self.core
-        core.stats.loader_calls.inc()
-        t0 = time.perf_counter()
-        value = await load()
-        delta = time.perf_counter() - t0
-        core.stats.lat_load.observe(delta)
-        return value, delta
-
-    async def _lease_path(
-        self,
-        key: str,
-        load: Callable[[], Awaitable[Any]],
-        opts: Options,
-        tags: Callable[[], Sequence[str]] | None,
-        l2: AsyncRedisL2,
-        token: int,
-        *,
-        current: Any = _MISS,
-        force: bool = False,
-    ) -> Any:
-        core = self.core
-        tag_list = list(opts.tags) if tags is None else list(tags())
-        if not core.config.leases:
-            return await self._load_and_set(key, load, opts, l2, tag_list, token)
-        lease_token = core.lease_token()
-        started = time.monotonic()
-        attempt = 0
-        waited = False
+        """Drive a :func:`~dbscale.cache.miss.miss_flow` with asyncio I/O (no connection held while sleeping)."""
+        result: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                reply = await l2.lease(
-                    key,
-                    tag_list,
-                    now_ms=int(core.clock() * 1000),
-                    token=lease_token,
-                    lease_ms=core.lease_ms,
-                    tag_ttl=core.tag_ttl(opts.ttl),
-                    force=force or current is not _MISS,
-                )
-            except CacheUnavailable as exc:
-                core.redis_failed("lease", exc)
-                return current if current is not _MISS else (await self._load(load))[0]
-            if reply.status is LeaseStatus.HIT:
-                ok, value, expires_ms = core.apply_lease_hit(key, reply)
-                if ok:
-                    core.stats.l2_hit.inc()
-                    if opts.l1:
-                        core.store_l1(key, value, expires_ms, len(reply.entry or b""), token, core.clock())
-                    return value
-                force = True
-                continue
-            if reply.status is LeaseStatus.GRANTED:
-                return await self._load_and_fill(key, load, opts, l2, lease_token, token)
-            if current is not _MISS:
-                return current
-            if not waited:
-                waited = True
-                core.stats.lease_waits.inc()
-            serve_stale = opts.serve_stale and reply.entry is not None
-            if serve_stale:
-                try:
-                    value = core.decode(reply.entry or b"")[0]
-                except SerializationError as exc:
-                    core.decode_failed(key, exc)
-                else:
-                    core.stats.stale_served.inc()
-                    return value
-            decision = wait_decision(
-                elapsed=time.monotonic() - started,
-                attempt=attempt,
-                lease_wait=core.config.lease_wait,
-                serve_stale=False,
-                has_stale=False,
-                holder_ttl=reply.holder_ttl_ms / 1000,
-            )
-            if decision.action is WaitAction.LOAD_WITHOUT_FILL:
-                core.stats.lease_timeouts.inc()
-                return (await self._load(load))[0]
-            await asyncio.sleep(decision.sleep)
-            attempt += 1
-
-    async def _load_and_fill(
-        self,
-        key: str,
-        load: Callable[[], Awaitable[Any]],
-        opts: Options,
-        l2: AsyncRedisL2,
-        lease_token: str,
-        token: int,
-    ) -> Any:
-        core = self.core
-        try:
-            value, delta = await self._load(load)
-            entry, px, expires_ms = core.make_entry(value, opts.ttl, delta)
-        except BaseException:
+                request = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result = error = None
+            op = request[0]
             try:
-                await l2.release(key, lease_token)
-            except CacheUnavailable as exc:
-                core.redis_failed("release", exc)
-            raise
-        try:
-            stored = await l2.fill(key, lease_token, entry, px)
-        except CacheUnavailable as exc:
-            core.redis_failed("fill", exc)
-            return value
-        if stored:
-            core.stats.fills.inc()
-            if opts.l1:
-                core.store_l1(key, value, expires_ms, len(entry), token, core.clock())
-        else:
-            core.stats.dropped_fills.inc()
-        return value
+                if op is Op.LOAD:
+                    result = await self._load(func, args, kwargs)
+                elif op is Op.SLEEP:
+                    await asyncio.sleep(request[1])
+                else:
+                    assert l2 is not None
+                    if op is Op.LEASE:
+                        result = await l2.lease(*request[1:])
+                    elif op is Op.FILL:
+                        result = await l2.fill(*request[1:])
+                    elif op is Op.RELEASE:
+                        await l2.release(*request[1:])
+                    else:
+                        await l2.set(*request[1:])
+            except BaseException as exc:  # handed to the flow, which decides (fail open, release, re-raise)
+                error = exc
 
-    async def _load_and_set(
-        self, key: str, load: Callable[[], Awaitable[Any]], opts: Options, l2: AsyncRedisL2, tags: list[str], token: int
-    ) -> Any:
-        """Leases off (comparison only): the textbook unconditional SET after loading."""
-        core = self.core
-        value, delta = await self._load(load)
-        entry, px, expires_ms = core.make_entry(value, opts.ttl, delta)
-        try:
-            await l2.set(key, entry, px, tags, core.tag_ttl(opts.ttl))
-        except CacheUnavailable as exc:
-            core.redis_failed("fill", exc)
-            return value
-        core.stats.fills.inc()
-        if opts.l1:
-            core.store_l1(key, value, expires_ms, len(entry), token, core.clock())
-        return value
+    async def _load(
+        self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, float]:
+        stats = self.core.stats
+        stats.loader_calls.inc()
+        t0 = time.perf_counter()
+        value = await func(*args, **kwargs)
+        delta = time.perf_counter() - t0
+        stats.lat_load.observe(delta)
+        return value, delta
 
     # -- direct access ----------------------------------------------------------------------------
     async def get(self, key: str, default: Any = None, *, l1: bool = True) -> Any:
