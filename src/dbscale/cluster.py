@@ -170,7 +170,7 @@ class Cluster(_ClusterBase):
         return self.router(group).write()
 
     def read(self, after: str | None = None, *, group: str | None = None) -> AbstractContextManager[ReadConnection]:
-        """``with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
+        """``with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
 
         The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
         carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
@@ -181,7 +181,14 @@ class Cluster(_ClusterBase):
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractContextManager[Session]:
-        """An ORM ``Session`` on the write transaction (``write=True``) or a routed read connection."""
+        """An ORM ``Session`` on the write transaction (``write=True``) or on a routed read.
+
+        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
+        transaction. A connection error before its first statement returned bans the node, rolls
+        the session back and runs the statement again on another node, once; after that the session
+        stays on its node (one snapshot) and errors propagate, as they do for statements run on
+        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        """
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
 
@@ -289,7 +296,7 @@ class AsyncCluster(_ClusterBase):
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractAsyncContextManager[AsyncSession]:
-        """An ``AsyncSession`` on the write transaction or a routed read connection."""
+        """An ``AsyncSession`` on the write transaction or a routed read (see :meth:`Cluster.session`)."""
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
 

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from sqlalchemy import Executable
+from sqlalchemy import Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.util import await_only
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing.core import ReadPlan
@@ -22,6 +24,7 @@ from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, i
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import AsyncMonitor
+from dbscale.routing.orm import NODE_KEY, ReadSession
 from dbscale.routing.router import INSERT_LSN_SQL, REPLAY_LSN_SQL
 
 
@@ -191,7 +194,7 @@ class AsyncGroupRouter(GroupRouterBase):
     # -- ORM ------------------------------------------------------------------------------------
     @asynccontextmanager
     async def session(self, write: bool, mark: Mark | None) -> AsyncIterator[AsyncSession]:
-        """An ``AsyncSession`` bound to a write transaction or a routed read connection."""
+        """An ``AsyncSession`` bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
         if write:
             async with self.write() as conn:
                 session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
@@ -202,7 +205,7 @@ class AsyncGroupRouter(GroupRouterBase):
                     await session.close()
         else:
             async with self.read(mark) as rc:
-                session = AsyncSession(bind=rc.connection, join_transaction_mode="rollback_only")
+                session = rc.orm_session()
                 try:
                     yield session
                 finally:
@@ -210,7 +213,7 @@ class AsyncGroupRouter(GroupRouterBase):
 
 
 class AsyncReadConnection:
-    """A routed async read connection; the twin of :class:`dbscale.routing.router.ReadConnection`."""
+    """A routed async read connection (read-only transaction); the twin of :class:`~dbscale.routing.router.ReadConnection`."""
 
     def __init__(self, router: AsyncGroupRouter, mark: Mark | None) -> None:
         self._router = router
@@ -256,9 +259,8 @@ class AsyncReadConnection:
         self._node = self._held = node
         try:
             conn = await r.connect(node)
-            if plan.fallback:
-                await conn.execution_options(postgresql_readonly=True)
             self._conn = conn
+            await conn.execution_options(postgresql_readonly=True)  # BEGIN READ ONLY, reset on return to the pool
             if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
                 await self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -268,6 +270,9 @@ class AsyncReadConnection:
             await self._failed(exc)
             await self.open(self._excluded | {node})
             return
+        except BaseException:
+            await self.finish()  # e.g. a pool timeout or a cancelled task: give back the in-flight count
+            raise
         if plan.fallback:
             r.metrics.fallbacks.inc()
             if self._mark is not None and (self._mark.lsn is not None or self._mark.at is not None):
@@ -289,8 +294,8 @@ class AsyncReadConnection:
         r.acquire(writer)
         self._node = self._held = writer
         conn = await r.connect(writer)
-        await conn.execution_options(postgresql_readonly=True)
         self._conn = conn
+        await conn.execution_options(postgresql_readonly=True)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
@@ -332,6 +337,43 @@ class AsyncReadConnection:
                 failed = self.node
                 await self._failed(exc)
                 await self.open(self._excluded | {failed})
+                continue
+            self._delivered = True
+            return result
+
+    def orm_session(self) -> AsyncSession:
+        """An ``AsyncSession`` on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
+        assert self._conn is not None
+        session = AsyncSession(bind=self._conn, join_transaction_mode="rollback_only", sync_session_class=ReadSession)
+        sync = session.sync_session
+        assert isinstance(sync, ReadSession)
+        sync.info[NODE_KEY] = self.node
+        sync.dbscale_pin = self._pin
+        event.listen(sync, "do_orm_execute", self._session_execute)
+        return session
+
+    def _pin(self) -> None:
+        self._delivered = True
+
+    def _session_execute(self, state: ORMExecuteState) -> Any:
+        """``do_orm_execute`` hook (runs in SQLAlchemy's greenlet): move the session once on a connection error."""
+        if self._delivered:
+            return None
+        session = state.session
+        while True:
+            assert self._conn is not None
+            session.bind = self._conn.sync_connection
+            try:
+                result = state.invoke_statement()
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if not is_connection_error(exc):
+                    raise
+                with suppress(sa_exc.SQLAlchemyError):
+                    session.rollback()  # nothing was loaded; detach from the dead connection
+                failed = self.node
+                await_only(self._failed(exc))
+                await_only(self.open(self._excluded | {failed}))
+                session.info[NODE_KEY] = self.node
                 continue
             self._delivered = True
             return result

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable
+from sqlalchemy import Connection, Engine, Executable, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing.core import ReadPlan
@@ -24,6 +24,7 @@ from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, i
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import SyncMonitor
+from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
@@ -192,7 +193,7 @@ class GroupRouter(GroupRouterBase):
     # -- ORM ------------------------------------------------------------------------------------
     @contextmanager
     def session(self, write: bool, mark: Mark | None) -> Iterator[Session]:
-        """An ORM Session bound to a write transaction or a routed read connection."""
+        """An ORM Session bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
         if write:
             with self.write() as conn:
                 session = Session(bind=conn, join_transaction_mode="rollback_only")
@@ -203,7 +204,7 @@ class GroupRouter(GroupRouterBase):
                     session.close()
         else:
             with self.read(mark) as rc:
-                session = Session(bind=rc.connection, join_transaction_mode="rollback_only")
+                session = rc.orm_session()
                 try:
                     yield session
                 finally:
@@ -213,8 +214,10 @@ class GroupRouter(GroupRouterBase):
 class ReadConnection:
     """A routed read connection. Statements run on :attr:`connection` (a SQLAlchemy ``Connection``).
 
-    Until a statement has returned, a connection error moves the read to another eligible node
-    once (the failed node is banned); after that, errors propagate. ``node`` says where it ran.
+    The transaction is read-only on every node: on the primary fallback, and on a replica too, which
+    may have been promoted since the monitor last looked at it. Until a statement has returned, a
+    connection error moves the read to another eligible node once (the failed node is banned);
+    after that, errors propagate. ``node`` says where it ran.
     """
 
     def __init__(self, router: GroupRouter, mark: Mark | None) -> None:
@@ -261,9 +264,8 @@ class ReadConnection:
         self._node = self._held = node
         try:
             conn = r.connect(node)
-            if plan.fallback:
-                conn.execution_options(postgresql_readonly=True)
             self._conn = conn
+            conn.execution_options(postgresql_readonly=True)  # BEGIN READ ONLY, reset on return to the pool
             if plan.verify_lsn is not None and not r.verify(conn, node, plan):
                 self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -273,6 +275,9 @@ class ReadConnection:
             self._failed(exc)
             self.open(self._excluded | {node})
             return
+        except BaseException:
+            self.finish()  # e.g. a pool timeout: give back the in-flight count
+            raise
         if plan.fallback:
             r.metrics.fallbacks.inc()
             if self._mark is not None and (self._mark.lsn is not None or self._mark.at is not None):
@@ -294,8 +299,8 @@ class ReadConnection:
         r.acquire(writer)
         self._node = self._held = writer
         conn = r.connect(writer)
-        conn.execution_options(postgresql_readonly=True)
         self._conn = conn
+        conn.execution_options(postgresql_readonly=True)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
@@ -337,6 +342,41 @@ class ReadConnection:
                 failed = self.node
                 self._failed(exc)
                 self.open(self._excluded | {failed})
+                continue
+            self._delivered = True
+            return result
+
+    def orm_session(self) -> Session:
+        """An ORM Session on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
+        assert self._conn is not None
+        session = ReadSession(bind=self._conn, join_transaction_mode="rollback_only")
+        session.info[NODE_KEY] = self.node
+        session.dbscale_pin = self._pin
+        event.listen(session, "do_orm_execute", self._session_execute)
+        return session
+
+    def _pin(self) -> None:
+        self._delivered = True
+
+    def _session_execute(self, state: ORMExecuteState) -> Any:
+        """``do_orm_execute`` hook: run the statement, moving the session once on a connection error."""
+        if self._delivered:
+            return None
+        session = state.session
+        while True:
+            assert self._conn is not None
+            session.bind = self._conn
+            try:
+                result = state.invoke_statement()
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if not is_connection_error(exc):
+                    raise
+                with suppress(sa_exc.SQLAlchemyError):
+                    session.rollback()  # nothing was loaded; detach from the dead connection
+                failed = self.node
+                self._failed(exc)
+                self.open(self._excluded | {failed})
+                session.info[NODE_KEY] = self.node
                 continue
             self._delivered = True
             return result
