@@ -29,11 +29,17 @@ from dbscale.routing.settings import instrument_engine, router_arguments
 from dbscale.topology import NodeRef, configured_nodes
 
 
-def engine_options(pool: PoolConfig, *, via_pgbouncer: bool) -> dict[str, Any]:
-    """Keyword arguments for ``create_engine`` from a group's pool settings."""
+def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``create_engine`` from a group's pool settings.
+
+    A ``read_only`` engine's sessions start with ``default_transaction_read_only = on``, so every
+    transaction on it is read-only at no per-transaction cost (reads use these engines).
+    """
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(pool.connect_timeout))}
     if via_pgbouncer:
         connect_args["prepare_threshold"] = None
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
     return {
         "pool_size": pool.pool_size,
         "max_overflow": pool.max_overflow,
@@ -110,9 +116,9 @@ class _ClusterBase:
         self._check_open()
         return router_arguments(group, self.config.group(group), self.metrics, self._causal)
 
-    def _engine_options(self, node: NodeRef) -> dict[str, Any]:
+    def _engine_options(self, node: NodeRef, read_only: bool) -> dict[str, Any]:
         pool = self.config.group(node.group).pool
-        return engine_options(pool, via_pgbouncer=node.role == "pgbouncer")
+        return engine_options(pool, via_pgbouncer=node.role == "pgbouncer", read_only=read_only)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -130,22 +136,24 @@ class Cluster(_ClusterBase):
 
     def __init__(self, config: TopologyConfig | None = None, /, **settings: Any) -> None:
         super().__init__(config, **settings)
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[tuple[str, bool], Engine] = {}
         self._routers: dict[str, GroupRouter] = {}
 
-    def engine(self, name: str) -> Engine:
-        """The SQLAlchemy engine of node ``name``, created on first use."""
+    def engine(self, name: str, *, read_only: bool = False) -> Engine:
+        """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
+        whose transactions are all read-only)."""
         self._check_open()
-        engine = self._engines.get(name)
+        key = (name, read_only)
+        engine = self._engines.get(key)
         if engine is not None:
             return engine
         node = self.node(name)
         with self._lock:
-            engine = self._engines.get(name)
+            engine = self._engines.get(key)
             if engine is None:
-                engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node))
+                engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
                 instrument_engine(engine, self.metrics, node.group, name)
-                self._engines[name] = engine
+                self._engines[key] = engine
         return engine
 
     # -- read/write routing (dbscale.routing) ------------------------------------------------------
@@ -250,23 +258,24 @@ class AsyncCluster(_ClusterBase):
 
     def __init__(self, config: TopologyConfig | None = None, /, **settings: Any) -> None:
         super().__init__(config, **settings)
-        self._engines: dict[str, AsyncEngine] = {}
+        self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._routers: dict[str, AsyncGroupRouter] = {}
 
-    def engine(self, name: str) -> AsyncEngine:
-        """The async SQLAlchemy engine of node ``name``, created on first use."""
+    def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
+        """The async SQLAlchemy engine of node ``name``, created on first use (see :meth:`Cluster.engine`)."""
         self._check_open()
-        engine = self._engines.get(name)
+        key = (name, read_only)
+        engine = self._engines.get(key)
         if engine is not None:
             return engine
         node = self.node(name)
         with self._lock:
-            engine = self._engines.get(name)
+            engine = self._engines.get(key)
             if engine is None:
                 url = sqlalchemy_url(node.url, async_=True)
-                engine = create_async_engine(url, **self._engine_options(node))
+                engine = create_async_engine(url, **self._engine_options(node, read_only))
                 instrument_engine(engine.sync_engine, self.metrics, node.group, name)
-                self._engines[name] = engine
+                self._engines[key] = engine
         return engine
 
     # -- read/write routing (dbscale.routing) ------------------------------------------------------

@@ -34,7 +34,7 @@ class AsyncGroupRouter(GroupRouterBase):
     def __init__(
         self,
         *args: Any,
-        engine_for: Callable[[str], AsyncEngine],
+        engine_for: Callable[..., AsyncEngine],
         record: Callable[[str, Mark], None],
         monitor_urls: dict[str, str],
         check_timeout: float,
@@ -42,7 +42,7 @@ class AsyncGroupRouter(GroupRouterBase):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_for = engine_for
-        self._engines: dict[str, AsyncEngine] = {}
+        self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._record = record
         self.monitor = AsyncMonitor(self, monitor_urls, check_timeout)
         self._started = False
@@ -58,13 +58,13 @@ class AsyncGroupRouter(GroupRouterBase):
         await self.monitor.stop()
 
     # -- connections ------------------------------------------------------------------------------
-    async def connect(self, node: str) -> AsyncConnection:
+    async def connect(self, node: str, *, read_only: bool = False) -> AsyncConnection:
         """Check out a pooled connection to ``node``; count waits, translate pool errors."""
         started = time.perf_counter()
         try:
-            engine = self._engines.get(node)
+            engine = self._engines.get((node, read_only))
             if engine is None:
-                engine = self._engines[node] = self.engine_for(node)
+                engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
             conn = await engine.connect()
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
@@ -258,9 +258,8 @@ class AsyncReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = await r.connect(node)
+            conn = await r.connect(node, read_only=True)  # a pool whose transactions are all read-only
             self._conn = conn
-            await conn.execution_options(postgresql_readonly=True)  # BEGIN READ ONLY, reset on return to the pool
             if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
                 await self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -293,9 +292,8 @@ class AsyncReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        conn = await r.connect(writer)
+        conn = await r.connect(writer, read_only=True)
         self._conn = conn
-        await conn.execution_options(postgresql_readonly=True)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()

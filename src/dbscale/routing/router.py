@@ -36,7 +36,7 @@ class GroupRouter(GroupRouterBase):
     def __init__(
         self,
         *args: Any,
-        engine_for: Callable[[str], Engine],
+        engine_for: Callable[..., Engine],
         record: Callable[[str, Mark], None],
         monitor_urls: dict[str, str],
         check_timeout: float,
@@ -44,7 +44,7 @@ class GroupRouter(GroupRouterBase):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_for = engine_for
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[tuple[str, bool], Engine] = {}
         self._record = record
         self.monitor = SyncMonitor(self, monitor_urls, check_timeout)
         self._started = False
@@ -60,13 +60,13 @@ class GroupRouter(GroupRouterBase):
         self.monitor.stop()
 
     # -- connections ------------------------------------------------------------------------------
-    def connect(self, node: str) -> Connection:
+    def connect(self, node: str, *, read_only: bool = False) -> Connection:
         """Check out a pooled connection to ``node``; count waits, translate pool and connection errors."""
         started = time.perf_counter()
         try:
-            engine = self._engines.get(node)
+            engine = self._engines.get((node, read_only))
             if engine is None:
-                engine = self._engines[node] = self.engine_for(node)
+                engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
             conn = engine.connect()
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
@@ -263,9 +263,8 @@ class ReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = r.connect(node)
+            conn = r.connect(node, read_only=True)  # a pool whose transactions are all read-only
             self._conn = conn
-            conn.execution_options(postgresql_readonly=True)  # BEGIN READ ONLY, reset on return to the pool
             if plan.verify_lsn is not None and not r.verify(conn, node, plan):
                 self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -298,9 +297,8 @@ class ReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        conn = r.connect(writer)
+        conn = r.connect(writer, read_only=True)
         self._conn = conn
-        conn.execution_options(postgresql_readonly=True)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
