@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -28,6 +28,8 @@ from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine, router_arguments
 from dbscale.topology import NodeRef, configured_nodes
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``create_engine`` from a group's pool settings.
@@ -124,6 +126,16 @@ class _ClusterBase:
         if self._closed:
             raise RuntimeError("this cluster is closed; create a new one")
 
+    def _memo(self, table: dict[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
+        """``table[key]``, made once under the cluster's lock on first use."""
+        value = table.get(key)
+        if value is None:
+            with self._lock:
+                value = table.get(key)
+                if value is None:
+                    value = table[key] = make()
+        return value
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(groups={list(self.config.groups)}, nodes={list(self._nodes)})"
 
@@ -143,31 +155,20 @@ class Cluster(_ClusterBase):
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
         whose transactions are all read-only)."""
         self._check_open()
-        key = (name, read_only)
-        engine = self._engines.get(key)
-        if engine is not None:
+
+        def make() -> Engine:
+            node = self.node(name)
+            engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
+            instrument_engine(engine, self.metrics, node.group, name)
             return engine
-        node = self.node(name)
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
-                instrument_engine(engine, self.metrics, node.group, name)
-                self._engines[key] = engine
-        return engine
+
+        return self._memo(self._engines, (name, read_only), make)
 
     # -- read/write routing (dbscale.routing) ------------------------------------------------------
     def router(self, group: str | None = None) -> GroupRouter:
         """The router of ``group`` (default :meth:`default_group`), created on first use."""
         name = group or self.default_group()
-        router = self._routers.get(name)
-        if router is None:
-            with self._lock:
-                router = self._routers.get(name)
-                if router is None:
-                    router = GroupRouter(**self._router_args(name), engine_for=self.engine)
-                    self._routers[name] = router
-        return router
+        return self._memo(self._routers, name, lambda: GroupRouter(**self._router_args(name), engine_for=self.engine))
 
     def write(self, group: str | None = None) -> AbstractContextManager[Connection]:
         """``with cluster.write() as conn``: one transaction on the group's primary.
@@ -264,32 +265,21 @@ class AsyncCluster(_ClusterBase):
     def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
         """The async SQLAlchemy engine of node ``name``, created on first use (see :meth:`Cluster.engine`)."""
         self._check_open()
-        key = (name, read_only)
-        engine = self._engines.get(key)
-        if engine is not None:
+
+        def make() -> AsyncEngine:
+            node = self.node(name)
+            url = sqlalchemy_url(node.url, async_=True)
+            engine = create_async_engine(url, **self._engine_options(node, read_only))
+            instrument_engine(engine.sync_engine, self.metrics, node.group, name)
             return engine
-        node = self.node(name)
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                url = sqlalchemy_url(node.url, async_=True)
-                engine = create_async_engine(url, **self._engine_options(node, read_only))
-                instrument_engine(engine.sync_engine, self.metrics, node.group, name)
-                self._engines[key] = engine
-        return engine
+
+        return self._memo(self._engines, (name, read_only), make)
 
     # -- read/write routing (dbscale.routing) ------------------------------------------------------
     def router(self, group: str | None = None) -> AsyncGroupRouter:
         """The router of ``group`` (default :meth:`default_group`), created on first use."""
         name = group or self.default_group()
-        router = self._routers.get(name)
-        if router is None:
-            with self._lock:
-                router = self._routers.get(name)
-                if router is None:
-                    router = AsyncGroupRouter(**self._router_args(name), engine_for=self.engine)
-                    self._routers[name] = router
-        return router
+        return self._memo(self._routers, name, lambda: AsyncGroupRouter(**self._router_args(name), engine_for=self.engine))
 
     def write(self, group: str | None = None) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with acl.write() as conn``: one transaction on the primary (see :meth:`Cluster.write`)."""
