@@ -31,6 +31,7 @@ from dbscale.topology import NodeRef, configured_nodes
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
+
 def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``create_engine`` from a group's pool settings.
 
@@ -279,7 +280,9 @@ class AsyncCluster(_ClusterBase):
     def router(self, group: str | None = None) -> AsyncGroupRouter:
         """The router of ``group`` (default :meth:`default_group`), created on first use."""
         name = group or self.default_group()
-        return self._memo(self._routers, name, lambda: AsyncGroupRouter(**self._router_args(name), engine_for=self.engine))
+        return self._memo(
+            self._routers, name, lambda: AsyncGroupRouter(**self._router_args(name), engine_for=self.engine)
+        )
 
     def write(self, group: str | None = None) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with acl.write() as conn``: one transaction on the primary (see :meth:`Cluster.write`)."""
