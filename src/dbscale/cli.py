@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -95,7 +96,14 @@ def _with_router_view(statuses: list[NodeStatus], topology: TopologyConfig) -> l
         }
     )
     with Cluster(quick) as cluster:
-        rows = {row["node"]: row for row in cluster.routing_status()}
+        first = cluster.routing_status()
+        if any(row.get("health") == "lagging" for row in first):
+            # A fresh router has never seen the replica caught up, so its first lag estimate is the
+            # loose bound now() - pg_last_xact_replay_timestamp(); a second round tells real lag apart.
+            time.sleep(0.3)
+            cluster.refresh()
+            first = cluster.routing_status()
+        rows = {row["node"]: row for row in first}
     for status in statuses:
         row = rows.get(status.name)
         if row is not None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dbscale.config import load_config
 from dbscale.local import LocalTopology
+from dbscale.probe import probe_topology
 
 from ..conftest import make_state_dir
 
@@ -111,3 +113,59 @@ def test_up_kill_up_down_through_the_cli(cli_state_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert processes_mentioning(state) == []
     assert set(before).isdisjoint(processes_mentioning(state))
+
+
+def _as_postgres_user(action: str, state: str) -> None:
+    """In a spawned child: drop root for the ``postgres`` user, then run a LocalTopology action."""
+    import codecs
+    import pwd
+
+    from dbscale.local import LocalTopology
+
+    codecs.lookup("idna")  # socket looks this codec up lazily; the stdlib under /root is unreadable after setuid
+    user = pwd.getpwnam("postgres")
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    os.environ["HOME"] = user.pw_dir
+    topology = LocalTopology(state)
+    if action == "up":
+        topology.up(replicas=1, shards=0, pgbouncer=True)
+    else:
+        topology.down(purge=True)
+
+
+def _run_as_postgres(action: str, state: Path) -> int | None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_as_postgres_user, args=(action, str(state)))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+    return child.exitcode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_up_and_down_as_an_ordinary_user() -> None:
+    """A user who is not root (here the `postgres` system user) runs the topology as itself."""
+    import pwd
+
+    user = pwd.getpwnam("postgres")
+    state = make_state_dir("dbscale-user-")
+    os.chown(state, user.pw_uid, user.pw_gid)
+    try:
+        assert _run_as_postgres("up", state) == 0
+        statuses = probe_topology(load_config(state / "dbscale.toml"))
+        assert {s.name: s.healthy for s in statuses} == {
+            "main-primary": True,
+            "main-replica1": True,
+            "pgbouncer-main": True,
+            "redis": True,
+        }
+        owners = {pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name for pid in processes_mentioning(str(state))}
+        assert owners == {"postgres"}  # redis included: nothing of the topology runs as root
+    finally:
+        assert _run_as_postgres("down", state) == 0
+        shutil.rmtree(state, ignore_errors=True)
+    assert processes_mentioning(str(state)) == []
