@@ -1,7 +1,14 @@
-"""The asyncio group router: the line-for-line twin of :mod:`dbscale.routing.router`.
+"""The asyncio group router: ``read()``, ``write()`` and ``session()`` over the pure core.
 
-Same core, same decisions; only the waiting differs (``await`` instead of blocking). Keep the two
-files in step: a change to one is a change to both.
+Theory of operation: every call asks the core (:mod:`dbscale.routing.core`) for a decision from the
+current snapshot, then acts: check out a pooled connection, verify a causal LSN inline when the
+snapshot cannot vouch for the replica, retry a read once on another node after a connection error,
+and fold what it learned (bans, replay positions) back into the snapshot.
+
+One source, two flavours: the asyncio router (:mod:`dbscale.routing.aio`) is written by hand, and
+the synchronous one (:mod:`dbscale.routing.router`) is generated from it by ``scripts/unasync.py``,
+which renames the asyncio constructs and APIs to their blocking twins; CI fails if the generated
+file is stale. Edit ``aio.py``, then run ``python scripts/unasync.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 from sqlalchemy import Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.util import await_only
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
@@ -25,11 +32,13 @@ from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import AsyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
-from dbscale.routing.router import INSERT_LSN_SQL, REPLAY_LSN_SQL
+
+REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 
 
 class AsyncGroupRouter(GroupRouterBase):
-    """Routes one group's reads and writes (asyncio). Built by :class:`dbscale.AsyncCluster`."""
+    """Routes one group's reads and writes. Built by :class:`dbscale.AsyncCluster`; use its methods."""
 
     def __init__(
         self,
@@ -48,7 +57,7 @@ class AsyncGroupRouter(GroupRouterBase):
         self._started = False
 
     async def ensure_started(self) -> None:
-        """Start the health monitor task on first use and wait briefly for its first round."""
+        """Start the health monitor on first use and wait briefly for its first round."""
         if not self._started:
             self._started = True
             await self.monitor.start(wait=self.monitor.timeout + 1.0)
@@ -110,7 +119,7 @@ class AsyncGroupRouter(GroupRouterBase):
 
     # -- reads ------------------------------------------------------------------------------------
     def read(self, mark: Mark | None) -> AsyncReadConnection:
-        """A connection chosen by policy, as an async context manager (see :meth:`dbscale.AsyncCluster.read`)."""
+        """A connection chosen by policy, for use in ``async with`` (see :meth:`dbscale.AsyncCluster.read`)."""
         return AsyncReadConnection(self, mark)
 
     # -- writes -----------------------------------------------------------------------------------
@@ -176,8 +185,7 @@ class AsyncGroupRouter(GroupRouterBase):
         if mode == "delay":
             self._record(self.name, Mark(at=self.wall_clock()))
         elif mode == "lsn":
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
+            driver: Any = (await conn.get_raw_connection()).driver_connection
             try:
                 await driver.set_autocommit(True)  # one round trip, no BEGIN/ROLLBACK around it
                 try:
@@ -194,7 +202,7 @@ class AsyncGroupRouter(GroupRouterBase):
     # -- ORM ------------------------------------------------------------------------------------
     @asynccontextmanager
     async def session(self, write: bool, mark: Mark | None) -> AsyncIterator[AsyncSession]:
-        """An ``AsyncSession`` bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
+        """A session (``AsyncSession``) bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
         if write:
             async with self.write() as conn:
                 session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
@@ -213,7 +221,13 @@ class AsyncGroupRouter(GroupRouterBase):
 
 
 class AsyncReadConnection:
-    """A routed async read connection (read-only transaction); the twin of :class:`~dbscale.routing.router.ReadConnection`."""
+    """A routed read connection. Statements run on :attr:`connection` (a SQLAlchemy ``AsyncConnection``).
+
+    The transaction is read-only on every node: on the primary fallback, and on a replica too, which
+    may have been promoted since the monitor last looked at it. Until a statement has returned, a
+    connection error moves the read to another eligible node once (the failed node is banned);
+    after that, errors propagate. ``node`` says where it ran.
+    """
 
     def __init__(self, router: AsyncGroupRouter, mark: Mark | None) -> None:
         self._router = router
@@ -270,7 +284,7 @@ class AsyncReadConnection:
             await self.open(self._excluded | {node})
             return
         except BaseException:
-            await self.finish()  # e.g. a pool timeout or a cancelled task: give back the in-flight count
+            await self.finish()  # e.g. a pool timeout, a cancellation or an interrupt: give back the in-flight count
             raise
         if plan.fallback:
             r.metrics.fallbacks.inc()
@@ -340,21 +354,26 @@ class AsyncReadConnection:
             return result
 
     def orm_session(self) -> AsyncSession:
-        """An ``AsyncSession`` on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
+        """A session (``AsyncSession``) on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
         assert self._conn is not None
         session = AsyncSession(bind=self._conn, join_transaction_mode="rollback_only", sync_session_class=ReadSession)
-        sync = session.sync_session
-        assert isinstance(sync, ReadSession)
-        sync.info[NODE_KEY] = self.node
-        sync.dbscale_pin = self._pin
-        event.listen(sync, "do_orm_execute", self._session_execute)
+        self._attach(session.sync_session)
         return session
+
+    def _attach(self, session: Session) -> None:
+        assert isinstance(session, ReadSession)
+        session.info[NODE_KEY] = self.node
+        session.dbscale_pin = self._pin
+        event.listen(session, "do_orm_execute", self._session_execute)
 
     def _pin(self) -> None:
         self._delivered = True
 
     def _session_execute(self, state: ORMExecuteState) -> Any:
-        """``do_orm_execute`` hook (runs in SQLAlchemy's greenlet): move the session once on a connection error."""
+        """``do_orm_execute`` hook: run the statement, moving the session once on a connection error.
+
+        Under asyncio the hook runs inside SQLAlchemy's greenlet, which lets it drive the async methods.
+        """
         if self._delivered:
             return None
         session = state.session

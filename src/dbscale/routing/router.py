@@ -1,10 +1,15 @@
+# auto-generated from aio.py by scripts/unasync.py — do not edit
 """The synchronous group router: ``read()``, ``write()`` and ``session()`` over the pure core.
 
 Theory of operation: every call asks the core (:mod:`dbscale.routing.core`) for a decision from the
 current snapshot, then acts: check out a pooled connection, verify a causal LSN inline when the
 snapshot cannot vouch for the replica, retry a read once on another node after a connection error,
-and fold what it learned (bans, replay positions) back into the snapshot. The async twin in
-:mod:`dbscale.routing.aio` mirrors this file line for line.
+and fold what it learned (bans, replay positions) back into the snapshot.
+
+One source, two flavours: the asyncio router (:mod:`dbscale.routing.aio`) is written by hand, and
+the synchronous one (:mod:`dbscale.routing.router`) is generated from it by ``scripts/unasync.py``,
+which renames the asyncio constructs and APIs to their blocking twins; CI fails if the generated
+file is stale. Edit ``aio.py``, then run ``python scripts/unasync.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 
 
 class GroupRouter(GroupRouterBase):
-    """Routes one group's reads and writes (sync). Built by :class:`dbscale.Cluster`; use its methods."""
+    """Routes one group's reads and writes. Built by :class:`dbscale.Cluster`; use its methods."""
 
     def __init__(
         self,
@@ -61,7 +66,7 @@ class GroupRouter(GroupRouterBase):
 
     # -- connections ------------------------------------------------------------------------------
     def connect(self, node: str, *, read_only: bool = False) -> Connection:
-        """Check out a pooled connection to ``node``; count waits, translate pool and connection errors."""
+        """Check out a pooled connection to ``node``; count waits, translate pool errors."""
         started = time.perf_counter()
         try:
             engine = self._engines.get((node, read_only))
@@ -112,7 +117,7 @@ class GroupRouter(GroupRouterBase):
 
     # -- reads ------------------------------------------------------------------------------------
     def read(self, mark: Mark | None) -> ReadConnection:
-        """A connection chosen by policy, as a context manager (see :meth:`dbscale.Cluster.read`)."""
+        """A connection chosen by policy, for use in ``with`` (see :meth:`dbscale.Cluster.read`)."""
         return ReadConnection(self, mark)
 
     # -- writes -----------------------------------------------------------------------------------
@@ -153,7 +158,7 @@ class GroupRouter(GroupRouterBase):
             conn.begin()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
             raise self._write_failed(writer, exc, "connecting") from exc
-        with conn:
+        try:
             try:
                 yield conn
             except BaseException as exc:
@@ -170,6 +175,8 @@ class GroupRouter(GroupRouterBase):
                 raise self._write_failed(writer, exc, "COMMIT (outcome unknown)") from exc
             self.metrics.writes[writer].inc()
             self._after_commit(conn, writer)
+        finally:
+            conn.close()
 
     def _after_commit(self, conn: Connection, writer: str) -> None:
         mode = self.settings.read_your_writes
@@ -193,7 +200,7 @@ class GroupRouter(GroupRouterBase):
     # -- ORM ------------------------------------------------------------------------------------
     @contextmanager
     def session(self, write: bool, mark: Mark | None) -> Iterator[Session]:
-        """An ORM Session bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
+        """A session (``Session``) bound to a write transaction or a routed read (see :mod:`dbscale.routing.orm`)."""
         if write:
             with self.write() as conn:
                 session = Session(bind=conn, join_transaction_mode="rollback_only")
@@ -248,7 +255,7 @@ class ReadConnection:
 
     @property
     def connection(self) -> Connection:
-        """The underlying SQLAlchemy Connection (statements run on it directly are not retried)."""
+        """The underlying ``Connection`` (statements run on it directly are not retried)."""
         assert self._conn is not None
         self._delivered = True
         return self._conn
@@ -275,7 +282,7 @@ class ReadConnection:
             self.open(self._excluded | {node})
             return
         except BaseException:
-            self.finish()  # e.g. a pool timeout: give back the in-flight count
+            self.finish()  # e.g. a pool timeout, a cancellation or an interrupt: give back the in-flight count
             raise
         if plan.fallback:
             r.metrics.fallbacks.inc()
@@ -345,19 +352,26 @@ class ReadConnection:
             return result
 
     def orm_session(self) -> Session:
-        """An ORM Session on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
+        """A session (``Session``) on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
         assert self._conn is not None
         session = ReadSession(bind=self._conn, join_transaction_mode="rollback_only")
+        self._attach(session)
+        return session
+
+    def _attach(self, session: Session) -> None:
+        assert isinstance(session, ReadSession)
         session.info[NODE_KEY] = self.node
         session.dbscale_pin = self._pin
         event.listen(session, "do_orm_execute", self._session_execute)
-        return session
 
     def _pin(self) -> None:
         self._delivered = True
 
     def _session_execute(self, state: ORMExecuteState) -> Any:
-        """``do_orm_execute`` hook: run the statement, moving the session once on a connection error."""
+        """``do_orm_execute`` hook: run the statement, moving the session once on a connection error.
+
+        Under asyncio the hook runs inside SQLAlchemy's greenlet, which lets it drive the async methods.
+        """
         if self._delivered:
             return None
         session = state.session

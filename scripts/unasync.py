@@ -1,0 +1,143 @@
+"""Generate the synchronous router from the asyncio one (in the manner of httpcore's ``scripts/unasync.py``).
+
+``src/dbscale/routing/aio.py`` is the hand-written source; ``src/dbscale/routing/router.py`` is its
+blocking twin, produced by the ordered regex substitutions in ``RULES`` (applied line by line, in
+order), stamped as generated and passed through ``ruff format``. Where the two APIs differ by more
+than a name, the async source is written so a substitution yields exactly the sync code.
+
+    python scripts/unasync.py          # regenerate router.py
+    python scripts/unasync.py --check  # exit 1 (with a diff) if router.py is stale
+
+Both modes also exit 1 when a rule matched nothing: a rule that no longer applies means the source
+changed under it, and the generated file may be wrong in a way no diff would show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = [(Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py"))]
+STAMP = "# auto-generated from aio.py by scripts/unasync.py — do not edit\n"
+
+# (pattern, replacement), applied in this order to each line (newline included). A pattern is a
+# regular expression; names are matched as whole words.
+RULES: list[tuple[str, str]] = [
+    # imports
+    (r"^import asyncio\n", ""),
+    (
+        r"^from collections\.abc import AsyncIterator, Awaitable, Callable$",
+        "from collections.abc import Callable, Iterator",
+    ),
+    (r"^from sqlalchemy import Executable, event$", "from sqlalchemy import Connection, Engine, Executable, event"),
+    (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession\n", ""),
+    (r"^from sqlalchemy\.util import await_only\n", ""),
+    # the module docstring's first line
+    (r"\bThe asyncio group router\b", "The synchronous group router"),
+    # async syntax
+    (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
+    (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
+    (r"\basync def\b", "def"),
+    (r"\basync with\b", "with"),
+    (r"\bawait ", ""),
+    (r"\b__aenter__\b", "__enter__"),
+    (r"\b__aexit__\b", "__exit__"),
+    (r"\basynccontextmanager\b", "contextmanager"),
+    (r"\basyncio\.sleep\b", "time.sleep"),
+    (r"\bAsyncIterator\b", "Iterator"),
+    (r"\bAwaitable\[Any\]", "Any"),
+    # dbscale names
+    (r"\bAsyncGroupRouter\b", "GroupRouter"),
+    (r"\bAsyncReadConnection\b", "ReadConnection"),
+    (r"\bAsyncMonitor\b", "SyncMonitor"),
+    (r"\bAsyncCluster\b", "Cluster"),
+    # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
+    (r"\bAsyncSession\((.*), sync_session_class=(\w+)\)", r"\2(\1)"),
+    (r"\bAsyncSession\b", "Session"),
+    (r"\.sync_session\b", ""),
+    (r"\bAsyncConnection\b", "Connection"),
+    (r"\.sync_connection\b", ""),
+    (r"\.get_raw_connection\(\)", ".connection"),
+    (r"\bAsyncEngine\b", "Engine"),
+    # psycopg: the async connection's autocommit setter is a coroutine method
+    (r"\b(\w+)\.set_autocommit\((\w+)\)", r"\1.autocommit = \2"),
+]
+
+COMPILED = [(re.compile(pattern), repl) for pattern, repl in RULES]
+
+
+def unasync(source: str, used: set[int]) -> str:
+    """The sync text of ``source`` (before formatting); adds the index of every rule that matched to ``used``."""
+    out = []
+    for line in source.splitlines(keepends=True):
+        for index, (regex, repl) in enumerate(COMPILED):
+            line, count = regex.subn(repl, line)
+            if count:
+                used.add(index)
+        out.append(line)
+    return "".join(out)
+
+
+def ruff_format(text: str, path: Path) -> str:
+    """``text`` as ``ruff format`` would write it to ``path`` (the project's settings apply)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"ruff format failed on the generated {path}:\n{result.stderr}")
+    return result.stdout
+
+
+def generate(src: Path, used: set[int]) -> str:
+    """The formatted, stamped sync twin of ``src`` (a path relative to the repository root)."""
+    return ruff_format(STAMP + unasync((ROOT / src).read_text(), used), src)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--check", action="store_true", help="fail (with a diff) if a generated file is stale")
+    args = parser.parse_args(argv)
+
+    used: set[int] = set()
+    status = 0
+    for src, dst in FILES:
+        expected = generate(src, used)
+        target = ROOT / dst
+        current = target.read_text() if target.exists() else ""
+        if current == expected:
+            continue
+        if args.check:
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    expected.splitlines(keepends=True),
+                    fromfile=f"{dst} (checked in)",
+                    tofile=f"{dst} (generated from {src})",
+                )
+            )
+            print(f"{dst} is stale: run python scripts/unasync.py", file=sys.stderr)
+            status = 1
+        else:
+            target.write_text(expected)
+            print(f"wrote {dst}")
+
+    unused = [RULES[i] for i in range(len(RULES)) if i not in used]
+    for pattern, repl in unused:
+        print(f"unused rule: {pattern!r} -> {repl!r}", file=sys.stderr)
+    if unused:
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
