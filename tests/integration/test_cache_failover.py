@@ -80,3 +80,40 @@ def test_redis_sigkill_fail_open_and_resume(topology_config_path: Path, restore_
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99)]
     assert p99 < LOADER_LATENCY + 0.06, p99
+
+
+def test_hung_redis_stops_l1_use_until_it_answers_again(topology_config_path: Path, restore_topology: Any) -> None:
+    """SIGSTOPped Redis: no PONG, so the subscription counts as lost, L1 is dropped; it resumes after SIGCONT."""
+    import os
+    import signal
+
+    from dbscale.cache.invalidation import PING_INTERVAL, PONG_TIMEOUT
+
+    topology = restore_topology
+    url = load_config(topology_config_path, environ={}).cache.redis_url
+    cache = Cache(CacheConfig(redis_url=url, namespace=f"t{uuid.uuid4().hex[:12]}", breaker_cooldown=0.5))
+    loads: list[int] = []
+
+    @cache.cached(ttl=60, key="v")
+    def value() -> int:
+        loads.append(1)
+        return len(loads)
+
+    listener = cache.core.start_listener()
+    assert listener is not None and listener.wait_ready(10)
+    assert value() == 1 and value() == 1
+    assert cache.core.l1.lookup("v", time.time())[0]  # served from L1
+    pid = topology.pid("redis")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + PING_INTERVAL + PONG_TIMEOUT + 2.0
+        while listener.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not listener.ready, "a hung Redis was not noticed"
+        assert not cache.core.l1.lookup("v", time.time())[0]  # L1 dropped: it may have missed invalidations
+        assert value() == 2  # fail-open: the loader answers while Redis hangs
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert listener.wait_ready(15)
+    cache.close()

@@ -5,7 +5,8 @@ subscribes to one channel per namespace and each invalidation is broadcast on it
 was updated. A process only stores values in its L1 while its subscription is live; when the
 subscription breaks, the L1 is cleared (messages may have been missed) and stays unused until the
 listener is subscribed again. L1 entries also expire on their own short TTL, so a message lost in
-any other way only bounds staleness.
+any other way only bounds staleness. The listener PINGs its connection every second; no PONG for
+3 s (a hung Redis, a connection dropped without a reset) counts as a lost subscription.
 
 Invalidations that cannot reach Redis are never dropped: the local L1 is cleared of them at once,
 they are counted, and :class:`RetryQueue` re-applies them (and broadcasts them) until Redis answers.
@@ -61,6 +62,32 @@ def decode_message(data: bytes) -> tuple[str, list[str], str | None]:
     return str(body.get("o", "")), [str(k) for k in keys], None if pattern is None else str(pattern)
 
 
+PING_INTERVAL = 1.0
+PONG_TIMEOUT = 3.0
+
+
+class _Liveness:
+    """When to PING the subscribed connection, and when a missing PONG means it is dead."""
+
+    def __init__(self, now: float) -> None:
+        self._last_ping = now
+        self._waiting_since: float | None = None
+
+    def should_ping(self, now: float) -> bool:
+        if now - self._last_ping < PING_INTERVAL:
+            return False
+        self._last_ping = now
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return True
+
+    def pong(self) -> None:
+        self._waiting_since = None
+
+    def dead(self, now: float) -> bool:
+        return self._waiting_since is not None and now - self._waiting_since > PONG_TIMEOUT
+
+
 class Listener:
     """A daemon thread subscribed to the invalidation channel.
 
@@ -97,14 +124,23 @@ class Listener:
             pubsub = client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
+                liveness = _Liveness(time.monotonic())
                 while not self._stop.is_set():
+                    if self.ready and liveness.should_ping(time.monotonic()):
+                        pubsub.ping()
                     msg = pubsub.get_message(timeout=0.2)
+                    if liveness.dead(time.monotonic()):
+                        # A hung Redis (or a silently dropped connection) delivers nothing: stop
+                        # trusting the L1 rather than wait for a message that cannot come.
+                        raise redis.TimeoutError(f"no PONG on the invalidation channel for {PONG_TIMEOUT:g}s")
                     if msg is None:
                         continue
                     if msg["type"] == "subscribe":
                         self._on_reset()  # anything published before now may have been missed
                         self.ready = True
                         backoff = 0.05
+                    elif msg["type"] == "pong":
+                        liveness.pong()
                     elif msg["type"] == "message":
                         self._handle(msg["data"])
             except (redis.RedisError, OSError) as exc:
