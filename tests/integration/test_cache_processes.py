@@ -32,8 +32,8 @@ def redis_url(topology_config_path: Path) -> str:
 def _reader(url: str, ns: str, version: Synchronized[int], seen: Any, ready: Any, stop: Any) -> None:
     """Reads key "x" through L1 as fast as it can; records when each new version is first seen."""
     cache = Cache(CacheConfig(redis_url=url, namespace=ns, l1_ttl=60))
-    assert cache.core.start_listener() is not None
-    cache.core._listener.wait_ready(5)  # type: ignore[union-attr]
+    listener = cache.core.start_listener()
+    assert listener is not None and listener.wait_ready(5)
 
     @cache.cached(ttl=300, key="x")
     def get_x() -> int:

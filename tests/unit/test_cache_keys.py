@@ -100,7 +100,8 @@ def test_varargs_functions_bind_through_signature() -> None:
     def f(*ids: int, **opts: str) -> None: ...
 
     kb = KeyBuilder(f)
-    assert kb.build((1, 2), {"a": "b"}) == kb.build((1, 2), {"a": "b"})
+    assert kb.build((1, 2), {"a": "b", "c": "d"}) == kb.build((1, 2), {"c": "d", "a": "b"})
+    assert kb.build((1, 2), {"a": "b"}) != kb.build((1, 3), {"a": "b"}) != kb.build((1, 3), {"a": "x"})
     with pytest.raises(CacheKeyError, match="callable"):
         KeyBuilder(f, "x:{ids}")
 

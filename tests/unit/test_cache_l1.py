@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbscale.cache import Cache
 from dbscale.cache.l1 import L1
+from dbscale.config import CacheConfig
 
 
 def test_ttl_expiry_uses_injected_now() -> None:
@@ -115,3 +118,32 @@ def test_threads_hammering_keep_size_bound() -> None:
     for t in threads:
         t.join()
     assert len(l1) <= 50
+
+
+def test_decorated_hits_refresh_lru_order_sync_and_async() -> None:
+    cache = Cache(CacheConfig(redis_url=None, l1_size=2))
+    loads: list[str] = []
+
+    @cache.cached(ttl=60, key="s:{k}")
+    def sync_load(k: str) -> str:
+        loads.append(f"s:{k}")
+        return k
+
+    @cache.cached(ttl=60, key="a:{k}")
+    async def async_load(k: str) -> str:
+        loads.append(f"a:{k}")
+        return k
+
+    async def async_calls() -> None:
+        for k in "aba":  # the second "a" is a decorated L1 hit: it must make "a" the most recent
+            await async_load(k)
+        await async_load("c")  # evicts the least recently used entry, "b"
+
+    for k in "aba":
+        sync_load(k)
+    sync_load("c")
+    assert loads == ["s:a", "s:b", "s:c"] and set(cache.core.l1._data) == {"s:a", "s:c"}
+    loads.clear()
+    asyncio.run(async_calls())
+    assert loads == ["a:a", "a:b", "a:c"] and set(cache.core.l1._data) == {"a:a", "a:c"}
+    cache.close()

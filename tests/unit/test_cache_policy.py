@@ -74,7 +74,7 @@ def test_wait_decision_serves_stale_polls_then_gives_up() -> None:
     d = wait_decision(elapsed=0.5, attempt=20, lease_wait=1, serve_stale=False, has_stale=True, holder_ttl=5)
     assert d.action is WaitAction.SLEEP and d.sleep == 0.05
     d = wait_decision(elapsed=0.99, attempt=20, lease_wait=1, serve_stale=False, has_stale=False, holder_ttl=5)
-    assert d.sleep <= 0.0100001
+    assert d.action is WaitAction.SLEEP and 0 < d.sleep <= 0.0100001
     d = wait_decision(elapsed=1.0, attempt=3, lease_wait=1, serve_stale=False, has_stale=False, holder_ttl=5)
     assert d.action is WaitAction.LOAD_WITHOUT_FILL
 

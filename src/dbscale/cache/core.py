@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 from dbscale.metrics import Metrics
 
-__all__ = ["CacheCore", "Options"]
+__all__ = ["CacheCore", "CacheFront", "Options"]
 
 log = logging.getLogger("dbscale.cache")
 
@@ -128,11 +128,11 @@ class CacheCore:
         if value is None:
             ttl = self.config.negative_ttl
         ttl = jittered_ttl(ttl, self.config.jitter, self.rand())
-        now_ms = int(self.clock() * 1000)
-        expires_ms = now_ms + max(1, int(ttl * 1000))
+        ttl_ms = max(1, int(ttl * 1000))
+        expires_ms = int(self.clock() * 1000) + ttl_ms
         payload = self.serde.dumps(value)
         entry = encode_header(expires_ms, int(delta * 1000)) + payload
-        return entry, max(1, int(ttl * 1000)) + self.stale_px, expires_ms
+        return entry, ttl_ms + self.stale_px, expires_ms
 
     def decode(self, entry: bytes) -> tuple[Any, int, int]:
         """``(value, expires_ms, delta_ms)`` of an entry; SerializationError if corrupt."""
@@ -143,11 +143,7 @@ class CacheCore:
             except (IndexError, ValueError):
                 pass  # fall through to the careful path, which names the problem
         expires_ms, delta_ms = decode_header(entry)
-        return self.serde.loads_fast(entry[HEADER_LEN:]), expires_ms, delta_ms
-
-    def fresh(self, entry: bytes, now: float) -> bool:
-        """Is the entry's logical expiry in the future?"""
-        return decode_header(entry)[0] > now * 1000
+        return self.serde.loads(entry[HEADER_LEN:]), expires_ms, delta_ms
 
     def wants_early(self, now: float, expires_ms: int, delta_ms: int, beta: float) -> bool:
         """XFetch: should this hit trigger an early recomputation?"""
@@ -264,3 +260,50 @@ class CacheCore:
         self.retry.close()
         if self._l2 is not None:
             self._l2.close()
+
+
+class CacheFront:
+    """What the sync and async front ends share: their :class:`CacheCore` and per-call options."""
+
+    def __init__(
+        self,
+        config: CacheConfig | None,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+        core: CacheCore | None,
+    ) -> None:
+        self.core = (
+            core
+            if core is not None
+            else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
+        )
+
+    @property
+    def config(self) -> CacheConfig:
+        """The cache settings."""
+        return self.core.config
+
+    @property
+    def metrics(self) -> Metrics:
+        """The metrics registry the cache counts into."""
+        return self.core.metrics
+
+    def options(
+        self,
+        ttl: float | None = None,
+        *,
+        l1: bool = True,
+        serve_stale: bool | None = None,
+        xfetch_beta: float | None = None,
+        tags: Sequence[str] = (),
+    ) -> Options:
+        """Resolve per-call settings against the config."""
+        cfg = self.core.config
+        return Options(
+            cfg.default_ttl if ttl is None else ttl,
+            l1=l1 and cfg.l1_size > 0,
+            serve_stale=cfg.serve_stale if serve_stale is None else serve_stale,
+            xfetch_beta=cfg.xfetch_beta if xfetch_beta is None else xfetch_beta,
+            tags=tuple(tags),
+        )

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dbscale.cache.keys import KeyBuilder, TagBuilder
 
 if TYPE_CHECKING:
+    from dbscale.cache.core import Options
     from dbscale.cache.tier import Cache
     from dbscale.cache.tier_async import AsyncCache
 
@@ -52,37 +53,29 @@ def make_cached(
     """Build the decorator; ``cache`` serves ``def`` functions and ``acache`` ``async def`` ones."""
     if isinstance(tags, str):
         raise TypeError("tags must be a list of templates, e.g. tags=['user:{user_id}']")
+    opts = cache.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
 
     def decorate(func: Callable[..., Any]) -> Any:
         builder = KeyBuilder(func, key)
         tag_builder = TagBuilder(func, tags) if tags else None
         if inspect.iscoroutinefunction(func):
-            return _async_wrapper(func, acache, builder, tag_builder, ttl, l1, serve_stale, xfetch_beta)
-        return _sync_wrapper(func, cache, builder, tag_builder, ttl, l1, serve_stale, xfetch_beta)
+            return _async_wrapper(func, acache, builder, tag_builder, opts)
+        return _sync_wrapper(func, cache, builder, tag_builder, opts)
 
     return decorate
 
 
 def _sync_wrapper(
-    func: Callable[..., Any],
-    cache: Cache,
-    builder: KeyBuilder,
-    tag_builder: TagBuilder | None,
-    ttl: float | None,
-    l1: bool,
-    serve_stale: bool | None,
-    xfetch_beta: float | None,
+    func: Callable[..., Any], cache: Cache, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
 ) -> Any:
-    opts = cache.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
-    core = cache.core
     build = builder.build
     fetch = cache.fetch
     use_l1 = opts.l1
-    data = core.l1._data
+    data = cache.core.l1._data
     data_get = data.get
     touch = data.move_to_end
-    clock = core.clock
-    hit = core.stats.l1_hit.inc
+    clock = cache.core.clock
+    hit = cache.core.stats.l1_hit.inc
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -114,23 +107,16 @@ def _sync_wrapper(
 
 
 def _async_wrapper(
-    func: Callable[..., Any],
-    acache: AsyncCache,
-    builder: KeyBuilder,
-    tag_builder: TagBuilder | None,
-    ttl: float | None,
-    l1: bool,
-    serve_stale: bool | None,
-    xfetch_beta: float | None,
+    func: Callable[..., Any], acache: AsyncCache, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
 ) -> Any:
-    opts = acache.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
-    core = acache.core
     build = builder.build
     fetch = acache.fetch
     use_l1 = opts.l1
-    data_get = core.l1._data.get
-    clock = core.clock
-    hit = core.stats.l1_hit.inc
+    data = acache.core.l1._data
+    data_get = data.get
+    touch = data.move_to_end
+    clock = acache.core.clock
+    hit = acache.core.stats.l1_hit.inc
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -138,6 +124,10 @@ def _async_wrapper(
         if use_l1:
             entry = data_get(k)
             if entry is not None and entry[1] > clock():
+                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
+                    touch(k)
+                except KeyError:
+                    pass
                 hit()
                 return entry[0]
         return await fetch(k, func, args, kwargs, opts, tag_builder)

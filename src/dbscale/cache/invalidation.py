@@ -252,6 +252,7 @@ def apply_invalidation(l2: RedisL2, inv: Invalidation, stale_px: int, origin: st
         return keys
     keys = []
     for pattern in inv.items:
-        keys.extend(l2.invalidate_pattern(pattern, px))
-        l2.publish(l2.keys.channel, encode_message(origin, keys=keys, pattern=pattern))
+        found = l2.invalidate_pattern(pattern, px)
+        l2.publish(l2.keys.channel, encode_message(origin, keys=found, pattern=pattern))
+        keys.extend(found)
     return keys

@@ -95,7 +95,6 @@ class KeyBuilder:
         "_prefix",
         "_sig",
         "_simple",
-        "_tag_builders",
         "build",
     )
 

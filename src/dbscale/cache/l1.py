@@ -86,10 +86,10 @@ class L1:
                 self._bytes -= old[2]
             self._data[key] = (value, now + ttl, size)
             self._bytes += size
-            self._evict(now)
+            self._evict()
         return True
 
-    def _evict(self, now: float) -> None:
+    def _evict(self) -> None:
         data = self._data
         while len(data) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
             _, (_, _, size) = data.popitem(last=False)

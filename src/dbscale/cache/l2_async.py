@@ -14,14 +14,13 @@ read together, and (re)connecting is bounded by the connect timeout, as in the s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import redis.asyncio as aredis
 
 from dbscale.cache.keys import RedisKeys
-from dbscale.cache.l2 import _ERRORS, BATCH, RELEASE_SCRIPT, client_options, packed_get, unavailable
+from dbscale.cache.l2 import _ERRORS, BATCH, RELEASE_SCRIPT, client_options, packed_get, translate, unavailable
 from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
@@ -47,15 +46,6 @@ class _AConn(Protocol):
     async def connect(self) -> Any: ...
 
     async def disconnect(self, nowait: bool = False) -> Any: ...
-
-
-@asynccontextmanager
-async def atranslate(url: str, op: str) -> AsyncIterator[None]:
-    """Turn redis-py, socket and asyncio timeout errors into CacheUnavailable."""
-    try:
-        yield
-    except _ERRORS as exc:
-        raise unavailable(url, op, exc) from exc
 
 
 class AsyncRedisL2:
@@ -126,30 +116,30 @@ class AsyncRedisL2:
     ) -> LeaseReply:
         """Run the lease script (see :mod:`dbscale.cache.leases`)."""
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
-        async with atranslate(self.url, "lease"):
+        with translate(self.url, "lease"):
             reply = await self._lease(keys, [now_ms, token, lease_ms, tag_ttl, key, "1" if force else "0"])
         return parse_lease_reply(reply)
 
     async def fill(self, key: str, token: str, entry: bytes, px: int) -> bool:
         """Store ``entry`` if ``token`` still holds the lease; False means the fill was dropped."""
-        async with atranslate(self.url, "fill"):
+        with translate(self.url, "fill"):
             return bool(await self._fill(self.keys.triple(key), [token, entry, px]))
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back if ``token`` still holds it."""
-        async with atranslate(self.url, "release"):
+        with translate(self.url, "release"):
             await self._release([self.keys.triple(key)[1]], [token])
 
     async def set(self, key: str, entry: bytes, px: int, tags: Sequence[str], tag_ttl: int) -> None:
         """Write ``entry`` unconditionally, revoking any lease."""
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
-        async with atranslate(self.url, "set"):
+        with translate(self.url, "set"):
             await self._set(keys, [entry, px, tag_ttl, key])
 
     async def invalidate(self, keys: Sequence[str], stale_px: int) -> int:
         """Invalidate cache keys in pipelined batches; returns how many held a value."""
         found = 0
-        async with atranslate(self.url, "invalidate"):
+        with translate(self.url, "invalidate"):
             for start in range(0, len(keys), BATCH):
                 pipe = self.admin.pipeline(transaction=False)
                 for key in keys[start : start + BATCH]:
@@ -163,7 +153,7 @@ class AsyncRedisL2:
         for tag in tags:
             tag_key = self.keys.tag(tag)
             while True:
-                async with atranslate(self.url, "SPOP"):
+                with translate(self.url, "SPOP"):
                     members = await self.admin.spop(tag_key, BATCH)
                 if not members:
                     break
@@ -179,7 +169,7 @@ class AsyncRedisL2:
         cursor = 0
         match = self.keys.scan_pattern(pattern)
         while True:
-            async with atranslate(self.url, "SCAN"):
+            with translate(self.url, "SCAN"):
                 cursor, found = await self.admin.scan(cursor, match=match, count=BATCH)
             batch = [k for k in {self.keys.user_key(r) for r in found} if k not in seen]
             if batch:
@@ -191,12 +181,12 @@ class AsyncRedisL2:
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Broadcast an invalidation message."""
-        async with atranslate(self.url, "PUBLISH"):
+        with translate(self.url, "PUBLISH"):
             await self.admin.publish(channel, message)
 
     async def ping(self) -> bool:
         """True if Redis answers."""
-        async with atranslate(self.url, "PING"):
+        with translate(self.url, "PING"):
             return bool(await self.client.ping())
 
     async def close(self) -> None:

@@ -159,12 +159,3 @@ class Serializer:
         except Exception as exc:
             raise SerializationError(f"corrupt cache payload ({type(exc).__name__}: {exc})") from exc
         raise SerializationError(f"unknown cache payload format {fmt!r}")
-
-    def loads_fast(self, payload: bytes) -> Any:
-        """:meth:`loads` for a whole entry's payload slice, with a shortcut for plain orjson."""
-        if payload[:1] == b"j" and self._key is None:
-            try:
-                return orjson.loads(memoryview(payload)[1:])
-            except orjson.JSONDecodeError as exc:
-                raise SerializationError(f"corrupt cache payload ({exc})") from exc
-        return self.loads(payload)

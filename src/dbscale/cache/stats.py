@@ -106,7 +106,6 @@ class CacheStats:
         self._latency = metrics.histogram("cache_latency_seconds", "Latency of cache operations", ["op"])
         self.lat_l2_get = self._latency.labels("l2_get")
         self.lat_load = self._latency.labels("load")
-        self.lat_lease = self._latency.labels("lease")
 
     def error(self, op: str) -> None:
         """Count a failed Redis operation."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dbscale.cache.core import CacheCore, Options
+from dbscale.cache.core import CacheCore, CacheFront, Options
 from dbscale.cache.flight import SingleFlight
 from dbscale.cache.invalidation import Invalidation, apply_invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
@@ -32,7 +32,7 @@ __all__ = ["Cache"]
 T = TypeVar("T")
 
 
-class Cache:
+class Cache(CacheFront):
     """Tiered cache for synchronous code (redis-py). Thread-safe.
 
     >>> cache = Cache(CacheConfig(redis_url="redis://127.0.0.1:6380/0", namespace="app"))  # doctest: +SKIP
@@ -53,23 +53,9 @@ class Cache:
         rand: Callable[[], float] = random.random,
         core: CacheCore | None = None,
     ) -> None:
-        self.core = (
-            core
-            if core is not None
-            else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
-        )
+        super().__init__(config, metrics, clock, rand, core)
         self._flight = SingleFlight()
         self._twin: AsyncCache | None = None
-
-    @property
-    def config(self) -> CacheConfig:
-        """The cache settings."""
-        return self.core.config
-
-    @property
-    def metrics(self) -> Metrics:
-        """The metrics registry the cache counts into."""
-        return self.core.metrics
 
     @property
     def aio(self) -> AsyncCache:
@@ -80,25 +66,6 @@ class Cache:
             self._twin = AsyncCache(core=self.core)
             self._twin._twin = self
         return self._twin
-
-    def options(
-        self,
-        ttl: float | None = None,
-        *,
-        l1: bool = True,
-        serve_stale: bool | None = None,
-        xfetch_beta: float | None = None,
-        tags: Sequence[str] = (),
-    ) -> Options:
-        """Resolve per-call settings against the config."""
-        cfg = self.core.config
-        return Options(
-            cfg.default_ttl if ttl is None else ttl,
-            l1=l1 and cfg.l1_size > 0,
-            serve_stale=cfg.serve_stale if serve_stale is None else serve_stale,
-            xfetch_beta=cfg.xfetch_beta if xfetch_beta is None else xfetch_beta,
-            tags=tuple(tags),
-        )
 
     # -- read path --------------------------------------------------------------------------------
     def get_or_load(

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dbscale.cache.core import CacheCore, Options
+from dbscale.cache.core import CacheCore, CacheFront, Options
 from dbscale.cache.flight import AsyncSingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
@@ -34,7 +34,7 @@ __all__ = ["AsyncCache"]
 T = TypeVar("T")
 
 
-class AsyncCache:
+class AsyncCache(CacheFront):
     """Tiered cache for asyncio code (redis.asyncio). Mirrors :class:`~dbscale.cache.Cache` with ``await``.
 
     ``cached`` also decorates plain ``def`` functions (through :attr:`sync`, which shares this L1).
@@ -49,24 +49,10 @@ class AsyncCache:
         rand: Callable[[], float] = random.random,
         core: CacheCore | None = None,
     ) -> None:
-        self.core = (
-            core
-            if core is not None
-            else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
-        )
+        super().__init__(config, metrics, clock, rand, core)
         self._flight = AsyncSingleFlight()
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
         self._twin: Cache | None = None
-
-    @property
-    def config(self) -> CacheConfig:
-        """The cache settings."""
-        return self.core.config
-
-    @property
-    def metrics(self) -> Metrics:
-        """The metrics registry the cache counts into."""
-        return self.core.metrics
 
     @property
     def sync(self) -> Cache:
@@ -77,18 +63,6 @@ class AsyncCache:
             self._twin = Cache(core=self.core)
             self._twin._twin = self
         return self._twin
-
-    def options(
-        self,
-        ttl: float | None = None,
-        *,
-        l1: bool = True,
-        serve_stale: bool | None = None,
-        xfetch_beta: float | None = None,
-        tags: Sequence[str] = (),
-    ) -> Options:
-        """Resolve per-call settings against the config."""
-        return self.sync.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta, tags=tags)
 
     def _l2(self) -> AsyncRedisL2 | None:
         core = self.core
