@@ -44,7 +44,7 @@ def run(config_path: Path, iterations: int) -> list[tuple[str, float, float, flo
     replica_url = main.replicas[0]
     # One replica only, so the router and the raw engine hit the same server.
     cluster = Cluster.from_config(config_path, groups={"main": {"replicas": [replica_url], "weights": None}})
-    raw = create_engine(sqlalchemy_url(replica_url), **engine_options(main.pool, via_pgbouncer=False))
+    raw = create_engine(sqlalchemy_url(replica_url), **engine_options(main.pool, via_pgbouncer=False, read_only=True))
     try:
         with cluster.write() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_routing"))

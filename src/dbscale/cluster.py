@@ -151,6 +151,7 @@ class Cluster(_ClusterBase):
         super().__init__(config, **settings)
         self._engines: dict[tuple[str, bool], Engine] = {}
         self._routers: dict[str, GroupRouter] = {}
+        self._cache: dict[None, Cache] = {}  # at most one, made on first use (a dict for _memo)
 
     def engine(self, name: str, *, read_only: bool = False) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -226,11 +227,7 @@ class Cluster(_ClusterBase):
     def cache(self) -> Cache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        with self._lock:
-            cache: Cache | None = getattr(self, "_cache", None)
-            if cache is None:
-                cache = self._cache = Cache(self.config.cache, metrics=self.metrics)
-            return cache
+        return self._memo(self._cache, None, lambda: Cache(self.config.cache, metrics=self.metrics))
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
@@ -238,7 +235,7 @@ class Cluster(_ClusterBase):
             engines, self._engines = list(self._engines.values()), {}
             routers, self._routers = list(self._routers.values()), {}
             self._closed = True
-            cache = self.__dict__.pop("_cache", None)
+            cache = self._cache.pop(None, None)
         if cache is not None:
             cache.close()
         for router in routers:
@@ -262,6 +259,7 @@ class AsyncCluster(_ClusterBase):
         super().__init__(config, **settings)
         self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._routers: dict[str, AsyncGroupRouter] = {}
+        self._cache: dict[None, AsyncCache] = {}  # at most one, made on first use (a dict for _memo)
 
     def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
         """The async SQLAlchemy engine of node ``name``, created on first use (see :meth:`Cluster.engine`)."""
@@ -326,11 +324,7 @@ class AsyncCluster(_ClusterBase):
     def cache(self) -> AsyncCache:
         """The tiered asyncio cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        with self._lock:
-            cache: AsyncCache | None = getattr(self, "_cache", None)
-            if cache is None:
-                cache = self._cache = AsyncCache(self.config.cache, metrics=self.metrics)
-            return cache
+        return self._memo(self._cache, None, lambda: AsyncCache(self.config.cache, metrics=self.metrics))
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine. Idempotent."""
@@ -338,7 +332,7 @@ class AsyncCluster(_ClusterBase):
             engines, self._engines = list(self._engines.values()), {}
             routers, self._routers = list(self._routers.values()), {}
             self._closed = True
-            cache = self.__dict__.pop("_cache", None)
+            cache = self._cache.pop(None, None)
         if cache is not None:
             await cache.close()
         for router in routers:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from dbscale.errors import ConfigError
-from dbscale.units import parse_duration, parse_size
+from dbscale.units import parse_duration, parse_read_your_writes, parse_size
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
@@ -140,11 +140,7 @@ class GroupConfig(_Model):
             raise ValueError(
                 f"weights: {len(self.weights)} weights for {len(self.replicas)} replicas; give one per replica"
             )
-        mode = self.read_your_writes.strip().lower()
-        if mode not in ("lsn", "off") and not mode.startswith("delay:"):
-            raise ValueError(f"read_your_writes: {self.read_your_writes!r} is not 'lsn', 'off' or 'delay:<duration>'")
-        if mode.startswith("delay:"):
-            parse_duration(mode.removeprefix("delay:").strip())
+        parse_read_your_writes(self.read_your_writes)
         if self.health_interval <= 0:
             raise ValueError("health_interval: must be > 0 (e.g. 1s)")
         if self.ban_max < self.ban_initial:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {
@@ -70,3 +71,16 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600 or seconds % 3600:
         return f"{seconds / 60:.12g}m"
     return f"{seconds / 3600:.12g}h"
+
+
+ReadYourWrites = Literal["lsn", "delay", "off"]
+
+
+def parse_read_your_writes(text: str) -> tuple[ReadYourWrites, float]:
+    """``"lsn"`` → ("lsn", 0); ``"delay:2s"`` → ("delay", 2.0); ``"off"`` → ("off", 0)."""
+    mode = text.strip().lower()
+    if mode.startswith("delay:"):
+        return "delay", parse_duration(mode.removeprefix("delay:").strip())
+    if mode in ("lsn", "off"):
+        return ("lsn" if mode == "lsn" else "off"), 0.0
+    raise ValueError(f"read_your_writes: {text!r} is not 'lsn', 'off' or 'delay:<duration>'")

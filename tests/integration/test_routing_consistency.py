@@ -16,6 +16,8 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, Cluster
 from dbscale.local import LocalTopology
 
+from .helpers import wait_replicated
+
 pytestmark = pytest.mark.integration
 
 REPLICAS = ("main-replica1", "main-replica2")
@@ -24,18 +26,6 @@ CYCLES = 1000
 
 def make_cluster(path: Path, **main: Any) -> Cluster:
     return Cluster.from_config(path, groups={"main": main} if main else {})
-
-
-def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
-    """Until every replica has replayed everything the primary wrote."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cluster.refresh()
-        views = cluster.router().state.views
-        if all(views[r].lag_bytes == 0 for r in REPLICAS):
-            return
-        time.sleep(0.05)
-    raise AssertionError("replicas did not catch up")
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from dbscale import Cluster, PrimaryUnavailable
 from dbscale.config import sqlalchemy_url
 from dbscale.local import LocalTopology
 
+from .helpers import wait_replicated
+
 pytestmark = pytest.mark.integration
 
 
@@ -26,17 +28,7 @@ def table(topology_config_path: Path) -> Iterator[str]:
         with cluster.write() as conn:
             conn.execute(text(f"CREATE TABLE {name} (k int PRIMARY KEY, v int NOT NULL)"))
             conn.execute(text(f"INSERT INTO {name} SELECT g, g * 10 FROM generate_series(1, 100) g"))
-        token = cluster.causal_token()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # both replicas have the table
-            cluster.refresh()
-            if all(
-                (v.lsn or 0) >= int(token.split("/")[1], 16) << 32 | int(token.split("/")[2], 16)
-                for n, v in cluster.router().state.views.items()
-                if n != "main-primary"
-            ):
-                break
-            time.sleep(0.05)
+        wait_replicated(cluster)  # both replicas have the table
     yield name
     with Cluster.from_config(topology_config_path) as cluster, cluster.write() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
@@ -72,7 +64,7 @@ def test_sigkilled_replica_during_reads_loses_no_read(
         workers = [threading.Thread(target=reader, args=(s,)) for s in range(threads)]
         for w in workers:
             w.start()
-        while done[0] < 300:
+        while done[0] + len(failures) < 300:  # failures too, so a broken read path fails rather than hangs
             time.sleep(0.005)
         before = nodes.get("main-replica1", 0)
         assert before > 0  # it was serving reads when it died

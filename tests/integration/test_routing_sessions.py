@@ -19,6 +19,8 @@ from dbscale.local import LocalTopology
 from dbscale.local.processes import is_alive
 from dbscale.routing.errors import is_read_only_error
 
+from .helpers import wait_replicated
+
 pytestmark = pytest.mark.integration
 
 REPLICAS = ("main-replica1", "main-replica2")
@@ -35,16 +37,6 @@ class Item(Base):
     __tablename__ = "rt_orm_items"
     k: Mapped[int] = mapped_column(primary_key=True)
     v: Mapped[int]
-
-
-def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        cluster.refresh()
-        if all(cluster.router().state.views[r].lag_bytes == 0 for r in REPLICAS):
-            return
-        assert time.monotonic() < deadline, "replicas did not catch up"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -9,10 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbscale.config import load_config
+from dbscale.errors import NoReplicaAvailable
 from dbscale.routing import core
 from dbscale.routing.core import GroupState, NodeCheck, Settings, apply_round, plan_read, plan_write, replica_lag
 from dbscale.routing.lsn import Mark
-from dbscale.routing.settings import group_settings, parse_read_your_writes
+from dbscale.routing.settings import group_settings
+from dbscale.units import parse_read_your_writes
 
 S = Settings(primary="p", replicas=("r1", "r2"), max_lag=5.0, causal_wait=0.05, health_interval=1.0)
 PRIMARY = NodeCheck(in_recovery=False, lsn=1000, timeline=1)
@@ -256,7 +258,7 @@ def test_router_hot_path_agrees_with_the_core(rounds, mark_lsn, later) -> None: 
         clock[0] += extra
         try:
             plan = router.plan_read(mark)
-        except Exception:
+        except NoReplicaAvailable:
             continue
         if plan.fallback:
             continue
@@ -264,3 +266,19 @@ def test_router_hot_path_agrees_with_the_core(rounds, mark_lsn, later) -> None: 
         assert core.replica_ok(view, S, clock[0])
         if mark is not None and plan.verify_lsn is None:
             assert (view.lsn or 0) >= mark_lsn
+
+
+def test_first_round_with_a_replica_never_seen_caught_up_asks_for_confirmation() -> None:
+    # r2 is a moment behind a WAL record: its only seconds bound is the loose replay age
+    first = apply_round(GroupState.initial(S), {"p": PRIMARY, "r1": replica(), "r2": replica(900, age=3600.0)}, S, 1.0)
+    assert first.views["r2"].lag_seconds == 3600.0 and not core.replica_ok(first.views["r2"], S, 1.0)
+    assert core.needs_confirmation(first)
+    second = apply_round(first, {"p": PRIMARY, "r1": replica(), "r2": replica()}, S, 1.1)
+    assert not core.needs_confirmation(second)  # only a new monitor's first round is confirmed
+    assert second.views["r2"].lag_seconds == 0.0 and core.replica_ok(second.views["r2"], S, 1.1)
+
+
+def test_first_round_with_caught_up_or_unreachable_replicas_needs_no_confirmation() -> None:
+    assert not core.needs_confirmation(healthy())
+    down = apply_round(GroupState.initial(S), {"p": PRIMARY, "r1": replica(), "r2": OSError("refused")}, S, 1.0)
+    assert not core.needs_confirmation(down)

@@ -31,7 +31,7 @@ def test_defaults_and_databases() -> None:
         "shop_shard0 = host=10.0.0.3 port=5433 dbname=shop",
     ):
         assert line in ini.splitlines()
-    assert "secret" not in ini
+    assert "ecret" not in ini  # the password is s"ecret: neither it nor its URL form leaks into the ini
     assert files.userlist == '"app" "s""ecret"\n'
 
 

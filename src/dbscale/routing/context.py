@@ -31,10 +31,6 @@ class CausalContext:
         merged[group] = current[group].merge(mark) if group in current else mark
         self._var.set(MappingProxyType(merged))
 
-    def marks(self) -> Mapping[str, Mark]:
-        """Every group's mark in this context."""
-        return self._var.get()
-
     def token(self, group: str | None = None) -> str | None:
         """This context's marks as a portable string, or None if it has written nothing."""
         marks = self._var.get()

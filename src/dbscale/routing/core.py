@@ -31,9 +31,9 @@ from typing import Literal
 from dbscale.routing.balance import Policy, choose
 from dbscale.routing.bans import BanPolicy, BanState
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+from dbscale.units import ReadYourWrites
 
 Role = Literal["primary", "replica", "unknown"]
-ReadYourWrites = Literal["lsn", "delay", "off"]
 
 #: One round trip that tells a node's role, WAL position, lag inputs and timeline.
 CHECK_SQL = """\
@@ -216,6 +216,23 @@ def apply_round(
     return GroupState(views=views, writer=writer, rounds=state.rounds + 1)
 
 
+#: Delay before the confirming second round of a new monitor (see :func:`needs_confirmation`).
+CONFIRM_DELAY = 0.1
+
+
+def needs_confirmation(state: GroupState) -> bool:
+    """After a monitor's first round: is some replica behind without ever having been seen caught up?
+
+    Its seconds lag is then only the loose bound ``now() - pg_last_xact_replay_timestamp()`` (which
+    grows while the primary is idle), or unknown; a replica caught a moment behind a WAL record would
+    be judged lagging. A second round shortly after tells a real lag from a momentary one.
+    """
+    return state.rounds == 1 and any(
+        v.role == "replica" and v.reachable and v.caught_up_at is None and v.lag_bytes is not None
+        for v in state.views.values()
+    )
+
+
 def note_failure(state: GroupState, name: str, settings: Settings, now: float, reason: str) -> GroupState:
     """A query on ``name`` failed with a connection error: ban it; a banned writer is no longer the writer."""
     view = state.views[name]
@@ -337,6 +354,7 @@ def due_checks(state: GroupState, now: float) -> list[str]:
 
 __all__ = [
     "CHECK_SQL",
+    "CONFIRM_DELAY",
     "GroupState",
     "NodeCheck",
     "NodeView",
@@ -345,6 +363,7 @@ __all__ = [
     "apply_round",
     "due_checks",
     "elect_writer",
+    "needs_confirmation",
     "note_failure",
     "note_replay",
     "note_stalled",

@@ -144,7 +144,8 @@ class GroupRouterBase:
         with self._lock:
             before = self._state
             self._state = after = change(before)
-        self._publish(before, after)
+        if after is not before:
+            self._publish(before, after)
         return after
 
     def note_failure(self, node: str, reason: str) -> None:
@@ -176,8 +177,13 @@ class GroupRouterBase:
     def _publish(self, before: GroupState, after: GroupState) -> None:
         m = self.metrics
         now = self.clock()
+        # Until the first round every gauge is written; after it, a view that did not change still
+        # shows in its gauges (an inline replay check, say, replaces one node's view, not the others').
+        keep = before.rounds > 0 and after.writer == before.writer
         for name, view in after.views.items():
             old = before.views[name]
+            if keep and view is old:
+                continue
             if view.ban.strikes > old.ban.strikes or (view.ban.until or 0) > (old.ban.until or 0):
                 m.bans[name].inc()
             m.up[name].set(1 if view.reachable else 0)

@@ -112,15 +112,6 @@ def parse_token(token: str) -> dict[str, Mark]:
     return marks
 
 
-def merge_marks(*tokens: Mapping[str, Mark]) -> dict[str, Mark]:
-    """Combine several per-group mark sets, keeping the latest mark of each group."""
-    out: dict[str, Mark] = {}
-    for marks in tokens:
-        for group, mark in marks.items():
-            out[group] = out[group].merge(mark) if group in out else mark
-    return out
-
-
 def _shown(part: str) -> str:
     return repr(part if len(part) <= 60 else part[:57] + "...")
 
@@ -147,18 +138,11 @@ def record_boundary(insert_lsn: int) -> int:
     return insert_lsn
 
 
-def lsn_reached(replay_lsn: int | None, wanted: int | None) -> bool:
-    """Whether a replica that replayed up to ``replay_lsn`` has seen everything up to ``wanted``."""
-    return wanted is None or (replay_lsn is not None and replay_lsn >= wanted)
-
-
 __all__ = [
     "InvalidCausalToken",
     "Mark",
     "format_lsn",
     "format_token",
-    "lsn_reached",
-    "merge_marks",
     "parse_lsn",
     "parse_token",
     "record_boundary",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 
 import psycopg
 
-from dbscale.routing.core import CHECK_SQL, GroupState, NodeCheck, parse_check_row
+from dbscale.routing.core import CHECK_SQL, CONFIRM_DELAY, GroupState, NodeCheck, needs_confirmation, parse_check_row
 from dbscale.routing.group import GroupRouterBase
 
 
@@ -81,19 +82,31 @@ class SyncMonitor:
         self._start_lock = threading.Lock()
 
     def run_round(self) -> GroupState:
-        """Probe every due node now and return the new state (also usable without the thread)."""
+        """Probe every due node now and return the new state (also usable without the thread).
+
+        A new monitor's first round is confirmed by a second one when it could not judge a replica's
+        lag (:func:`~dbscale.routing.core.needs_confirmation`).
+        """
+        state = self._round()
+        if needs_confirmation(state):
+            time.sleep(CONFIRM_DELAY)
+            state = self._round()
+        self._first.set()
+        return state
+
+    def _round(self) -> GroupState:
         with self._round_lock:
             due = [n for n in self.router.due_checks() if n in self._probers]
             futures = {n: self._pool.submit(self._probers[n].probe) for n in due}
-            results: dict[str, NodeCheck | BaseException] = {}
-            for name, fut in futures.items():
-                try:
-                    results[name] = fut.result(timeout=self.timeout + 0.5)
-                except FutureTimeout:
-                    results[name] = TimeoutError(f"health check took longer than {self.timeout:.1f}s")
-            state = self.router.apply_round(results)
-        self._first.set()
-        return state
+            # one deadline for the whole round: hung nodes must not add up their timeouts
+            done, _ = wait_futures(futures.values(), timeout=self.timeout + 0.5)
+            results: dict[str, NodeCheck | BaseException] = {
+                name: fut.result()
+                if fut in done
+                else TimeoutError(f"health check took longer than {self.timeout:.1f}s")
+                for name, fut in futures.items()
+            }
+            return self.router.apply_round(results)
 
     def start(self, wait: float | None = None) -> None:
         """Start the thread (idempotent); optionally wait up to ``wait`` seconds for the first round."""
@@ -170,16 +183,22 @@ class AsyncMonitor:
             return exc
 
     async def run_round(self) -> GroupState:
-        """Probe every due node now and return the new state."""
+        """Probe every due node now and return the new state (see :meth:`SyncMonitor.run_round`)."""
+        state = await self._round()
+        if needs_confirmation(state):
+            await asyncio.sleep(CONFIRM_DELAY)
+            state = await self._round()
+        if self._first is not None:
+            self._first.set()
+        return state
+
+    async def _round(self) -> GroupState:
         if self._round_lock is None:
             self._round_lock = asyncio.Lock()
         async with self._round_lock:
             due = [n for n in self.router.due_checks() if n in self._conninfo]
             checks = await asyncio.gather(*(self._probe_bounded(n) for n in due))
-            state = self.router.apply_round(dict(zip(due, checks, strict=True)))
-        if self._first is not None:
-            self._first.set()
-        return state
+            return self.router.apply_round(dict(zip(due, checks, strict=True)))
 
     async def start(self, wait: float | None = None) -> None:
         """Start the task on the running loop (idempotent); optionally wait for the first round."""

@@ -10,20 +10,10 @@ from dbscale.config import GroupConfig, libpq_conninfo
 from dbscale.metrics import Metrics
 from dbscale.routing.bans import BanPolicy
 from dbscale.routing.context import CausalContext
-from dbscale.routing.core import ReadYourWrites, Settings
+from dbscale.routing.core import Settings
 from dbscale.routing.metrics import RoutingMetrics
 from dbscale.topology import pgbouncer_name, primary_name, replica_name
-from dbscale.units import parse_duration
-
-
-def parse_read_your_writes(text: str) -> tuple[ReadYourWrites, float]:
-    """``"lsn"`` → ("lsn", 0); ``"delay:2s"`` → ("delay", 2.0); ``"off"`` → ("off", 0)."""
-    mode = text.strip().lower()
-    if mode.startswith("delay:"):
-        return "delay", parse_duration(mode.removeprefix("delay:").strip())
-    if mode in ("lsn", "off"):
-        return ("lsn" if mode == "lsn" else "off"), 0.0
-    raise ValueError(f"read_your_writes: {text!r} is not 'lsn', 'off' or 'delay:<duration>'")
+from dbscale.units import parse_read_your_writes
 
 
 def group_settings(group: str, cfg: GroupConfig) -> Settings:
