@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dbscale.config import TopologyConfig, load_config
+from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.probe import NodeStatus, probe_topology
 
@@ -83,43 +82,6 @@ def _config_path(state_dir: Path | None, config: Path | None) -> Path:
     return config
 
 
-def _with_router_view(statuses: list[NodeStatus], topology: TopologyConfig) -> list[NodeStatus]:
-    """Add what a fresh router would decide for each PostgreSQL node (one health round, short timeouts)."""
-    from dbscale.cluster import Cluster
-
-    quick = topology.model_copy(
-        update={
-            "groups": {
-                name: group.model_copy(update={"pool": group.pool.model_copy(update={"connect_timeout": 2.0})})
-                for name, group in topology.groups.items()
-            }
-        }
-    )
-    with Cluster(quick) as cluster:
-        first = cluster.routing_status()
-        if any(row.get("health") == "lagging" for row in first):
-            # A fresh router has never seen the replica caught up, so its first lag estimate is the
-            # loose bound now() - pg_last_xact_replay_timestamp(); a second round tells real lag apart.
-            time.sleep(0.3)
-            cluster.refresh()
-            first = cluster.routing_status()
-        rows = {row["node"]: row for row in first}
-    for status in statuses:
-        row = rows.get(status.name)
-        if row is not None:
-            status.router = _router_verdict(row)
-            status.replay_paused = row.get("replay_paused")
-    return statuses
-
-
-def _router_verdict(row: dict[str, Any]) -> str:
-    if row.get("ban_reason"):
-        return f"banned: {row['ban_reason']}"
-    if row.get("role") == "writer":
-        return "writes"
-    return "reads" if row.get("health") == "ok" else str(row.get("health"))
-
-
 @app.command()
 def up(
     replicas: Annotated[int | None, typer.Option(help="Streaming replicas of group main (default 2).", min=0)] = None,
@@ -146,12 +108,7 @@ def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     from dbscale.demo import run_demo
 
     report = run_demo(state_dir, out)
-    _print_status(
-        _with_router_view(
-            probe_topology(load_config(state_dir / "dbscale.toml")), load_config(state_dir / "dbscale.toml")
-        ),
-        False,
-    )
+    _print_status(probe_topology(load_config(state_dir / "dbscale.toml")), False)
     if report.failures:
         fail(f"{len(report.failures)} guarantee(s) did not hold: {'; '.join(report.failures)}")
     out.print(
@@ -178,8 +135,7 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
-    topology = load_config(_config_path(state_dir, config))
-    _print_status(_with_router_view(probe_topology(topology), topology), as_json)
+    _print_status(probe_topology(load_config(_config_path(state_dir, config))), as_json)
 
 
 @app.command("pgbouncer-config")
