@@ -240,11 +240,6 @@ class RedisL2:
         with translate(self.url, "PUBLISH"):
             self.admin.publish(channel, message)
 
-    def ping(self) -> bool:
-        """True if Redis answers."""
-        with translate(self.url, "PING"):
-            return bool(self.client.ping())
-
     def close(self) -> None:
         """Close the connection pools and the idle GET connections."""
         idle, self._idle = self._idle, []

@@ -184,11 +184,6 @@ class AsyncRedisL2:
         with translate(self.url, "PUBLISH"):
             await self.admin.publish(channel, message)
 
-    async def ping(self) -> bool:
-        """True if Redis answers."""
-        with translate(self.url, "PING"):
-            return bool(await self.client.ping())
-
     async def close(self) -> None:
         """Close the connection pools and the idle GET connections."""
         idle, self._idle = self._idle, []
