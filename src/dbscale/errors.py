@@ -48,14 +48,43 @@ class SerializationError(CacheError, TypeError):
     """A value could not be serialized or deserialized for the cache."""
 
 
+class ShardingError(DbscaleError):
+    """Root of the sharding errors: placement, global IDs and fan-out plans."""
+
+
+class PlacementError(ShardingError, ValueError):
+    """A shard map is misconfigured, or a key has no place in it (e.g. outside every range).
+
+    The message names the offending value and the fix, e.g. ``duplicate node 'shard1': node names
+    must be unique``.
+    """
+
+
+class UnsupportedKeyError(PlacementError, TypeError):
+    """A shard key is not an ``int``, ``str``, ``bytes`` or ``uuid.UUID`` (or not the type a ``Range`` uses)."""
+
+
+class GlobalIdError(ShardingError, ValueError):
+    """A global ID cannot be made or read: shard number out of range, clock outside the epoch's span."""
+
+
+class FanoutPlanError(ShardingError, ValueError):
+    """A scatter-gather plan is invalid (bad ORDER BY spec, LIMIT, aggregate), or rows lack a column it needs."""
+
+
 __all__ = [
     "CacheError",
     "ConfigError",
     "DbscaleError",
+    "FanoutPlanError",
+    "GlobalIdError",
     "LocalTopologyError",
     "MissingBinaryError",
     "NoReplicaAvailable",
     "NodeUnavailable",
+    "PlacementError",
     "PrimaryUnavailable",
     "SerializationError",
+    "ShardingError",
+    "UnsupportedKeyError",
 ]

@@ -1,0 +1,39 @@
+"""Horizontal sharding, pure core: placement strategies, global IDs and the scatter-gather plan.
+
+Nothing here performs I/O: :mod:`.placement`, :mod:`.ring` and :mod:`.ranges` map a shard key to a
+node name; :mod:`.ids` makes and reads 64-bit global IDs (and renders the equivalent PostgreSQL
+function); :mod:`.scatter` merges per-shard result rows into what one table would return.
+"""
+
+from dbscale.errors import PlacementError, ShardingError, UnsupportedKeyError
+from dbscale.sharding.placement import (
+    HashMod,
+    JumpHash,
+    Key,
+    Move,
+    Placement,
+    encode_key,
+    hash64,
+    jump_bucket,
+    moved,
+)
+from dbscale.sharding.ranges import Range
+from dbscale.sharding.ring import HashRing, ketama_hash
+
+__all__ = [
+    "HashMod",
+    "HashRing",
+    "JumpHash",
+    "Key",
+    "Move",
+    "Placement",
+    "PlacementError",
+    "Range",
+    "ShardingError",
+    "UnsupportedKeyError",
+    "encode_key",
+    "hash64",
+    "jump_bucket",
+    "ketama_hash",
+    "moved",
+]
