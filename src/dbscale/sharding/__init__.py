@@ -5,7 +5,18 @@ node name; :mod:`.ids` makes and reads 64-bit global IDs (and renders the equiva
 function); :mod:`.scatter` merges per-shard result rows into what one table would return.
 """
 
-from dbscale.errors import PlacementError, ShardingError, UnsupportedKeyError
+from dbscale.errors import GlobalIdError, PlacementError, ShardingError, UnsupportedKeyError
+from dbscale.sharding.ids import (
+    DEFAULT_EPOCH_MS,
+    IdGenerator,
+    IdParts,
+    make_id,
+    next_id,
+    next_id_function_sql,
+    parse_id,
+    shard_of_id,
+    time_of_id,
+)
 from dbscale.sharding.placement import (
     HashMod,
     JumpHash,
@@ -21,8 +32,12 @@ from dbscale.sharding.ranges import Range
 from dbscale.sharding.ring import HashRing, ketama_hash
 
 __all__ = [
+    "DEFAULT_EPOCH_MS",
+    "GlobalIdError",
     "HashMod",
     "HashRing",
+    "IdGenerator",
+    "IdParts",
     "JumpHash",
     "Key",
     "Move",
@@ -35,5 +50,11 @@ __all__ = [
     "hash64",
     "jump_bucket",
     "ketama_hash",
+    "make_id",
     "moved",
+    "next_id",
+    "next_id_function_sql",
+    "parse_id",
+    "shard_of_id",
+    "time_of_id",
 ]
