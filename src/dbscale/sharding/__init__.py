@@ -5,7 +5,7 @@ node name; :mod:`.ids` makes and reads 64-bit global IDs (and renders the equiva
 function); :mod:`.scatter` merges per-shard result rows into what one table would return.
 """
 
-from dbscale.errors import GlobalIdError, PlacementError, ShardingError, UnsupportedKeyError
+from dbscale.errors import FanoutPlanError, GlobalIdError, PlacementError, ShardingError, UnsupportedKeyError
 from dbscale.sharding.ids import (
     DEFAULT_EPOCH_MS,
     IdGenerator,
@@ -30,9 +30,13 @@ from dbscale.sharding.placement import (
 )
 from dbscale.sharding.ranges import Range
 from dbscale.sharding.ring import HashRing, ketama_hash
+from dbscale.sharding.scatter import Aggregate, FanoutPlan, OrderKey
 
 __all__ = [
     "DEFAULT_EPOCH_MS",
+    "Aggregate",
+    "FanoutPlan",
+    "FanoutPlanError",
     "GlobalIdError",
     "HashMod",
     "HashRing",
@@ -41,6 +45,7 @@ __all__ = [
     "JumpHash",
     "Key",
     "Move",
+    "OrderKey",
     "Placement",
     "PlacementError",
     "Range",
