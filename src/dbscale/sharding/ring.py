@@ -222,7 +222,7 @@ class HashRing(Placement):
         ring._claims = {p: list(c) for p, c in self._claims.items()}
         removals: list[tuple[str, Iterable[int]]] = []
         additions: list[tuple[str, Iterable[int]]] = []
-        for n in set(self._nodes) | set(nodes):
+        for n in sorted(set(self._nodes) | set(nodes)):
             old, new = self._counts.get(n, 0), ring._counts.get(n, 0)
             if new < old:
                 removals.append((n, ring._node_points(n, new, old)))
