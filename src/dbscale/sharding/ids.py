@@ -198,8 +198,8 @@ def next_id_function_sql(
     ``clock_timestamp()`` as the clock; the last ID issued is kept in a sequence (via ``setval``,
     which is not transactional, so an ID is never reused after a rollback) and read and advanced
     under a session advisory lock ``(ADVISORY_LOCK_CLASS, shard)`` that is released before the
-    function returns (also on error), so concurrent transactions serialize for microseconds, not
-    until commit. Where the Python generator waits for the next millisecond, the function borrows
+    function returns (also on error, through an EXCEPTION block: one subtransaction per call), so
+    concurrent transactions serialize for microseconds, not until commit. Where the Python generator waits for the next millisecond, the function borrows
     it instead (an ID's time may then run up to a few ms ahead of the clock under bursts above
     1,024 IDs per ms); it raises if the clock is before the epoch or past its 34.8-year span.
     """
