@@ -248,8 +248,20 @@ def test_one_replica_down_does_not_block_start() -> None:
 
 
 def test_parse_check_row() -> None:
-    check = core.parse_check_row((True, "0/3000060", "0/3000100", 0.5, False, None))
-    assert check == NodeCheck(True, 0x3000060, 0x3000100, 0.5, False, None)
+    check = core.parse_check_row((True, "0/3000060", "0/3000100", 0.5, False, None, True))
+    assert check == NodeCheck(True, 0x3000060, 0x3000100, 0.5, False, None, streaming=True)
+
+
+def test_a_streaming_replica_with_nothing_left_to_replay_is_not_lagging() -> None:
+    # the writer's insert position is ahead (in flight / not yet flushed); the replay timestamp is old
+    streaming = NodeCheck(in_recovery=True, lsn=1000, receive_lsn=1000, replay_age=3600.0, streaming=True)
+    assert replica_lag(streaming, 1200, None, 10.0) == (200, 0.0, 10.0)
+    # not streaming (receiver cut off): judged against the writer, bounded by the replay age
+    cut_off = replace(streaming, streaming=False)
+    assert replica_lag(cut_off, 1200, None, 10.0) == (200, 3600.0, None)
+    # still replaying what it received: not caught up either
+    replaying = replace(streaming, receive_lsn=1100)
+    assert replica_lag(replaying, 1200, 5.0, 10.0) == (200, 5.0, 5.0)
 
 
 def test_settings_from_config() -> None:

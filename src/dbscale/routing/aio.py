@@ -147,8 +147,13 @@ class AsyncGroupRouter(GroupRouterBase):
             self.monitor.kick()
             await asyncio.sleep(min(0.05, remaining))
 
-    def _write_failed(self, writer: str, target: str, exc: BaseException, what: str) -> BaseException:
-        """Fold a failed write into the state; the exception to raise (``exc`` itself if it is the statement's)."""
+    def _write_failed(
+        self, writer: str, target: str, exc: BaseException, what: str, final: bool = True
+    ) -> BaseException:
+        """Fold a failed write into the state; the exception to raise (``exc`` itself if it is the statement's).
+
+        ``final``: the write ends here (counted in ``write_errors``); not for an attempt that is retried.
+        """
         kind = failure_kind(exc)
         if kind == "refused":
             self.metrics.write_errors.inc()
@@ -161,7 +166,8 @@ class AsyncGroupRouter(GroupRouterBase):
             return exc
         self.write_suspect = True
         self.monitor.kick()
-        self.metrics.write_errors.inc()
+        if final:
+            self.metrics.write_errors.inc()
         return PrimaryUnavailable(f"group {self.name!r}: {what} on {target} failed ({describe(exc)}); not retried")
 
     async def _open_write(self) -> tuple[AsyncConnection, str, str]:
@@ -188,7 +194,7 @@ class AsyncGroupRouter(GroupRouterBase):
                 if conn is not None:
                     with suppress(sa_exc.SQLAlchemyError):
                         await conn.close()
-                mapped = self._write_failed(writer, target, exc, "connecting")
+                mapped = self._write_failed(writer, target, exc, "connecting", final=False)
                 if mapped is exc:
                     raise
                 if not isinstance(mapped, PrimaryUnavailable):

@@ -42,7 +42,8 @@ from dbscale.units import ReadYourWrites
 
 Role = Literal["primary", "replica", "pgbouncer", "unknown"]
 
-#: One round trip that tells a node's role, WAL position, lag inputs and timeline.
+#: One round trip that tells a node's role, WAL position, lag inputs, timeline and (on a replica)
+#: whether its WAL receiver is streaming.
 CHECK_SQL = """\
 SELECT r,
        CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END::text,
@@ -50,7 +51,8 @@ SELECT r,
        CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
        CASE WHEN r THEN pg_is_wal_replay_paused() ELSE false END,
        CASE WHEN r THEN NULL
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END,
+       CASE WHEN r THEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') ELSE false END
 FROM (SELECT pg_is_in_recovery() AS r) AS s"""
 
 
@@ -64,6 +66,7 @@ class NodeCheck:
     replay_age: float | None = None
     replay_paused: bool = False
     timeline: int | None = None
+    streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ CheckResult = NodeCheck | Refused | BaseException
 
 def parse_check_row(row: Sequence[object]) -> NodeCheck:
     """Turn a row of :data:`CHECK_SQL` into a :class:`NodeCheck`."""
-    in_recovery, lsn, receive, age, paused, timeline = row
+    in_recovery, lsn, receive, age, paused, timeline, *rest = row
     return NodeCheck(
         in_recovery=bool(in_recovery),
         lsn=parse_lsn(str(lsn)) if lsn is not None else None,
@@ -86,6 +89,7 @@ def parse_check_row(row: Sequence[object]) -> NodeCheck:
         replay_age=max(0.0, float(age)) if isinstance(age, int | float) else None,
         replay_paused=bool(paused),
         timeline=int(timeline) if isinstance(timeline, int) else None,
+        streaming=bool(rest[0]) if rest else False,
     )
 
 
@@ -176,19 +180,22 @@ def replica_lag(
     has replayed everything the writer has is 0 s behind, and otherwise it is behind by at most the
     time since it was last seen caught up.
 
-    With no writer known (``writer_lsn`` None: the primary is down) the replica is judged against
-    the last WAL it received: with nothing left to replay (replay LSN == receive LSN) it is 0 s
-    behind, however long ago the last write was; bytes behind is what it has received but not
-    replayed.
+    Seconds are judged against the last WAL received, not wall-clock idleness: a replica with
+    nothing left to replay (replay LSN == receive LSN) is 0 s behind, however long ago the last
+    write was — while it is streaming (what the writer has beyond that is in flight, or inserted but
+    not yet flushed), and whenever no writer is known (``writer_lsn`` None: the primary is down;
+    bytes behind is then what it received but has not replayed). A replica whose WAL receiver is not
+    streaming while a writer is known is judged against the writer, as above.
     """
     if check.lsn is None:
         return None, None, caught_up_at
+    replayed_all = check.receive_lsn is not None and check.lsn >= check.receive_lsn
     if writer_lsn is not None:
         lag_bytes: int | None = max(0, writer_lsn - check.lsn)
-        caught_up = check.lsn >= writer_lsn
+        caught_up = check.lsn >= writer_lsn or (replayed_all and check.streaming)
     elif check.receive_lsn is not None:
         lag_bytes = max(0, check.receive_lsn - check.lsn)
-        caught_up = check.lsn >= check.receive_lsn
+        caught_up = replayed_all
     else:
         lag_bytes = None
         caught_up = False
