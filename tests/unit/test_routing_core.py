@@ -259,6 +259,10 @@ def test_a_streaming_replica_with_nothing_left_to_replay_is_not_lagging() -> Non
     # not streaming (receiver cut off): judged against the writer, bounded by the replay age
     cut_off = replace(streaming, streaming=False)
     assert replica_lag(cut_off, 1200, None, 10.0) == (200, 3600.0, None)
+    # seen right after `dbscale up`: received up to a page boundary inside a record not yet flushed
+    # on the primary, replayed to the end of the last complete one
+    partial = NodeCheck(in_recovery=True, lsn=0x4001EB8, receive_lsn=0x4002000, streaming=True)
+    assert replica_lag(partial, 0x4003BC0, None, 10.0) == (0x4003BC0 - 0x4001EB8, 0.0, 10.0)
     # still replaying what it received: not caught up either
     replaying = replace(streaming, receive_lsn=1100)
     assert replica_lag(replaying, 1200, 5.0, 10.0) == (200, 5.0, 5.0)

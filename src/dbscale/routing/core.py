@@ -37,7 +37,7 @@ from typing import Literal
 
 from dbscale.routing.balance import Policy, choose
 from dbscale.routing.bans import BanPolicy, BanState
-from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+from dbscale.routing.lsn import WAL_PAGE, Mark, parse_lsn, record_boundary
 from dbscale.units import ReadYourWrites
 
 Role = Literal["primary", "replica", "pgbouncer", "unknown"]
@@ -189,7 +189,7 @@ def replica_lag(
     """
     if check.lsn is None:
         return None, None, caught_up_at
-    replayed_all = check.receive_lsn is not None and check.lsn >= check.receive_lsn
+    replayed_all = replayed_everything_received(check)
     if writer_lsn is not None:
         lag_bytes: int | None = max(0, writer_lsn - check.lsn)
         caught_up = check.lsn >= writer_lsn or (replayed_all and check.streaming)
@@ -203,6 +203,19 @@ def replica_lag(
         return lag_bytes, 0.0, now
     bounds = [b for b in (check.replay_age, None if caught_up_at is None else now - caught_up_at) if b is not None]
     return lag_bytes, (min(bounds) if bounds else None), caught_up_at
+
+
+def replayed_everything_received(check: NodeCheck) -> bool:
+    """Whether a replica has replayed every complete WAL record it received.
+
+    The receive LSN can sit on a page boundary inside a record whose rest has not arrived yet (the
+    primary had not flushed it); replay then stops at the end of the last complete record, less than
+    a page before — that replica has nothing it could replay either.
+    """
+    receive, replay = check.receive_lsn, check.lsn
+    if receive is None or replay is None:
+        return False
+    return replay >= receive or (receive % WAL_PAGE == 0 and receive - replay < WAL_PAGE)
 
 
 def elect_writer(views: Mapping[str, NodeView], settings: Settings, now: float) -> str | None:
@@ -462,6 +475,7 @@ __all__ = [
     "primary_down",
     "read_candidates",
     "refusal",
+    "replayed_everything_received",
     "replica_lag",
     "replica_ok",
     "write_target",
