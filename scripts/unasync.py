@@ -42,6 +42,7 @@ RULES: list[tuple[str, str]] = [
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
+    (r"\bawait asyncio\.shield\((.*)\)$", r"\1"),  # a close that a cancellation must not cut short
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\bawait ", ""),

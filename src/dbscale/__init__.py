@@ -3,6 +3,7 @@
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
+    AuthenticationFailed,
     CacheError,
     ConfigError,
     DbscaleError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncCluster",
     "AsyncReadConnection",
+    "AuthenticationFailed",
     "CacheConfig",
     "CacheError",
     "Cluster",

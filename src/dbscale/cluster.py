@@ -7,6 +7,7 @@ that reach a node through PgBouncer (transaction pooling) disable psycopg's prep
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -111,6 +112,20 @@ class _ClusterBase:
         """
         return self._causal.token(group)
 
+    def causal_scope(self, token: str | None = None) -> AbstractContextManager[str | None]:
+        """``with cluster.causal_scope(token):`` — every read in the block honours ``token``.
+
+        For a web request that arrives with a token (cookie or header): a plain :meth:`read` (or
+        read :meth:`session`, or a cache fill) anywhere in the request sees the writes the token
+        names, without passing ``after=`` around. Inside the block :meth:`causal_token` returns
+        the token, moved forward by the block's own writes (send that one back with the response);
+        when the block ends, the context's previous marks are restored. A plain ``with`` for both
+        :class:`Cluster` and :class:`AsyncCluster` (it only sets a context variable, so it follows
+        the thread or asyncio task). ``None`` runs the block with no marks; a malformed token
+        raises :class:`~dbscale.InvalidCausalToken`.
+        """
+        return self._causal.scope(token)
+
     def reset_causal(self) -> None:
         """Forget this context's causal marks (e.g. at the start of each web request)."""
         self._causal.clear()
@@ -120,8 +135,12 @@ class _ClusterBase:
         return router_arguments(group, self.config.group(group), self.metrics, self._causal)
 
     def _engine_options(self, node: NodeRef, read_only: bool) -> dict[str, Any]:
-        pool = self.config.group(node.group).pool
-        return engine_options(pool, via_pgbouncer=node.role == "pgbouncer", read_only=read_only)
+        group = self.config.group(node.group)
+        options = engine_options(group.pool, via_pgbouncer=node.role == "pgbouncer", read_only=read_only)
+        if not read_only:  # the write engine: a write gives up within write_timeout, connecting included
+            args = options["connect_args"]
+            args["connect_timeout"] = max(1, min(args["connect_timeout"], math.ceil(group.write_timeout)))
+        return options
 
     def _check_open(self) -> None:
         if self._closed:

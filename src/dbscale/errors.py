@@ -37,7 +37,15 @@ class PrimaryUnavailable(NodeUnavailable):
 
 
 class NoReplicaAvailable(NodeUnavailable):
-    """No replica is eligible for a read and the fallback policy is ``error``."""
+    """No node can serve a read: no replica is eligible and the fallback is ``error`` or the primary is down."""
+
+
+class AuthenticationFailed(DbscaleError):
+    """A node refused the configured user, password or database: permanent until the URL is fixed.
+
+    Raised at once (no waiting for ``write_timeout``, no retries, no bans); the message names the
+    node and PostgreSQL's (or PgBouncer's) reason, never the password.
+    """
 
 
 class CacheError(DbscaleError):
@@ -73,6 +81,7 @@ class FanoutPlanError(ShardingError, ValueError):
 
 
 __all__ = [
+    "AuthenticationFailed",
     "CacheError",
     "ConfigError",
     "DbscaleError",

@@ -53,6 +53,8 @@ def _port_of(url: str) -> int | None:
 
 
 def _router_verdict(row: dict[str, Any]) -> str:
+    if row["health"] == "refused":
+        return f"refused: {_short_error(row['ban_reason'])}"
     if row["ban_reason"]:
         return f"banned: {_short_error(row['ban_reason'])}"
     if row["role"] == "writer":

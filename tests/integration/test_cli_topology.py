@@ -66,7 +66,7 @@ def test_status_json_shows_every_node_healthy_and_replica_lag(local_topology: Lo
         assert isinstance(nodes[name]["lag_seconds"], float)
     assert nodes["main-primary"]["lag_bytes"] is None
     assert nodes["main-primary"]["router"] == "writes"
-    assert nodes["main-replica1"]["router"] == nodes["main-replica2"]["router"] == "reads"
+    assert nodes["main-replica1"]["router"] == nodes["main-replica2"]["router"] == "reads", nodes
     assert {n["port"] for n in nodes.values()} == {node.port for node in local_topology.nodes()}
 
 

@@ -1,4 +1,4 @@
-"""Ban state machine: exponential backoff, unban only after a passing check."""
+"""Ban state machine: exponential backoff, readmission only (and at once) by a passing check."""
 
 from __future__ import annotations
 
@@ -24,14 +24,22 @@ def test_expired_ban_needs_a_passing_check() -> None:
     state = POLICY.fail(BanState(), 0.0)
     assert state.phase(1.0) == "banned" and not state.usable(1.0)
     assert state.phase(6.0) == "probation" and not state.usable(6.0)
-    assert state.due_for_check(6.0) and not state.due_for_check(4.0)
     state = POLICY.passed(state, 6.0)
     assert state.usable(6.0)
 
 
-def test_passing_check_does_not_cut_a_ban_short() -> None:
-    state = POLICY.fail(BanState(), 0.0)
-    assert POLICY.passed(state, 2.0) == state
+def test_passing_check_readmits_at_once_however_long_the_ban_grew() -> None:
+    # the only primary down for 40 s: bans of 5, 10, 20 s, then one of 40 s from t=35 to t=75
+    state, now = BanState(), 0.0
+    for _ in range(4):
+        state = POLICY.fail(state, now)
+        assert state.until is not None
+        last_start, now = now, state.until
+    assert (last_start, state.until) == (35.0, 75.0)
+    back = 41.0  # the primary is back 6 s into the 40 s ban
+    assert not state.usable(back)
+    state = POLICY.passed(state, back)
+    assert state.usable(back) and state.phase(back) == "ok" and state.reason == ""
 
 
 def test_failures_during_a_ban_are_one_incident() -> None:
@@ -57,5 +65,5 @@ def test_never_usable_while_banned(events: list[tuple[bool, float]]) -> None:
             assert not state.usable(now)
         if was_banned and state.usable(now):
             assert ok  # only a passing check readmits a node
-        if state.until is not None and now < state.until:
-            assert not state.usable(now)
+        if ok:
+            assert state.usable(now)  # and it does so at once

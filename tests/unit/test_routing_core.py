@@ -90,10 +90,87 @@ def test_failed_check_bans_and_unbans_only_after_a_passing_check() -> None:
     state = apply_round(state, {"p": PRIMARY, "r2": replica()}, S, 105.0)
     assert state.views["r1"].ban.phase(101.0) == "banned"
     assert {read(state, now=101.0, rand=r).node for r in (0.0, 0.99)} == {"r2"}
-    assert "r1" not in core.due_checks(state, 103.0) and "r1" in core.due_checks(state, 106.5)
+    assert "r1" in core.due_checks(state, 103.0)  # banned nodes are still checked every round
     assert read(state, now=106.5, rand=0.0).node == "r2"  # ban expired but no check passed yet
     state = apply_round(state, {"p": PRIMARY, "r1": replica(), "r2": replica()}, S, 106.5)
     assert {read(state, now=106.5, rand=r).node for r in (0.0, 0.99)} == {"r1", "r2"}
+
+
+def test_a_passing_check_readmits_the_primary_however_long_its_ban_grew() -> None:
+    state, now = healthy(), 100.0
+    for _ in range(5):  # checked every second through a 40 s outage: the ban grew to 60 s
+        now += 8.0
+        state = apply_round(state, {"p": ConnectionRefusedError("refused")}, S, now)
+    assert state.writer is None and plan_write(state, now + 1.0) is None
+    assert "p" in core.due_checks(state, now + 1.0)
+    state = apply_round(state, {"p": PRIMARY, "r1": replica(), "r2": replica()}, S, now + 1.0)
+    assert state.writer == "p" and plan_write(state, now + 1.0) == "p"
+
+
+def primary_down(state: GroupState, now: float, r1: NodeCheck, r2: NodeCheck) -> GroupState:
+    return apply_round(state, {"p": ConnectionRefusedError("refused"), "r1": r1, "r2": r2}, S, now)
+
+
+def test_primary_down_replicas_with_nothing_to_replay_keep_serving_reads() -> None:
+    # 130 s after the last write, the replay timestamp is 130 s old: that is idleness, not lag
+    state = primary_down(healthy(now=100.0), 230.0, replica(1000, age=130.0), replica(1000, age=130.0))
+    assert state.writer is None
+    assert state.views["r1"].lag_seconds == 0.0 and state.views["r1"].lag_bytes == 0
+    assert {read(state, now=230.0, rand=r).node for r in (0.0, 0.99)} == {"r1", "r2"}
+
+
+def test_primary_down_before_the_first_round_replicas_still_serve_reads() -> None:
+    state = primary_down(GroupState.initial(S), 50.0, replica(1000, age=130.0), replica(1000, age=130.0))
+    assert not core.needs_confirmation(state)
+    assert {read(state, now=50.0, rand=r).node for r in (0.0, 0.99)} == {"r1", "r2"}
+
+
+def test_primary_down_a_replica_with_wal_left_to_replay_is_judged_by_its_replay_age() -> None:
+    behind = NodeCheck(in_recovery=True, lsn=900, receive_lsn=1000, replay_age=30.0)
+    state = primary_down(GroupState.initial(S), 50.0, behind, replica(1000, age=130.0))
+    assert state.views["r1"].lag_bytes == 100 and state.views["r1"].lag_seconds == 30.0
+    assert {read(state, now=50.0, rand=r).node for r in (0.0, 0.99)} == {"r2"}
+    state = primary_down(GroupState.initial(S), 51.0, behind, behind)
+    plan = read(state, now=51.0)
+    assert plan.node is None and "the primary is down (p: ConnectionRefusedError: refused)" in plan.reason
+
+
+def test_primary_down_causal_reads_are_served_by_replicas_that_reached_the_token() -> None:
+    state = primary_down(healthy(), 101.0, replica(1000, age=5.0), replica(800, age=5.0))
+    assert read(state, now=101.0, mark=Mark(lsn=1000), rand=0.99).node == "r1"
+    plan = read(state, now=101.0, mark=Mark(lsn=2000))  # nobody has it: an inline check, no primary to fall to
+    assert plan.verify_lsn == 2000 and not plan.fallback
+
+
+def test_refused_credentials_fail_reads_at_once_without_bans() -> None:
+    refused = core.Refused('password authentication failed for user "app"')
+    state = apply_round(GroupState.initial(S), {"p": refused, "r1": refused, "r2": refused}, S, 10.0)
+    assert state.writer is None
+    assert all(v.ban.strikes == 0 and v.ban.usable(10.0) for v in state.views.values())  # no ban churn
+    plan = read(state, now=10.0)
+    assert plan.node is None and plan.refused == 'p: password authentication failed for user "app"'
+    fixed = apply_round(state, {"p": PRIMARY, "r1": replica(), "r2": replica()}, S, 11.0)
+    assert fixed.views["p"].refused is None and fixed.writer == "p"
+
+
+def test_endpoint_failures_ban_the_endpoint_never_the_primary() -> None:
+    s = replace(S, endpoint="b")
+    state = apply_round(GroupState.initial(s), {"p": PRIMARY, "r1": replica(), "r2": replica(), "b": PRIMARY}, s, 1.0)
+    assert core.write_target(state, s, "p", 1.0) == "b"
+    state = core.note_failure(state, "b", s, 2.0, "connection refused")
+    assert state.writer == "p" and state.views["p"].ban.usable(2.0) and not state.views["b"].ban.usable(2.0)
+    assert core.write_target(state, s, "p", 2.0) == "p"  # straight to the healthy primary meanwhile
+    state = apply_round(state, {"b": ConnectionRefusedError("refused")}, s, 3.0)
+    assert state.writer == "p" and state.views["p"].ban.strikes == 0
+    state = apply_round(state, {"b": PRIMARY}, s, 4.0)  # PgBouncer back: used again at once
+    assert core.write_target(state, s, "p", 4.0) == "b"
+    assert core.write_target(state, s, "r1", 4.0) == "r1"  # PgBouncer fronts the configured primary only
+
+
+def test_the_endpoint_is_not_checked_while_no_writer_is_known() -> None:
+    s = replace(S, endpoint="b")
+    state = apply_round(GroupState.initial(s), {"p": ConnectionRefusedError("x"), "r1": replica()}, s, 1.0)
+    assert "b" not in core.due_checks(state, 2.0) and "p" in core.due_checks(state, 2.0)
 
 
 def test_connection_refused_bans_the_replica() -> None:
@@ -171,8 +248,24 @@ def test_one_replica_down_does_not_block_start() -> None:
 
 
 def test_parse_check_row() -> None:
-    check = core.parse_check_row((True, "0/3000060", "0/3000100", 0.5, False, None))
-    assert check == NodeCheck(True, 0x3000060, 0x3000100, 0.5, False, None)
+    check = core.parse_check_row((True, "0/3000060", "0/3000100", 0.5, False, None, True))
+    assert check == NodeCheck(True, 0x3000060, 0x3000100, 0.5, False, None, streaming=True)
+
+
+def test_a_streaming_replica_with_nothing_left_to_replay_is_not_lagging() -> None:
+    # the writer's insert position is ahead (in flight / not yet flushed); the replay timestamp is old
+    streaming = NodeCheck(in_recovery=True, lsn=1000, receive_lsn=1000, replay_age=3600.0, streaming=True)
+    assert replica_lag(streaming, 1200, None, 10.0) == (200, 0.0, 10.0)
+    # not streaming (receiver cut off): judged against the writer, bounded by the replay age
+    cut_off = replace(streaming, streaming=False)
+    assert replica_lag(cut_off, 1200, None, 10.0) == (200, 3600.0, None)
+    # seen right after `dbscale up`: received up to a page boundary inside a record not yet flushed
+    # on the primary, replayed to the end of the last complete one
+    partial = NodeCheck(in_recovery=True, lsn=0x4001EB8, receive_lsn=0x4002000, streaming=True)
+    assert replica_lag(partial, 0x4003BC0, None, 10.0) == (0x4003BC0 - 0x4001EB8, 0.0, 10.0)
+    # still replaying what it received: not caught up either
+    replaying = replace(streaming, receive_lsn=1100)
+    assert replica_lag(replaying, 1200, 5.0, 10.0) == (200, 5.0, 5.0)
 
 
 def test_settings_from_config() -> None:
@@ -244,7 +337,6 @@ def test_router_hot_path_agrees_with_the_core(rounds, mark_lsn, later) -> None: 
         "g",
         S,
         RoutingMetrics(Metrics(), "g", S.nodes),
-        write_endpoint="p",
         write_timeout=1.0,
         clock=lambda: clock[0],
         wall_clock=lambda: 0.0,

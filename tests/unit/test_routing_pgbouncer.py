@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbscale.config import load_config
-from dbscale.routing.pgbouncer import render_pgbouncer_config
+from dbscale.pgbouncer import render_pgbouncer_config
 
 
 def test_defaults_and_databases() -> None:

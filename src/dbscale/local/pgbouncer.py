@@ -10,6 +10,7 @@ import time
 
 import psycopg
 
+from dbscale import pgbouncer as pgbouncer_config
 from dbscale.errors import LocalTopologyError
 from dbscale.local import processes
 from dbscale.local.runtime import Runtime, log_tail, make_private_dir, write_owned
@@ -20,35 +21,25 @@ STOP_TIMEOUT = 10.0
 
 
 def render_ini(node: NodeInfo, target_port: int) -> str:
-    """The ``pgbouncer.ini`` for ``node``, pooling for the primary on ``target_port``."""
+    """The ``pgbouncer.ini`` for ``node``, pooling for the primary on ``target_port`` (library renderer)."""
     d = node.node_dir
-    return f"""\
-;; Written by dbscale.local for {node.name}.
-[databases]
-{DATABASE} = host={HOST} port={target_port} dbname={DATABASE}
-* = host={HOST} port={target_port}
-
-[pgbouncer]
-listen_addr = {HOST}
-listen_port = {node.port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {d / "userlist.txt"}
-admin_users = {USER}
-pool_mode = transaction
-max_client_conn = 1000
-default_pool_size = 25
-min_pool_size = 2
-reserve_pool_size = 5
-ignore_startup_parameters = extra_float_digits,options
-logfile = {node.log_path}
-pidfile = {d / "pgbouncer.pid"}
-"""
+    return pgbouncer_config.render_ini(
+        {DATABASE: f"host={HOST} port={target_port} dbname={DATABASE}", "*": f"host={HOST} port={target_port}"},
+        listen_addr=HOST,
+        listen_port=node.port,
+        auth_file=str(d / "userlist.txt"),
+        header=f";; Written by dbscale.local for {node.name}.",
+        unix_socket_dir="",
+        admin_users=USER,
+        min_pool_size=2,
+        logfile=str(node.log_path),
+        pidfile=str(d / "pgbouncer.pid"),
+    )
 
 
 def render_userlist(password: str) -> str:
     """The auth file: the superuser with its plain password (lets PgBouncer do SCRAM both ways)."""
-    return f'"{USER}" "{password}"\n'
+    return pgbouncer_config.render_userlist({USER: password})
 
 
 def pid(node: NodeInfo, rt: Runtime) -> int | None:

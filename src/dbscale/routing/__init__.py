@@ -5,10 +5,10 @@ sync (:mod:`.router`, :mod:`.monitor`) and asyncio (:mod:`.aio`) shells act on t
 use these through :class:`dbscale.Cluster` / :class:`dbscale.AsyncCluster`.
 """
 
+from dbscale.pgbouncer import PgBouncerFiles, render_pgbouncer_config
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.errors import InvalidCausalToken, PoolTimeout
 from dbscale.routing.lsn import format_lsn, parse_lsn, parse_token
-from dbscale.routing.pgbouncer import PgBouncerFiles, render_pgbouncer_config
 from dbscale.routing.router import GroupRouter, ReadConnection
 
 __all__ = [

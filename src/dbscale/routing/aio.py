@@ -26,8 +26,15 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.util import await_only
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
-from dbscale.routing.core import ReadPlan
-from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, is_read_only_error
+from dbscale.routing.core import ReadPlan, primary_down
+from dbscale.routing.errors import (
+    PoolTimeout,
+    describe,
+    failure_kind,
+    is_connection_error,
+    is_read_only_error,
+    refusal_reason,
+)
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import AsyncMonitor
@@ -35,6 +42,7 @@ from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+READY_SQL = "SELECT 1"
 
 
 class AsyncGroupRouter(GroupRouterBase):
@@ -123,43 +131,90 @@ class AsyncGroupRouter(GroupRouterBase):
         return AsyncReadConnection(self, mark)
 
     # -- writes -----------------------------------------------------------------------------------
-    async def await_writer(self) -> str:
-        """The current writer, waiting up to the write timeout for the monitor to find one."""
-        writer = self.writer()
-        if writer is not None:
-            return writer
-        started = time.monotonic()
+    async def await_writer(self, deadline: float, last: str | None = None) -> str:
+        """The current writer, waiting until ``deadline`` (on :attr:`clock`) for the monitor to find one.
+
+        A primary that refused the configured credentials fails at once (waiting cannot help).
+        """
         while True:
-            self.monitor.kick()
-            remaining = self.write_timeout - (time.monotonic() - started)
-            if remaining <= 0:
-                raise self.no_writer(self.write_timeout)
-            await asyncio.sleep(min(0.05, remaining))
             writer = self.writer()
             if writer is not None:
                 return writer
+            self.check_refused(self.settings.primary)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise self.no_writer(self.write_timeout, last)
+            self.monitor.kick()
+            await asyncio.sleep(min(0.05, remaining))
 
-    def _write_failed(self, writer: str, exc: BaseException, what: str) -> BaseException:
+    def _write_failed(
+        self, writer: str, target: str, exc: BaseException, what: str, final: bool = True
+    ) -> BaseException:
+        """Fold a failed write into the state; the exception to raise (``exc`` itself if it is the statement's).
+
+        ``final``: the write ends here (counted in ``write_errors``); not for an attempt that is retried.
+        """
+        kind = failure_kind(exc)
+        if kind == "refused":
+            self.metrics.write_errors.inc()
+            return self.refused(f"{target}: {refusal_reason(exc)}")
         if is_read_only_error(exc):
             self.note_not_writer(writer)
-        elif is_connection_error(exc):
-            self.note_failure(writer, describe(exc))
-        else:
+        elif kind == "connection":
+            self.note_failure(target, describe(exc))  # the endpoint alone when the write went through PgBouncer
+        elif kind != "not_ready":
             return exc
+        self.write_suspect = True
         self.monitor.kick()
-        self.metrics.write_errors.inc()
-        return PrimaryUnavailable(f"group {self.name!r}: {what} on {writer} failed ({describe(exc)}); not retried")
+        if final:
+            self.metrics.write_errors.inc()
+        return PrimaryUnavailable(f"group {self.name!r}: {what} on {target} failed ({describe(exc)}); not retried")
+
+    async def _open_write(self) -> tuple[AsyncConnection, str, str]:
+        """A connection in a transaction on the writer, as ``(conn, writer, endpoint)``, within write_timeout.
+
+        Until the caller's code runs, failures are waited out: no writer known, a connection error
+        (the failed endpoint or node is banned, so the next attempt goes elsewhere or waits for the
+        monitor), a writer that is not ready (PgBouncer's ``server_login_retry``, a starting
+        server). While :attr:`write_suspect` is set, one round trip proves the session usable first.
+        """
+        deadline = self.clock() + self.write_timeout
+        last: str | None = None
+        while True:
+            writer = await self.await_writer(deadline, last)
+            target = self.write_target(writer)
+            conn: AsyncConnection | None = None
+            try:
+                conn = await self.connect(target)
+                await conn.begin()
+                if self.write_suspect:
+                    await conn.exec_driver_sql(READY_SQL)
+                return conn, writer, target
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if conn is not None:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        await conn.close()
+                mapped = self._write_failed(writer, target, exc, "connecting", final=False)
+                if mapped is exc:
+                    raise
+                if not isinstance(mapped, PrimaryUnavailable):
+                    raise mapped from None  # refused: one line, nothing to wait for
+                last = f"{target}: {describe(exc)}"
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise self.no_writer(self.write_timeout, last) from None
+                await asyncio.sleep(min(0.05, remaining))
+            except BaseException:
+                if conn is not None:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        await asyncio.shield(conn.close())
+                raise
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction on the writer (see :meth:`dbscale.AsyncCluster.write`)."""
         await self.ensure_started()
-        writer = await self.await_writer()
-        try:
-            conn = await self.connect(self.write_target(writer))
-            await conn.begin()
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
-            raise self._write_failed(writer, exc, "connecting") from exc
+        conn, writer, target = await self._open_write()
         try:
             try:
                 yield conn
@@ -167,18 +222,19 @@ class AsyncGroupRouter(GroupRouterBase):
                 if conn.in_transaction():
                     with suppress(sa_exc.SQLAlchemyError):
                         await conn.rollback()
-                mapped = self._write_failed(writer, exc, "the transaction")
+                mapped = self._write_failed(writer, target, exc, "the transaction")
                 if mapped is exc:
                     raise
                 raise mapped from exc
             try:
                 await conn.commit()
             except sa_exc.DBAPIError as exc:
-                raise self._write_failed(writer, exc, "COMMIT (outcome unknown)") from exc
+                raise self._write_failed(writer, target, exc, "COMMIT (outcome unknown)") from exc
+            self.write_suspect = False
             self.metrics.writes[writer].inc()
             await self._after_commit(conn, writer)
         finally:
-            await conn.close()
+            await asyncio.shield(conn.close())
 
     async def _after_commit(self, conn: AsyncConnection, writer: str) -> None:
         mode = self.settings.read_your_writes
@@ -277,7 +333,12 @@ class AsyncReadConnection:
             if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
                 await self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
-            if not is_connection_error(exc):
+            kind = failure_kind(exc)
+            if kind == "refused":
+                await self.finish()
+                r.metrics.read_errors.inc()
+                raise r.refused(f"{node}: {refusal_reason(exc)}") from None
+            if kind == "other":
                 await self.finish()
                 raise
             await self._failed(exc)
@@ -301,8 +362,13 @@ class AsyncReadConnection:
         if writer is None or r.settings.fallback == "error":
             r.metrics.read_errors.inc()
             raise NoReplicaAvailable(
-                f"group {r.name!r}: no replica reached the causal token in time and "
-                + ("fallback = 'error'" if writer is not None else "no primary is available")
+                f"group {r.name!r}: no replica has replayed the causal token yet and "
+                + (
+                    "fallback = 'error'; set fallback = 'primary' to read such reads from the primary"
+                    if writer is not None
+                    else primary_down(r.state, r.settings) + ", so this read cannot see the write yet; "
+                    "retry later, or read without the token"
+                )
             )
         r.acquire(writer)
         self._node = self._held = writer
@@ -326,14 +392,18 @@ class AsyncReadConnection:
         r.metrics.retries.inc()
 
     async def finish(self) -> None:
-        """Return the connection to its pool (ending the read-only transaction)."""
+        """Return the connection to its pool (ending the read-only transaction) and the in-flight count.
+
+        Both happen on every exit path: the count first (it needs no I/O), and the close is
+        shielded, so a cancellation landing here leaks neither.
+        """
         conn, self._conn = self._conn, None
         held, self._held = self._held, None
-        if conn is not None:
-            with suppress(sa_exc.SQLAlchemyError):
-                await conn.close()
         if held is not None:
             self._router.release(held)
+        if conn is not None:
+            with suppress(sa_exc.SQLAlchemyError):
+                await asyncio.shield(conn.close())
 
     async def _run(self, call: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
         if self._delivered:

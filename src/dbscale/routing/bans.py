@@ -3,13 +3,17 @@
 States of one node::
 
     ok ──failure──► banned(until) ──now ≥ until──► probation ──passing check──► ok
-                        ▲                              │
-                        └──────────failure─────────────┘  (backoff doubles)
+                        │   ▲                          │
+                        │   └──────────failure─────────┘  (backoff doubles)
+                        └──────────passing check──────────────────────────────► ok
 
 * A ban lasts ``initial`` seconds, doubling with each consecutive ban up to ``maximum``
   (5 s, 10 s, 20 s, 40 s, 60 s, 60 s …).
-* An expired ban does not readmit the node: it waits in *probation* until a health check passes
-  (pgcat PR #184: no forced check after an unban sent traffic to a dead node).
+* Only a passing health check readmits a node: an expired ban leaves it in *probation* until one
+  passes (pgcat PR #184: no forced check after an unban sent traffic to a dead node).
+* A passing check readmits it at once, however long the ban grew: the monitor keeps checking
+  banned nodes, so a primary back after a 40 s outage takes writes at the next check, not when a
+  60 s ban runs out. The backoff bounds how long a node stays out when no check runs at all.
 * The backoff resets once the node has stayed healthy for ``maximum`` seconds after readmission.
 * A failure while already banned does not extend the ban (many in-flight queries fail at once
   when a node dies; that is one incident, not many).
@@ -45,10 +49,6 @@ class BanState:
         """Whether the node may receive traffic."""
         return self.phase(now) == "ok"
 
-    def due_for_check(self, now: float) -> bool:
-        """Whether the monitor should probe the node now (not while a ban is running)."""
-        return self.phase(now) != "banned"
-
 
 @dataclass(frozen=True, slots=True)
 class BanPolicy:
@@ -72,11 +72,8 @@ class BanPolicy:
         return BanState(strikes=strikes + 1, until=until, probation=True, healthy_since=None, reason=reason)
 
     def passed(self, state: BanState, now: float) -> BanState:
-        """Record a passing health check at ``now``; ends probation, but never cuts a running ban short."""
-        phase = state.phase(now)
-        if phase == "banned":
-            return state
-        if phase == "probation":
+        """Record a passing health check at ``now``: a banned or probation node is readmitted at once."""
+        if state.phase(now) != "ok":
             return replace(state, until=None, probation=False, healthy_since=now, reason="")
         if state.healthy_since is None:
             return replace(state, healthy_since=now)

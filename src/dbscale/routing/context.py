@@ -3,12 +3,17 @@
 A ``ContextVar`` holds an immutable ``{group: Mark}`` mapping that is replaced, never mutated, so a
 thread starts empty and an asyncio task sees what its parent had written when it was created but
 never leaks its own writes back.
+
+:meth:`CausalContext.scope` runs a block under a carried token (a web request's cookie or header,
+or a cache fill on behalf of a request): every read in the block honours it, writes in the block
+move it forward, and the context's own marks come back when the block ends.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 
@@ -47,6 +52,21 @@ class CausalContext:
         if carried is None:
             return mine
         return carried if mine is None else mine.merge(carried)
+
+    @contextmanager
+    def scope(self, token: str | None) -> Iterator[str | None]:
+        """Within the block, this context's marks are exactly ``token``'s (plus the block's own writes).
+
+        Yields the token in effect; on exit the marks from before the block are restored, so a
+        request's marks never leak into the next request served by the same thread. ``None`` or
+        ``""`` runs the block with no marks. A malformed token raises ``InvalidCausalToken``.
+        """
+        marks = parse_token(token) if token else {}
+        reset = self._var.set(MappingProxyType(marks) if marks else _EMPTY)
+        try:
+            yield self.token()
+        finally:
+            self._var.reset(reset)
 
     def clear(self) -> None:
         """Forget this context's marks (e.g. at the start of a new web request)."""

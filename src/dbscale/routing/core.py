@@ -7,10 +7,17 @@ node its discovered role, ban record, last health check, replay position and lag
 module performs I/O or reads a clock; the I/O shells (:mod:`dbscale.routing.router`,
 :mod:`dbscale.routing.monitor`) feed it facts and act on what it returns.
 
-* The **health monitor** runs :data:`CHECK_SQL` on every node each interval and hands the rows (or
-  the errors) to :func:`apply_round`, which updates roles, bans (:mod:`.bans`), elects the writer
-  (a reachable, unbanned node not in recovery, highest timeline first, so a promoted replica wins
-  over a stale old primary) and computes each replica's lag against the writer's WAL position.
+* The **health monitor** runs :data:`CHECK_SQL` on every node each interval (banned ones too: a
+  passing check readmits a node at once) and hands the rows (or the errors) to :func:`apply_round`,
+  which updates roles, bans (:mod:`.bans`), elects the writer (a reachable, unbanned node not in
+  recovery, highest timeline first, so a promoted replica wins over a stale old primary) and
+  computes each replica's lag against the writer's WAL position — or, while no writer is known,
+  against the WAL the replica itself received, so replicas keep serving reads when the primary dies.
+* A node that refuses the configured credentials or database (:class:`Refused`) is not banned:
+  that is permanent until the configuration changes, so reads and writes fail fast naming it.
+* The PgBouncer in front of the primary (``Settings.endpoint``) is an *endpoint*, with a view and
+  a ban of its own: its failures never ban the PostgreSQL node behind it, and while it is banned
+  writes go straight to the primary (:func:`write_target`).
 * A **read** asks :func:`plan_read`: replicas that are reachable, unbanned, checked recently and
   within ``max_lag`` are candidates; under a causal mark only those whose replay LSN has reached it
   qualify. If none has reached it yet but one could, the plan says "verify inline" (one
@@ -30,12 +37,13 @@ from typing import Literal
 
 from dbscale.routing.balance import Policy, choose
 from dbscale.routing.bans import BanPolicy, BanState
-from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
+from dbscale.routing.lsn import WAL_PAGE, Mark, parse_lsn, record_boundary
 from dbscale.units import ReadYourWrites
 
-Role = Literal["primary", "replica", "unknown"]
+Role = Literal["primary", "replica", "pgbouncer", "unknown"]
 
-#: One round trip that tells a node's role, WAL position, lag inputs and timeline.
+#: One round trip that tells a node's role, WAL position, lag inputs, timeline and (on a replica)
+#: whether its WAL receiver is streaming.
 CHECK_SQL = """\
 SELECT r,
        CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END::text,
@@ -43,7 +51,8 @@ SELECT r,
        CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
        CASE WHEN r THEN pg_is_wal_replay_paused() ELSE false END,
        CASE WHEN r THEN NULL
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END,
+       CASE WHEN r THEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') ELSE false END
 FROM (SELECT pg_is_in_recovery() AS r) AS s"""
 
 
@@ -57,11 +66,22 @@ class NodeCheck:
     replay_age: float | None = None
     replay_paused: bool = False
     timeline: int | None = None
+    streaming: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A check the node answered by refusing the configured user, password or database (permanent)."""
+
+    reason: str
+
+
+CheckResult = NodeCheck | Refused | BaseException
 
 
 def parse_check_row(row: Sequence[object]) -> NodeCheck:
     """Turn a row of :data:`CHECK_SQL` into a :class:`NodeCheck`."""
-    in_recovery, lsn, receive, age, paused, timeline = row
+    in_recovery, lsn, receive, age, paused, timeline, *rest = row
     return NodeCheck(
         in_recovery=bool(in_recovery),
         lsn=parse_lsn(str(lsn)) if lsn is not None else None,
@@ -69,6 +89,7 @@ def parse_check_row(row: Sequence[object]) -> NodeCheck:
         replay_age=max(0.0, float(age)) if isinstance(age, int | float) else None,
         replay_paused=bool(paused),
         timeline=int(timeline) if isinstance(timeline, int) else None,
+        streaming=bool(rest[0]) if rest else False,
     )
 
 
@@ -88,6 +109,7 @@ class Settings:
     causal_wait: float = 0.05
     health_interval: float = 1.0
     bans: BanPolicy = field(default_factory=BanPolicy)
+    endpoint: str | None = None
 
     @property
     def stale_after(self) -> float:
@@ -98,6 +120,11 @@ class Settings:
     def nodes(self) -> tuple[str, ...]:
         """Every PostgreSQL node of the group, the configured primary first."""
         return (self.primary, *self.replicas)
+
+    @property
+    def checked(self) -> tuple[str, ...]:
+        """Everything the monitor checks: the PostgreSQL nodes and the write endpoint, if any."""
+        return self.nodes + ((self.endpoint,) if self.endpoint else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +144,7 @@ class NodeView:
     replay_paused: bool = False
     stalled_at: int | None = None
     ban: BanState = field(default_factory=BanState)
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +159,8 @@ class GroupState:
     def initial(cls, settings: Settings) -> GroupState:
         """Before any check: the configured primary is assumed to be the writer, replicas unknown."""
         views = {n: NodeView(n) for n in settings.nodes}
+        if settings.endpoint:
+            views[settings.endpoint] = NodeView(settings.endpoint, role="pgbouncer")
         return cls(views=views, writer=settings.primary)
 
 
@@ -149,12 +179,23 @@ def replica_lag(
     ``now() - pg_last_xact_replay_timestamp()`` grows while the primary is idle, so a replica that
     has replayed everything the writer has is 0 s behind, and otherwise it is behind by at most the
     time since it was last seen caught up.
+
+    Seconds are judged against the last WAL received, not wall-clock idleness: a replica with
+    nothing left to replay (replay LSN == receive LSN) is 0 s behind, however long ago the last
+    write was — while it is streaming (what the writer has beyond that is in flight, or inserted but
+    not yet flushed), and whenever no writer is known (``writer_lsn`` None: the primary is down;
+    bytes behind is then what it received but has not replayed). A replica whose WAL receiver is not
+    streaming while a writer is known is judged against the writer, as above.
     """
     if check.lsn is None:
         return None, None, caught_up_at
+    replayed_all = replayed_everything_received(check)
     if writer_lsn is not None:
         lag_bytes: int | None = max(0, writer_lsn - check.lsn)
-        caught_up = check.lsn >= writer_lsn
+        caught_up = check.lsn >= writer_lsn or (replayed_all and check.streaming)
+    elif check.receive_lsn is not None:
+        lag_bytes = max(0, check.receive_lsn - check.lsn)
+        caught_up = replayed_all
     else:
         lag_bytes = None
         caught_up = False
@@ -162,6 +203,19 @@ def replica_lag(
         return lag_bytes, 0.0, now
     bounds = [b for b in (check.replay_age, None if caught_up_at is None else now - caught_up_at) if b is not None]
     return lag_bytes, (min(bounds) if bounds else None), caught_up_at
+
+
+def replayed_everything_received(check: NodeCheck) -> bool:
+    """Whether a replica has replayed every complete WAL record it received.
+
+    The receive LSN can sit on a page boundary inside a record whose rest has not arrived yet (the
+    primary had not flushed it); replay then stops at the end of the last complete record, less than
+    a page before — that replica has nothing it could replay either.
+    """
+    receive, replay = check.receive_lsn, check.lsn
+    if receive is None or replay is None:
+        return False
+    return replay >= receive or (receive % WAL_PAGE == 0 and receive - replay < WAL_PAGE)
 
 
 def elect_writer(views: Mapping[str, NodeView], settings: Settings, now: float) -> str | None:
@@ -178,16 +232,24 @@ def elect_writer(views: Mapping[str, NodeView], settings: Settings, now: float) 
     return best
 
 
-def apply_round(
-    state: GroupState, results: Mapping[str, NodeCheck | BaseException], settings: Settings, now: float
-) -> GroupState:
+def apply_round(state: GroupState, results: Mapping[str, CheckResult], settings: Settings, now: float) -> GroupState:
     """Fold one monitor round (a check result or an error per probed node) into the state."""
     views = dict(state.views)
     for name, result in results.items():
         view = views[name]
+        if isinstance(result, Refused):  # permanent: no ban (nothing to back off from), no writer
+            views[name] = replace(view, reachable=False, checked_at=now, refused=result.reason)
+            continue
         if isinstance(result, BaseException):
-            reason = f"{type(result).__name__}: {result}"[:200]
-            views[name] = replace(view, reachable=False, checked_at=now, ban=settings.bans.fail(view.ban, now, reason))
+            reason = " ".join(f"{type(result).__name__}: {result}".split())[:200]  # one line
+            views[name] = replace(
+                view, reachable=False, checked_at=now, refused=None, ban=settings.bans.fail(view.ban, now, reason)
+            )
+            continue
+        if name == settings.endpoint:
+            views[name] = replace(
+                view, reachable=True, checked_at=now, refused=None, ban=settings.bans.passed(view.ban, now)
+            )
             continue
         stalled = view.stalled_at
         if stalled is not None and result.lsn is not None and result.lsn > stalled:
@@ -203,13 +265,14 @@ def apply_round(
             replay_paused=result.replay_paused,
             stalled_at=stalled,
             ban=settings.bans.passed(view.ban, now),
+            refused=None,
         )
     writer = elect_writer(views, settings, now)
     writer_lsn = views[writer].lsn if writer is not None else None
     if writer_lsn is not None:
         writer_lsn = record_boundary(writer_lsn)
     for name, result in results.items():
-        if isinstance(result, NodeCheck) and result.in_recovery:
+        if isinstance(result, NodeCheck) and result.in_recovery and name != settings.endpoint:
             view = views[name]
             lag_bytes, lag_seconds, caught = replica_lag(result, writer_lsn, view.caught_up_at, now)
             views[name] = replace(view, lag_bytes=lag_bytes, lag_seconds=lag_seconds, caught_up_at=caught)
@@ -234,7 +297,10 @@ def needs_confirmation(state: GroupState) -> bool:
 
 
 def note_failure(state: GroupState, name: str, settings: Settings, now: float, reason: str) -> GroupState:
-    """A query on ``name`` failed with a connection error: ban it; a banned writer is no longer the writer."""
+    """A query on ``name`` failed with a connection error: ban it; a banned writer is no longer the writer.
+
+    ``name`` may be the write endpoint (PgBouncer): then only the endpoint is banned.
+    """
     view = state.views[name]
     state = _with_view(state, replace(view, reachable=False, ban=settings.bans.fail(view.ban, now, reason)))
     if state.writer == name:
@@ -266,6 +332,7 @@ class ReadPlan:
     wait: float = 0.0
     reason: str = ""
     rr_state: dict[str, float] | None = None
+    refused: str | None = None
 
 
 def replica_ok(view: NodeView, settings: Settings, now: float) -> bool:
@@ -331,12 +398,41 @@ def plan_read(
 
 
 def _fallback(state: GroupState, settings: Settings, now: float, exclude: frozenset[str], why: str) -> ReadPlan:
+    refused = refusal(state, settings.nodes)
     if settings.fallback == "error":
-        return ReadPlan(None, reason=why + " and fallback = 'error'")
+        if refused is not None:
+            return ReadPlan(None, reason=why, refused=refused)
+        return ReadPlan(None, reason=why + " and fallback = 'error'; set fallback = 'primary' to read from the primary")
     writer = plan_write(state, now)
     if writer is None or writer in exclude:
-        return ReadPlan(None, reason=why + " and no primary is available")
+        if refused is not None:
+            return ReadPlan(None, reason=why, refused=refused)
+        return ReadPlan(None, reason=why + " and " + primary_down(state, settings))
     return ReadPlan(writer, fallback=True, reason=why)
+
+
+def refusal(state: GroupState, names: Sequence[str]) -> str | None:
+    """``"node: reason"`` for the first of ``names`` that refused the configured credentials, if any."""
+    for name in names:
+        reason = state.views[name].refused
+        if reason is not None:
+            return f"{name}: {reason}"
+    return None
+
+
+def primary_down(state: GroupState, settings: Settings) -> str:
+    """Why no writer is known, for error messages: 'the primary is down (main-primary: ...)'."""
+    view = state.views[settings.primary]
+    why = view.ban.reason or ("not checked yet" if view.reachable is None else view.role)
+    return f"the primary is down ({settings.primary}: {why})"
+
+
+def write_target(state: GroupState, settings: Settings, writer: str, now: float) -> str:
+    """Where a write to ``writer`` connects: the endpoint in front of the primary, unless it is banned."""
+    endpoint = settings.endpoint
+    if endpoint is None or writer != settings.primary or not state.views[endpoint].ban.usable(now):
+        return writer
+    return endpoint
 
 
 def plan_write(state: GroupState, now: float) -> str | None:
@@ -348,17 +444,23 @@ def plan_write(state: GroupState, now: float) -> str | None:
 
 
 def due_checks(state: GroupState, now: float) -> list[str]:
-    """Nodes the monitor should probe this round (banned nodes wait for their ban to expire)."""
-    return [n for n, v in state.views.items() if v.ban.due_for_check(now)]
+    """Nodes the monitor should probe this round: all of them (a passing check readmits a banned node).
+
+    The endpoint is skipped while no writer is known: through PgBouncer a check would only wait for
+    the missing primary, and the PostgreSQL checks already tell when it is back.
+    """
+    return [n for n, v in state.views.items() if v.role != "pgbouncer" or state.writer is not None]
 
 
 __all__ = [
     "CHECK_SQL",
     "CONFIRM_DELAY",
+    "CheckResult",
     "GroupState",
     "NodeCheck",
     "NodeView",
     "ReadPlan",
+    "Refused",
     "Settings",
     "apply_round",
     "due_checks",
@@ -370,7 +472,11 @@ __all__ = [
     "parse_check_row",
     "plan_read",
     "plan_write",
+    "primary_down",
     "read_candidates",
+    "refusal",
+    "replayed_everything_received",
     "replica_lag",
     "replica_ok",
+    "write_target",
 ]

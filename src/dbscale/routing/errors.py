@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
 import psycopg
 from sqlalchemy import exc as sa_exc
 
@@ -30,6 +33,54 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.InterfaceError | OSError)
 
 
+#: Connect-time refusals (psycopg reports them with no SQLSTATE): wrong password, unknown role or
+#: database, no pg_hba entry — PostgreSQL's and PgBouncer's wordings.
+_REFUSED = re.compile(
+    r"authentication failed|no password supplied|role \"[^\"]*\" does not exist|"
+    r"database \"[^\"]*\" does not exist|no pg_hba\.conf entry|no such database|no such user",
+    re.IGNORECASE,
+)
+#: The server is there but cannot take the session yet (or PgBouncer cannot reach it yet).
+_NOT_READY = re.compile(
+    r"server login has been failing|the database system is (starting up|shutting down|not yet accepting)|"
+    r"query_wait_timeout|pgbouncer cannot connect to server",
+    re.IGNORECASE,
+)
+_REFUSED_STATES = ("28000", "28P01", "3D000")
+
+FailureKind = Literal["refused", "not_ready", "connection", "other"]
+
+
+def _orig(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """Classify a driver error for the write and read paths.
+
+    ``refused``: the credentials or database are wrong (permanent: fail fast, no ban); ``not_ready``:
+    the writer is coming up or PgBouncer cannot log in to it yet (wait, no ban); ``connection``: the
+    endpoint or node failed (ban it); ``other``: the statement's own error.
+    """
+    orig = _orig(exc)
+    if isinstance(orig, psycopg.Error):
+        state = orig.sqlstate
+        text = str(orig)
+        if state in _REFUSED_STATES or (
+            state is None and isinstance(orig, psycopg.OperationalError) and _REFUSED.search(text)
+        ):
+            return "refused"
+        if state == "57P03" or _NOT_READY.search(text):
+            return "not_ready"
+    return "connection" if is_connection_error(exc) else "other"
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The server's words for a refusal, e.g. ``password authentication failed for user "app"``."""
+    text = " ".join(str(_orig(exc)).split())
+    return text.rsplit("FATAL:", 1)[-1].strip()[:200] or type(exc).__name__
+
+
 def is_read_only_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the node is in recovery (a write reached a standby)."""
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
@@ -38,9 +89,18 @@ def is_read_only_error(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A one-line description of a driver error without connection strings."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    orig = _orig(exc)
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    return f"{type(orig).__name__}: {text}"[:200]
+    return f"{type(orig).__name__}: {' '.join(text.split())}"[:200]
 
 
-__all__ = ["InvalidCausalToken", "PoolTimeout", "describe", "is_connection_error", "is_read_only_error"]
+__all__ = [
+    "FailureKind",
+    "InvalidCausalToken",
+    "PoolTimeout",
+    "describe",
+    "failure_kind",
+    "is_connection_error",
+    "is_read_only_error",
+    "refusal_reason",
+]

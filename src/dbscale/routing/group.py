@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dbscale.errors import NoReplicaAvailable, PrimaryUnavailable
+from dbscale.errors import AuthenticationFailed, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing import core
 from dbscale.routing.balance import choose
-from dbscale.routing.core import GroupState, NodeCheck, ReadPlan, Settings
+from dbscale.routing.core import CheckResult, GroupState, ReadPlan, Settings
 from dbscale.routing.lsn import Mark
 from dbscale.routing.metrics import RoutingMetrics
 
@@ -29,7 +29,6 @@ class GroupRouterBase:
         settings: Settings,
         metrics: RoutingMetrics,
         *,
-        write_endpoint: str,
         write_timeout: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -38,7 +37,6 @@ class GroupRouterBase:
         self.name = name
         self.settings = settings
         self.metrics = metrics
-        self.write_endpoint = write_endpoint  # the pgbouncer node name, or the primary's
         self.write_timeout = write_timeout
         self.clock = clock
         self.wall_clock = wall_clock
@@ -48,6 +46,11 @@ class GroupRouterBase:
         self._outstanding: dict[str, int] = dict.fromkeys(settings.nodes, 0)
         self._rr: dict[str, float] = {}
         self._fast: tuple[GroupState, float, list[str], list[ReadPlan], int] | None = None
+        # Whether the next write should make one round trip before handing the connection over (so
+        # a writer that is not ready yet, e.g. PgBouncer still failing its server login, is waited
+        # for within write_timeout instead of failing the caller's first statement). Set when the
+        # writer changes or a write failed, cleared by a commit.
+        self.write_suspect = True
 
     @property
     def state(self) -> GroupState:
@@ -98,9 +101,9 @@ class GroupRouterBase:
             self._rr = plan.rr_state
         if plan.node is None:
             self.metrics.read_errors.inc()
-            raise NoReplicaAvailable(
-                f"group {self.name!r}: {plan.reason}; check `dbscale status`, or set fallback = 'primary'"
-            )
+            if plan.refused is not None:
+                raise self.refused(plan.refused)
+            raise NoReplicaAvailable(f"group {self.name!r}: {plan.reason}; check `dbscale status`")
         return plan
 
     def _covered(self, mark: Mark, floor: int) -> bool:
@@ -117,16 +120,34 @@ class GroupRouterBase:
         return core.plan_write(self._state, self.clock())
 
     def write_target(self, writer: str) -> str:
-        """The endpoint (node name) a write to ``writer`` connects to: its PgBouncer if configured."""
-        return self.write_endpoint if writer == self.settings.primary else writer
+        """The endpoint (node name) a write to ``writer`` connects to: its PgBouncer unless that is banned."""
+        return core.write_target(self._state, self.settings, writer, self.clock())
 
-    def no_writer(self, waited: float) -> PrimaryUnavailable:
-        """The error raised when no writer turned up within the write timeout."""
+    def refused(self, which: str) -> AuthenticationFailed:
+        """The error for a node that refused the configured credentials (``which``: 'node: reason')."""
+        return AuthenticationFailed(
+            f"group {self.name!r}: {which} — fix the user, password or database name in the node's URL "
+            "(retrying will not help)"
+        )
+
+    def check_refused(self, *names: str) -> None:
+        """Raise :class:`AuthenticationFailed` if one of ``names`` refused the configured credentials."""
+        which = core.refusal(self._state, names)
+        if which is not None:
+            self.metrics.write_errors.inc()
+            raise self.refused(which)
+
+    def no_writer(self, waited: float, last: str | None = None) -> PrimaryUnavailable:
+        """The error raised when no writer took the write within the write timeout (one line)."""
         self.metrics.write_errors.inc()
-        reasons = "; ".join(f"{n}: {v.ban.reason or v.role}" for n, v in self._state.views.items())
+        state = self._state
+        if last is not None and state.writer is not None:
+            why = f"the writer is not ready ({last})"
+        else:
+            why = core.primary_down(state, self.settings)
         return PrimaryUnavailable(
-            f"group {self.name!r}: no writable primary found within {waited:.1f}s ({reasons}); "
-            "check that the primary is running or promote a replica"
+            f"group {self.name!r}: no write possible within write_timeout ({waited:.1f}s): {why}; "
+            "start the primary or promote a replica, then retry"
         )
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -145,11 +166,13 @@ class GroupRouterBase:
             before = self._state
             self._state = after = change(before)
         if after is not before:
+            if after.writer != before.writer:
+                self.write_suspect = True
             self._publish(before, after)
         return after
 
     def note_failure(self, node: str, reason: str) -> None:
-        """A connection error on ``node``: ban it (and drop it as writer)."""
+        """A connection error on ``node``: ban it (and drop it as writer); an endpoint is banned alone."""
         settings = self.settings
         self._update(lambda s: core.note_failure(s, node, settings, self.clock(), reason))
 
@@ -169,7 +192,7 @@ class GroupRouterBase:
         """Nodes the monitor should probe now."""
         return core.due_checks(self._state, self.clock())
 
-    def apply_round(self, results: Mapping[str, NodeCheck | BaseException]) -> GroupState:
+    def apply_round(self, results: Mapping[str, CheckResult]) -> GroupState:
         """Fold one monitor round into the state and publish the gauges."""
         settings = self.settings
         return self._update(lambda s: core.apply_round(s, results, settings, self.clock()))
@@ -203,7 +226,9 @@ class GroupRouterBase:
         for name, v in state.views.items():
             phase = v.ban.phase(now)
             health: str
-            if phase != "ok":
+            if v.refused is not None:
+                health = "refused"
+            elif phase != "ok":
                 health = phase
             elif v.reachable is None:
                 health = "unchecked"
@@ -223,7 +248,7 @@ class GroupRouterBase:
                     "reads": self.metrics.registry.value("reads_total", group=self.name, node=name),
                     "writes": self.metrics.registry.value("writes_total", group=self.name, node=name),
                     "bans": self.metrics.registry.value("bans_total", group=self.name, node=name),
-                    "ban_reason": v.ban.reason,
+                    "ban_reason": v.refused or v.ban.reason,
                     "in_flight": self._outstanding.get(name, 0),
                 }
             )

@@ -4,6 +4,11 @@ Each node gets one dedicated autocommit connection (not from the pools, so a ful
 blinds the monitor), reused between rounds and reopened after a failure. A round probes the due
 nodes concurrently with :data:`~dbscale.routing.core.CHECK_SQL`, bounded by a timeout, and folds
 the results into the router's state with :meth:`GroupRouterBase.apply_round`.
+
+The write endpoint (PgBouncer) is checked by logging in through it, on a fresh connection each
+round and without a query: a query would wait inside PgBouncer for the primary, whose health the
+PostgreSQL checks already tell. A refusal of the configured credentials is reported as
+:class:`~dbscale.routing.core.Refused` (permanent, no ban), any other error as itself.
 """
 
 from __future__ import annotations
@@ -18,8 +23,25 @@ from concurrent.futures import wait as wait_futures
 
 import psycopg
 
-from dbscale.routing.core import CHECK_SQL, CONFIRM_DELAY, GroupState, NodeCheck, needs_confirmation, parse_check_row
+from dbscale.routing.core import (
+    CHECK_SQL,
+    CONFIRM_DELAY,
+    CheckResult,
+    GroupState,
+    NodeCheck,
+    Refused,
+    needs_confirmation,
+    parse_check_row,
+)
+from dbscale.routing.errors import failure_kind, refusal_reason
 from dbscale.routing.group import GroupRouterBase
+
+#: What a passing check of the write endpoint reports (it has no role or WAL position of its own).
+ENDPOINT_UP = NodeCheck(in_recovery=False, lsn=None)
+
+
+def _failed(exc: Exception) -> CheckResult:
+    return Refused(refusal_reason(exc)) if failure_kind(exc) == "refused" else exc
 
 
 def _connect_kwargs(timeout: float) -> dict[str, object]:
@@ -29,22 +51,29 @@ def _connect_kwargs(timeout: float) -> dict[str, object]:
         "connect_timeout": max(2, round(timeout)),
         "options": f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms * 4}",
         "application_name": "dbscale-monitor",
+        "prepare_threshold": None,  # the endpoint may be PgBouncer in transaction mode
     }
 
 
 class _Prober:
     """One node's monitor connection (sync)."""
 
-    def __init__(self, conninfo: str, timeout: float) -> None:
+    def __init__(self, conninfo: str, timeout: float, endpoint: bool = False) -> None:
         self.conninfo = conninfo
         self.timeout = timeout
+        self.endpoint = endpoint
         self.lock = threading.Lock()
         self.conn: psycopg.Connection[tuple[object, ...]] | None = None
 
-    def probe(self) -> NodeCheck | BaseException:
+    def probe(self) -> CheckResult:
         if not self.lock.acquire(blocking=False):
             return TimeoutError("the previous health check of this node is still running")
         try:
+            if self.endpoint:
+                kwargs = _connect_kwargs(self.timeout)
+                del kwargs["options"]  # PgBouncer ignores startup options
+                psycopg.connect(self.conninfo, **kwargs).close()  # type: ignore[arg-type]
+                return ENDPOINT_UP
             if self.conn is None or self.conn.closed:
                 self.conn = psycopg.connect(self.conninfo, **_connect_kwargs(self.timeout))  # type: ignore[arg-type]
             row = self.conn.execute(CHECK_SQL).fetchone()
@@ -53,7 +82,7 @@ class _Prober:
             return parse_check_row(row)
         except Exception as exc:
             self.close()
-            return exc
+            return _failed(exc)
         finally:
             self.lock.release()
 
@@ -70,7 +99,8 @@ class SyncMonitor:
     def __init__(self, router: GroupRouterBase, conninfo: Mapping[str, str], timeout: float) -> None:
         self.router = router
         self.timeout = timeout
-        self._probers = {name: _Prober(url, timeout) for name, url in conninfo.items()}
+        endpoint = router.settings.endpoint
+        self._probers = {name: _Prober(url, timeout, name == endpoint) for name, url in conninfo.items()}
         self._pool = ThreadPoolExecutor(
             max_workers=len(self._probers), thread_name_prefix=f"dbscale-check-{router.name}"
         )
@@ -100,7 +130,7 @@ class SyncMonitor:
             futures = {n: self._pool.submit(self._probers[n].probe) for n in due}
             # one deadline for the whole round: hung nodes must not add up their timeouts
             done, _ = wait_futures(futures.values(), timeout=self.timeout + 0.5)
-            results: dict[str, NodeCheck | BaseException] = {
+            results: dict[str, CheckResult] = {
                 name: fut.result()
                 if fut in done
                 else TimeoutError(f"health check took longer than {self.timeout:.1f}s")
@@ -162,6 +192,11 @@ class AsyncMonitor:
         self._stopped = False
 
     async def _probe(self, name: str) -> NodeCheck:
+        if name == self.router.settings.endpoint:
+            kwargs = _connect_kwargs(self.timeout)
+            del kwargs["options"]  # PgBouncer ignores startup options
+            await (await psycopg.AsyncConnection.connect(self._conninfo[name], **kwargs)).close()  # type: ignore[arg-type]
+            return ENDPOINT_UP
         conn = self._conns.get(name)
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(self._conninfo[name], **_connect_kwargs(self.timeout))  # type: ignore[arg-type]
@@ -172,7 +207,7 @@ class AsyncMonitor:
             raise RuntimeError("health check returned no row")
         return parse_check_row(row)
 
-    async def _probe_bounded(self, name: str) -> NodeCheck | BaseException:
+    async def _probe_bounded(self, name: str) -> CheckResult:
         try:
             return await asyncio.wait_for(self._probe(name), self.timeout + 0.5)
         except Exception as exc:
@@ -180,7 +215,7 @@ class AsyncMonitor:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-            return exc
+            return _failed(exc)
 
     async def run_round(self) -> GroupState:
         """Probe every due node now and return the new state (see :meth:`SyncMonitor.run_round`)."""

@@ -24,8 +24,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
-from dbscale.routing.core import ReadPlan
-from dbscale.routing.errors import PoolTimeout, describe, is_connection_error, is_read_only_error
+from dbscale.routing.core import ReadPlan, primary_down
+from dbscale.routing.errors import (
+    PoolTimeout,
+    describe,
+    failure_kind,
+    is_connection_error,
+    is_read_only_error,
+    refusal_reason,
+)
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import SyncMonitor
@@ -33,6 +40,7 @@ from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+READY_SQL = "SELECT 1"
 
 
 class GroupRouter(GroupRouterBase):
@@ -121,43 +129,90 @@ class GroupRouter(GroupRouterBase):
         return ReadConnection(self, mark)
 
     # -- writes -----------------------------------------------------------------------------------
-    def await_writer(self) -> str:
-        """The current writer, waiting up to the write timeout for the monitor to find one."""
-        writer = self.writer()
-        if writer is not None:
-            return writer
-        started = time.monotonic()
+    def await_writer(self, deadline: float, last: str | None = None) -> str:
+        """The current writer, waiting until ``deadline`` (on :attr:`clock`) for the monitor to find one.
+
+        A primary that refused the configured credentials fails at once (waiting cannot help).
+        """
         while True:
-            self.monitor.kick()
-            remaining = self.write_timeout - (time.monotonic() - started)
-            if remaining <= 0:
-                raise self.no_writer(self.write_timeout)
-            time.sleep(min(0.05, remaining))
             writer = self.writer()
             if writer is not None:
                 return writer
+            self.check_refused(self.settings.primary)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise self.no_writer(self.write_timeout, last)
+            self.monitor.kick()
+            time.sleep(min(0.05, remaining))
 
-    def _write_failed(self, writer: str, exc: BaseException, what: str) -> BaseException:
+    def _write_failed(
+        self, writer: str, target: str, exc: BaseException, what: str, final: bool = True
+    ) -> BaseException:
+        """Fold a failed write into the state; the exception to raise (``exc`` itself if it is the statement's).
+
+        ``final``: the write ends here (counted in ``write_errors``); not for an attempt that is retried.
+        """
+        kind = failure_kind(exc)
+        if kind == "refused":
+            self.metrics.write_errors.inc()
+            return self.refused(f"{target}: {refusal_reason(exc)}")
         if is_read_only_error(exc):
             self.note_not_writer(writer)
-        elif is_connection_error(exc):
-            self.note_failure(writer, describe(exc))
-        else:
+        elif kind == "connection":
+            self.note_failure(target, describe(exc))  # the endpoint alone when the write went through PgBouncer
+        elif kind != "not_ready":
             return exc
+        self.write_suspect = True
         self.monitor.kick()
-        self.metrics.write_errors.inc()
-        return PrimaryUnavailable(f"group {self.name!r}: {what} on {writer} failed ({describe(exc)}); not retried")
+        if final:
+            self.metrics.write_errors.inc()
+        return PrimaryUnavailable(f"group {self.name!r}: {what} on {target} failed ({describe(exc)}); not retried")
+
+    def _open_write(self) -> tuple[Connection, str, str]:
+        """A connection in a transaction on the writer, as ``(conn, writer, endpoint)``, within write_timeout.
+
+        Until the caller's code runs, failures are waited out: no writer known, a connection error
+        (the failed endpoint or node is banned, so the next attempt goes elsewhere or waits for the
+        monitor), a writer that is not ready (PgBouncer's ``server_login_retry``, a starting
+        server). While :attr:`write_suspect` is set, one round trip proves the session usable first.
+        """
+        deadline = self.clock() + self.write_timeout
+        last: str | None = None
+        while True:
+            writer = self.await_writer(deadline, last)
+            target = self.write_target(writer)
+            conn: Connection | None = None
+            try:
+                conn = self.connect(target)
+                conn.begin()
+                if self.write_suspect:
+                    conn.exec_driver_sql(READY_SQL)
+                return conn, writer, target
+            except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
+                if conn is not None:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        conn.close()
+                mapped = self._write_failed(writer, target, exc, "connecting", final=False)
+                if mapped is exc:
+                    raise
+                if not isinstance(mapped, PrimaryUnavailable):
+                    raise mapped from None  # refused: one line, nothing to wait for
+                last = f"{target}: {describe(exc)}"
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise self.no_writer(self.write_timeout, last) from None
+                time.sleep(min(0.05, remaining))
+            except BaseException:
+                if conn is not None:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        conn.close()
+                raise
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One transaction on the writer (see :meth:`dbscale.Cluster.write`)."""
         self.ensure_started()
-        writer = self.await_writer()
-        try:
-            conn = self.connect(self.write_target(writer))
-            conn.begin()
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
-            raise self._write_failed(writer, exc, "connecting") from exc
+        conn, writer, target = self._open_write()
         try:
             try:
                 yield conn
@@ -165,14 +220,15 @@ class GroupRouter(GroupRouterBase):
                 if conn.in_transaction():
                     with suppress(sa_exc.SQLAlchemyError):
                         conn.rollback()
-                mapped = self._write_failed(writer, exc, "the transaction")
+                mapped = self._write_failed(writer, target, exc, "the transaction")
                 if mapped is exc:
                     raise
                 raise mapped from exc
             try:
                 conn.commit()
             except sa_exc.DBAPIError as exc:
-                raise self._write_failed(writer, exc, "COMMIT (outcome unknown)") from exc
+                raise self._write_failed(writer, target, exc, "COMMIT (outcome unknown)") from exc
+            self.write_suspect = False
             self.metrics.writes[writer].inc()
             self._after_commit(conn, writer)
         finally:
@@ -275,7 +331,12 @@ class ReadConnection:
             if plan.verify_lsn is not None and not r.verify(conn, node, plan):
                 self._swap_to_writer()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
-            if not is_connection_error(exc):
+            kind = failure_kind(exc)
+            if kind == "refused":
+                self.finish()
+                r.metrics.read_errors.inc()
+                raise r.refused(f"{node}: {refusal_reason(exc)}") from None
+            if kind == "other":
                 self.finish()
                 raise
             self._failed(exc)
@@ -299,8 +360,13 @@ class ReadConnection:
         if writer is None or r.settings.fallback == "error":
             r.metrics.read_errors.inc()
             raise NoReplicaAvailable(
-                f"group {r.name!r}: no replica reached the causal token in time and "
-                + ("fallback = 'error'" if writer is not None else "no primary is available")
+                f"group {r.name!r}: no replica has replayed the causal token yet and "
+                + (
+                    "fallback = 'error'; set fallback = 'primary' to read such reads from the primary"
+                    if writer is not None
+                    else primary_down(r.state, r.settings) + ", so this read cannot see the write yet; "
+                    "retry later, or read without the token"
+                )
             )
         r.acquire(writer)
         self._node = self._held = writer
@@ -324,14 +390,18 @@ class ReadConnection:
         r.metrics.retries.inc()
 
     def finish(self) -> None:
-        """Return the connection to its pool (ending the read-only transaction)."""
+        """Return the connection to its pool (ending the read-only transaction) and the in-flight count.
+
+        Both happen on every exit path: the count first (it needs no I/O), and the close is
+        shielded, so a cancellation landing here leaks neither.
+        """
         conn, self._conn = self._conn, None
         held, self._held = self._held, None
+        if held is not None:
+            self._router.release(held)
         if conn is not None:
             with suppress(sa_exc.SQLAlchemyError):
                 conn.close()
-        if held is not None:
-            self._router.release(held)
 
     def _run(self, call: Callable[[Connection], Any]) -> Any:
         if self._delivered:

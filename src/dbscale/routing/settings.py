@@ -17,7 +17,10 @@ from dbscale.units import parse_read_your_writes
 
 
 def group_settings(group: str, cfg: GroupConfig) -> Settings:
-    """The routing settings of ``group``; node names follow :mod:`dbscale.topology`."""
+    """The routing settings of ``group``; node names follow :mod:`dbscale.topology`.
+
+    ``endpoint`` is the group's PgBouncer when writes go through it.
+    """
     replicas = tuple(replica_name(group, i) for i in range(1, len(cfg.replicas) + 1))
     weights = dict(zip(replicas, cfg.weights, strict=True)) if cfg.weights is not None else {}
     mode, delay = parse_read_your_writes(cfg.read_your_writes)
@@ -34,6 +37,7 @@ def group_settings(group: str, cfg: GroupConfig) -> Settings:
         causal_wait=cfg.causal_wait,
         health_interval=cfg.health_interval,
         bans=BanPolicy(initial=cfg.ban_initial, maximum=cfg.ban_max),
+        endpoint=pgbouncer_name(group) if cfg.pgbouncer is not None and cfg.write_via_pgbouncer else None,
     )
 
 
@@ -44,11 +48,12 @@ def router_arguments(group: str, cfg: GroupConfig, metrics: Metrics, causal: Cau
     nodes = settings.nodes + ((bouncer,) if bouncer else ())
     urls = {settings.primary: libpq_conninfo(cfg.primary)}
     urls.update({n: libpq_conninfo(u) for n, u in zip(settings.replicas, cfg.replicas, strict=True)})
+    if settings.endpoint is not None and cfg.pgbouncer is not None:
+        urls[settings.endpoint] = libpq_conninfo(cfg.pgbouncer)
     return {
         "name": group,
         "settings": settings,
         "metrics": RoutingMetrics(metrics, group, nodes),
-        "write_endpoint": bouncer if bouncer and cfg.write_via_pgbouncer else settings.primary,
         "write_timeout": cfg.write_timeout,
         "record": causal.record,
         "monitor_urls": urls,
