@@ -209,25 +209,34 @@ class CacheCore:
         log.warning("cache: entry %r could not be decoded, treating as a miss: %s", key, exc)
 
     # -- invalidation bookkeeping -----------------------------------------------------------------
-    def drop_local(self, inv: Invalidation) -> None:
-        """Apply an invalidation to this process's L1 (always, whether or not Redis is reachable)."""
-        if inv.kind == "key":
-            self.l1.invalidate(inv.items)
-        elif inv.kind == "pattern":
+    def fence_l1(self, inv: Invalidation, keys: Iterable[str] | None = None) -> None:
+        """Drop ``inv`` from this process's L1 and refuse every insert whose L2 read came before now.
+
+        The one ordering rule of invalidation, for both shells and the retry queue: call this
+        *after* Redis took ``inv``. A reader takes its L1 token before its Redis read; a read that
+        saw the old value came before the Redis update, hence before this fence, so its insert is
+        refused, and a read after the update sees the new state. (A drop *before* the update leaves
+        a window in which a reader stores the old value for ``l1_ttl``, and this process ignores
+        its own broadcast.) ``keys`` are the keys Redis reported for a tag; None (no Redis, or
+        Redis unreachable) clears the whole L1 for a tag, since then nobody knows its members.
+        """
+        if inv.kind == "pattern":
             for pattern in inv.items:
                 self.l1.invalidate_matching(glob_to_regex(pattern))
+        elif inv.kind == "key":
+            self.l1.invalidate(inv.items)
+        elif keys is None:
+            self.l1.clear()
         else:
-            self.l1.clear_inflight()
-
-    def after_redis_invalidation(self, inv: Invalidation, keys: Iterable[str]) -> None:
-        """Drop the keys Redis reported (a tag's members) from L1."""
-        if inv.kind == "tag":
             self.l1.invalidate(keys)
 
     def queue(self, inv: Invalidation, exc: CacheUnavailable | None) -> None:
-        """Queue an invalidation Redis did not take; it is retried until it succeeds."""
-        if inv.kind == "tag":
-            self.l1.clear()  # we cannot tell which local keys carry the tag
+        """Redis did not take ``inv``: drop it from L1 at once and queue it; retried until it succeeds.
+
+        While anything is queued no call uses Redis, so nothing old is read back into L1; the
+        replay fences L1 again after Redis took it (:meth:`fence_l1`).
+        """
+        self.fence_l1(inv)
         self.stats.inval_retries.inc()
         if exc is not None:
             self.redis_failed("invalidate", exc)
@@ -239,8 +248,8 @@ class CacheCore:
         if l2 is None:
             return
         keys = apply_invalidation(l2, inv, self.stale_px, self.origin)
-        self.after_redis_invalidation(inv, keys)
         self.breaker.success()
+        self.fence_l1(inv, keys)
 
     def apply_lease_hit(self, key: str, reply: LeaseReply) -> tuple[bool, Any, int]:
         """Decode a HIT lease reply: ``(ok, value, expires_ms)``."""

@@ -227,9 +227,9 @@ class Cache(CacheFront):
         core = self.core
         entry, px, _ = core.make_entry(value, core.config.default_ttl if ttl is None else ttl, 0.0)
         inv = Invalidation("key", (key,), stale=False)
-        core.drop_local(inv)
         l2 = core.sync_l2()
         if l2 is None:
+            core.fence_l1(inv)
             return core.l1.put(key, value, min(core.config.l1_ttl, px / 1000), core.clock(), size=len(entry))
         if not core.redis_allowed(core.clock()):
             core.queue(inv, None)
@@ -240,6 +240,7 @@ class Cache(CacheFront):
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
+        core.fence_l1(inv)  # after Redis: see CacheCore.fence_l1
         return True
 
     def delete(self, *keys: str) -> bool:
@@ -265,11 +266,9 @@ class Cache(CacheFront):
     def _invalidate(self, inv: Invalidation) -> bool:
         core = self.core
         core.stats.invalidation(inv.kind, len(inv.items))
-        core.drop_local(inv)
         l2 = core.sync_l2()
         if l2 is None:
-            if inv.kind == "tag":
-                core.l1.clear()
+            core.fence_l1(inv)
             return True
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
@@ -280,7 +279,7 @@ class Cache(CacheFront):
             core.queue(inv, exc)
             return False
         core.breaker.success()
-        core.after_redis_invalidation(inv, keys)
+        core.fence_l1(inv, keys)  # after Redis, never only before: see CacheCore.fence_l1
         return True
 
     def flush_invalidations(self) -> bool:
