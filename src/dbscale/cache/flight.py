@@ -2,7 +2,9 @@
 
 :class:`SingleFlight` serves threads, :class:`AsyncSingleFlight` asyncio tasks (per event loop).
 The first caller of a key runs the function; the others wait for it and get its result or its
-exception. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
+exception — an exception of the load itself (an :class:`Exception`). A leader that was *interrupted*
+(cancelled, or a ``KeyboardInterrupt``/``SystemExit`` in its thread) did not fail the load: its
+followers, which were not interrupted, try again and one of them leads. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
 only keeps one process from sending one lease request per waiting caller.
 """
 
@@ -14,6 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["AsyncSingleFlight", "SingleFlight"]
+
+
+def _shared(exc: BaseException) -> bool:
+    """Is the leader's exception its followers' outcome too? Only a failure of the load, not an interruption."""
+    return isinstance(exc, Exception)
 
 
 class _Flight:
@@ -46,16 +53,18 @@ class SingleFlight:
 
     def run(self, key: str, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` once for concurrent callers of ``key``; share its outcome."""
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+                    break
             flight.wait()
-            if flight.error is not None:
+            if flight.error is None:
+                return flight.value
+            if _shared(flight.error):
                 raise flight.error
-            return flight.value
+            # the leader was interrupted, not the load: try again (one of the followers leads)
         try:
             flight.value = fn()
             return flight.value
@@ -80,20 +89,31 @@ class AsyncSingleFlight:
         """Await ``fn()`` once for concurrent callers of ``key`` on this loop; share its outcome."""
         loop = asyncio.get_running_loop()
         fkey = (id(loop), key)
-        flight = self._flights.get(fkey)
-        if flight is not None:
-            return await asyncio.shield(flight)
+        while True:
+            flight = self._flights.get(fkey)
+            if flight is None:
+                break
+            await asyncio.wait((flight,))  # raises only if *this* task is cancelled; the flight is untouched
+            if flight.cancelled():
+                continue  # the leader was cancelled, not the load: try again (one of the followers leads)
+            exc = flight.exception()
+            if exc is None:
+                return flight.result()
+            raise exc
         flight = loop.create_future()
         self._flights[fkey] = flight
         try:
             value = await fn()
         except BaseException as exc:
-            if not flight.done():
+            if _shared(exc):
                 flight.set_exception(exc)
                 flight.exception()  # mark retrieved: there may be no followers
+            else:
+                flight.cancel()
             raise
         else:
             flight.set_result(value)
             return value
         finally:
-            self._flights.pop(fkey, None)
+            if self._flights.get(fkey) is flight:
+                del self._flights[fkey]

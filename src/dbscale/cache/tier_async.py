@@ -177,8 +177,8 @@ class AsyncCache(CacheFront):
                         result = await l2.lease(*request[1:])
                     elif op is Op.FILL:
                         result = await l2.fill(*request[1:])
-                    elif op is Op.RELEASE:
-                        await l2.release(*request[1:])
+                    elif op is Op.RELEASE:  # shielded: a second cancellation must not orphan the lease
+                        await asyncio.shield(l2.release(*request[1:]))
                     else:
                         await l2.set(*request[1:])
             except BaseException as exc:  # handed to the flow, which decides (fail open, release, re-raise)
