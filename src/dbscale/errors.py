@@ -48,7 +48,17 @@ class SerializationError(CacheError, TypeError):
     """A value could not be serialized or deserialized for the cache."""
 
 
+class CacheEntryError(CacheError):
+    """One cache key's Redis data is not what dbscale writes there (e.g. a key of the wrong Redis type).
+
+    The cache treats it as a miss for that key only and overwrites it on the next fill; it is
+    counted (``cache_corrupt_entries``) and never reaches a caller nor trips the circuit breaker.
+    Find who else writes into the cache's namespace.
+    """
+
+
 __all__ = [
+    "CacheEntryError",
     "CacheError",
     "ConfigError",
     "DbscaleError",

@@ -30,7 +30,7 @@ from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfe
 from dbscale.cache.serde import HEADER_LEN, Serializer, decode_header, encode_header
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 from dbscale.metrics import Metrics
 
 __all__ = ["CacheCore", "CacheFront", "Options"]
@@ -204,9 +204,20 @@ class CacheCore:
             log.warning("cache: Redis unavailable, serving from the loader for %.1fs: %s", self.breaker.cooldown, exc)
 
     def decode_failed(self, key: str, exc: SerializationError) -> None:
-        """Count an entry that could not be decoded (treated as a miss)."""
+        """Count an entry that could not be decoded (treated as a miss, overwritten by the next fill)."""
         self.stats.error("decode")
+        self.stats.corrupt.inc()
         log.warning("cache: entry %r could not be decoded, treating as a miss: %s", key, exc)
+
+    def entry_failed(self, key: str, exc: CacheEntryError) -> None:
+        """Count a per-key Redis error (a key of the wrong type): a miss for that key, never the breaker's business."""
+        self.stats.corrupt.inc()
+        log.warning("cache: key %r holds data dbscale did not write, treating as a miss: %s", key, exc)
+
+    def foreign_cleared(self, key: str, count: int) -> None:
+        """Count keys the lease script cleared because this cache did not write them (wrong type, foreign lease)."""
+        self.stats.corrupt.inc(count)
+        log.warning("cache: cleared %d Redis key(s) of %r that dbscale did not write", count, key)
 
     # -- invalidation bookkeeping -----------------------------------------------------------------
     def fence_l1(self, inv: Invalidation, keys: Iterable[str] | None = None) -> None:

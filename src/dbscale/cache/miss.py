@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.leases import LeaseReply, LeaseStatus, WaitAction, wait_decision
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 
 if TYPE_CHECKING:
     from dbscale.cache.core import CacheCore, Options
@@ -114,11 +114,17 @@ def miss_flow(
         except CacheUnavailable as exc:
             core.redis_failed("lease", exc)
             return current if current is not MISS else (yield (Op.LOAD,))[0]
+        except CacheEntryError as exc:  # a key the script does not clear holds garbage: load, do not fill
+            core.entry_failed(key, exc)
+            yield from _release(core, key, lease_token)
+            return current if current is not MISS else (yield (Op.LOAD,))[0]
         except GeneratorExit:
             raise  # the driver abandoned us: no more requests can be answered
         except BaseException:
             yield from _release(core, key, lease_token)  # interrupted mid round trip: the lease may be ours
             raise
+        if reply.foreign:
+            core.foreign_cleared(key, reply.foreign)
         if reply.status is LeaseStatus.HIT:
             ok, value, expires_ms = core.apply_lease_hit(key, reply)
             if ok:
@@ -182,6 +188,10 @@ def _load_and_fill(core: CacheCore, key: str, opts: Options, lease_token: str, t
     except CacheUnavailable as exc:
         core.redis_failed("fill", exc)
         return value
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
+        yield from _release(core, key, lease_token)
+        return value
     except GeneratorExit:
         raise
     except BaseException:
@@ -202,6 +212,8 @@ def _release(core: CacheCore, key: str, lease_token: str) -> Flow:
         yield (Op.RELEASE, key, lease_token)
     except CacheUnavailable as exc:
         core.redis_failed("release", exc)
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
 
 
 def _load_and_set(core: CacheCore, key: str, opts: Options, tags: list[str], token: int) -> Flow:
@@ -212,6 +224,9 @@ def _load_and_set(core: CacheCore, key: str, opts: Options, tags: list[str], tok
         yield (Op.SET, key, entry, px, tags, core.tag_ttl(opts.ttl))
     except CacheUnavailable as exc:
         core.redis_failed("fill", exc)
+        return value
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
         return value
     core.stats.fills.inc()
     if opts.l1:

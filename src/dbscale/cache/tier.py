@@ -21,7 +21,7 @@ from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -115,6 +115,9 @@ class Cache(CacheFront):
             except CacheUnavailable as exc:
                 core.redis_failed("get", exc)
                 l2 = None
+            except CacheEntryError as exc:  # this key only (wrong Redis type): a miss the lease script clears
+                core.entry_failed(key, exc)
+                force = True
             else:
                 if core.breaker._d.failures:
                     core.breaker.success()
@@ -204,6 +207,9 @@ class Cache(CacheFront):
         except CacheUnavailable as exc:
             core.redis_failed("get", exc)
             return default
+        except CacheEntryError as exc:
+            core.entry_failed(key, exc)
+            return default
         core.breaker.success()
         if entry is None:
             core.stats.l2_miss.inc()
@@ -239,6 +245,10 @@ class Cache(CacheFront):
             l2.publish(core.keys.channel, encode_message(core.origin, keys=[key]))
         except CacheUnavailable as exc:
             core.queue(inv, exc)
+            return False
+        except CacheEntryError as exc:  # the scripts clear foreign keys; should one slip through, never keep the old
+            core.entry_failed(key, exc)
+            core.queue(inv, None)
             return False
         core.fence_l1(inv)  # after Redis: see CacheCore.fence_l1
         return True
