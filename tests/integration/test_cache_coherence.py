@@ -298,3 +298,54 @@ def test_async_reader_inside_the_redis_update_cannot_keep_the_old_value(topology
         await cache.close()
 
     asyncio.run(main())
+
+
+def test_call_after_invalidate_does_not_join_a_load_that_read_the_old_row(topology: TopologyConfig) -> None:
+    cache = Cache(config(topology))
+    row = {"v": 1}
+    reading = threading.Event()
+
+    @cache.cached(ttl=300, key="bar:{k}")
+    def load(k: int) -> int:
+        value = row["v"]  # the SELECT
+        reading.set()
+        time.sleep(0.2)  # work after reading the row
+        return value
+
+    try:
+        early = threading.Thread(target=load, args=(1,))
+        early.start()
+        assert reading.wait(5)
+        row["v"] = 2  # the UPDATE commits while that load runs
+        assert cache.invalidate("bar:1")
+        assert load(1) == 2  # a fresh load, not the running one's old row
+        early.join(5)
+        assert load(1) == 2
+    finally:
+        cache.close()
+
+
+def test_async_call_after_invalidate_does_not_join_a_load_that_read_the_old_row(topology: TopologyConfig) -> None:
+    cache = AsyncCache(config(topology))
+    row = {"v": 1}
+
+    async def main() -> None:
+        reading = asyncio.Event()
+
+        @cache.cached(ttl=300, key="bar:{k}")
+        async def load(k: int) -> int:
+            value = row["v"]
+            reading.set()
+            await asyncio.sleep(0.2)
+            return value
+
+        early = asyncio.create_task(load(1))
+        await asyncio.wait_for(reading.wait(), 5)
+        row["v"] = 2
+        assert await cache.invalidate("bar:1")
+        assert await load(1) == 2
+        assert await early == 1  # it started before the invalidation: the old row is its to return
+        assert await load(1) == 2
+        await cache.close()
+
+    asyncio.run(main())

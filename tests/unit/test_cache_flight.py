@@ -132,3 +132,48 @@ def test_thread_leader_interrupted_hands_over_but_load_errors_are_shared() -> No
         t.join(5)
     assert len(errors) == 3
     assert flight._flights == {}
+
+
+def test_caller_after_an_invalidation_does_not_join_an_older_flight() -> None:
+    invalidated_at: dict[str, int] = {}
+
+    def outdated(key: str, token: int) -> bool:
+        return invalidated_at.get(key, -1) > token
+
+    async def main() -> None:
+        flight = AsyncSingleFlight(outdated)
+
+        async def load(v: str) -> str:
+            await asyncio.sleep(0.02)
+            return v
+
+        old = asyncio.create_task(flight.run("k", lambda: load("old"), token=3))
+        await asyncio.sleep(0)
+        joined = asyncio.create_task(flight.run("k", lambda: load("x"), token=4))  # before the invalidation
+        await asyncio.sleep(0)
+        invalidated_at["k"] = 5
+        fresh = asyncio.create_task(flight.run("k", lambda: load("new"), token=6))  # after it
+        later = asyncio.create_task(flight.run("k", lambda: load("y"), token=7))  # joins the fresh flight
+        assert await asyncio.gather(old, joined, fresh, later) == ["old", "old", "new", "new"]
+        assert flight._flights == {}
+
+    asyncio.run(main())
+
+    invalidated_at.clear()
+    sync = SingleFlight(outdated)
+    out: dict[str, str] = {}
+    started = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        time.sleep(0.05)
+        return "old"
+
+    t = threading.Thread(target=lambda: out.update(old=sync.run("k", slow, token=3)))
+    t.start()
+    started.wait(5)
+    invalidated_at["k"] = 5
+    out["fresh"] = sync.run("k", lambda: "new", token=6)
+    t.join(5)
+    assert out == {"old": "old", "fresh": "new"}
+    assert sync._flights == {}

@@ -54,7 +54,7 @@ class Cache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = SingleFlight()
+        self._flight = SingleFlight(self.core.l1.invalidated_since)
         self._twin: AsyncCache | None = None
 
     @property
@@ -145,7 +145,7 @@ class Cache(CacheFront):
                             return self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
         flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
-        return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
+        return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs), token)
 
     def _run(
         self, flow: Flow, l2: RedisL2 | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

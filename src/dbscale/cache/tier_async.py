@@ -50,7 +50,7 @@ class AsyncCache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = AsyncSingleFlight()
+        self._flight = AsyncSingleFlight(self.core.l1.invalidated_since)
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
         self._twin: Cache | None = None
 
@@ -149,7 +149,7 @@ class AsyncCache(CacheFront):
                             return await self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
         flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
-        return await self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
+        return await self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs), token)
 
     async def _run(
         self,
