@@ -53,6 +53,7 @@ async def cancel_leaders(cache: AsyncCache, raw: redis.Redis) -> dict[str, Any]:
     slow: list[float] = []
     orphans = 0
     slow_followers = 0
+    next_waits = 0
     cancelled_in_load = 0
 
     for i in range(LEADERS):
@@ -82,12 +83,14 @@ async def cancel_leaders(cache: AsyncCache, raw: redis.Redis) -> dict[str, Any]:
         assert all(o == i for o in outcomes if not isinstance(o, BaseException))
         if time.monotonic() - t0 >= 1.0:  # waited for an orphaned lease (lease_wait is 2 s)
             slow_followers += 1
+        waits = cache.metrics.value("cache_lease_waits_total")
         t0 = time.monotonic()
         try:  # the next call after the cancelled one: never cancelled either
             assert await cache.get_or_load(key, load, ttl=60) == i
         except asyncio.CancelledError as exc:
             follower_errors.append(exc)
         elapsed = time.monotonic() - t0
+        next_waits += int(cache.metrics.value("cache_lease_waits_total") - waits)  # a lease left behind is HELD
         if elapsed >= 0.05:
             slow.append(elapsed)
         with contextlib.suppress(asyncio.CancelledError):
@@ -97,6 +100,7 @@ async def cancel_leaders(cache: AsyncCache, raw: redis.Redis) -> dict[str, Any]:
         "follower_errors": follower_errors,
         "slow": slow,
         "slow_followers": slow_followers,
+        "next_waits": next_waits,
         "orphans": orphans,
         "flights": dict(flights),
         "cancelled_in_load": cancelled_in_load,
@@ -117,12 +121,14 @@ def test_cancelled_leaders_neither_fail_followers_nor_orphan_leases(redis_url: s
         f"{LEADERS} leaders cancelled ({out['cancelled_in_load']} while loading): "
         f"{len(out['follower_errors'])} follower errors, {out['orphans']} orphaned leases, "
         f"{len(out['slow'])} next calls >= 50 ms {[round(t, 3) for t in out['slow']]}, "
-        f"{out['slow_followers']} followers waited >= 1 s"
+        f"{out['slow_followers']} followers waited >= 1 s, {out['next_waits']} next calls found a lease held"
     )
     assert out["follower_errors"] == []
     assert out["orphans"] == 0
-    assert out["slow"] == []
+    assert out["next_waits"] == 0
     assert out["slow_followers"] == 0
+    # < 50 ms each; a shared 2-core box stalls a call now and then, far below lease_wait (2 s)
+    assert len(out["slow"]) <= LEADERS // 100 and all(t < 0.5 for t in out["slow"])
     assert out["flights"] == {}
     assert out["cancelled_in_load"] > 50  # the random points did reach the load
 
