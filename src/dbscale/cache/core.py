@@ -234,6 +234,8 @@ class CacheCore:
         if inv.kind == "pattern":
             for pattern in inv.items:
                 self.l1.invalidate_matching(glob_to_regex(pattern))
+            if keys:
+                self.l1.invalidate(keys)  # named too (not only fenced): single-flight reads names
         elif inv.kind == "key":
             self.l1.invalidate(inv.items)
         elif keys is None:

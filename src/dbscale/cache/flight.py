@@ -5,8 +5,8 @@ The first caller of a key runs the function; the others wait for it and get its 
 exception — an exception of the load itself (an :class:`Exception`). A leader that was *interrupted*
 (cancelled, or a ``KeyboardInterrupt``/``SystemExit`` in its thread) did not fail the load: its
 followers, which were not interrupted, try again and one of them leads. A caller whose L2 read came
-after an invalidation of the key does not join a load that began before it (``outdated``): that
-load may have read the old row, so the caller starts a fresh one. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
+after an invalidation naming the key does not join a load that began before it (``outdated``):
+that load may have read the old row, so the caller starts a fresh one. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
 only keeps one process from sending one lease request per waiting caller.
 """
 

@@ -76,6 +76,10 @@ class L1:
         """Was ``key`` (or everything) invalidated after ``token`` was taken? (True if no longer known.)"""
         return token < self._floor or self._recent.get(key, -1) > token
 
+    def key_invalidated_since(self, key: str, token: int) -> bool:
+        """Was ``key`` itself named by an invalidation after ``token`` was taken? (No clears, no floor.)"""
+        return self._recent.get(key, -1) > token
+
     def put(self, key: str, value: Any, ttl: float, now: float, *, size: int = 0, token: int | None = None) -> bool:
         """Store ``value`` for ``ttl`` seconds; False if refused (disabled, too big, or invalidated since ``token``)."""
         if self.max_entries <= 0 or ttl <= 0:

@@ -54,7 +54,7 @@ class Cache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = SingleFlight(self.core.l1.invalidated_since)
+        self._flight = SingleFlight(self.core.l1.key_invalidated_since)
         self._twin: AsyncCache | None = None
 
     @property

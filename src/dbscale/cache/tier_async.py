@@ -50,7 +50,7 @@ class AsyncCache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = AsyncSingleFlight(self.core.l1.invalidated_since)
+        self._flight = AsyncSingleFlight(self.core.l1.key_invalidated_since)
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
         self._twin: Cache | None = None
 
