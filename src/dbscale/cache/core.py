@@ -246,15 +246,16 @@ class CacheCore:
     def queue(self, inv: Invalidation, exc: CacheUnavailable | None) -> None:
         """Redis did not take ``inv``: drop it from L1 at once and queue it; retried until it succeeds.
 
-        While anything is queued no call uses Redis, so nothing old is read back into L1; the
-        replay fences L1 again after Redis took it (:meth:`fence_l1`).
+        While anything is queued no call uses Redis, so nothing old is read back into L1: queued
+        first, fenced second, a reader either took its token before the fence (its insert is
+        refused) or sees the queue. The replay fences L1 again after Redis took it (:meth:`fence_l1`).
         """
+        self.retry.add(inv)
         self.fence_l1(inv)
         self.stats.inval_retries.inc()
         if exc is not None:
             self.redis_failed("invalidate", exc)
         log.warning("cache: invalidation %s %s queued for retry (Redis unavailable)", inv.kind, list(inv.items)[:5])
-        self.retry.add(inv)
 
     def _apply_queued(self, inv: Invalidation) -> None:
         l2 = self.sync_l2()

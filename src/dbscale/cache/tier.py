@@ -197,11 +197,11 @@ class Cache(CacheFront):
             if found:
                 core.stats.l1_hit.inc()
                 return value
+        token = core.l1.token()  # before the Redis check: see CacheCore.queue
         if not core.redis_allowed(now):
             return default
         l2 = core.sync_l2()
         assert l2 is not None
-        token = core.l1.token()
         try:
             entry = l2.get(key)
         except CacheUnavailable as exc:

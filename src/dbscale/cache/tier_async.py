@@ -208,10 +208,10 @@ class AsyncCache(CacheFront):
             if found:
                 core.stats.l1_hit.inc()
                 return value
+        token = core.l1.token()  # before the Redis check: see CacheCore.queue
         l2 = self._l2() if core.redis_allowed(now) else None
         if l2 is None:
             return default
-        token = core.l1.token()
         try:
             entry = await l2.get(key)
         except CacheUnavailable as exc:
