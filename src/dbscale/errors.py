@@ -56,6 +56,15 @@ class SerializationError(CacheError, TypeError):
     """A value could not be serialized or deserialized for the cache."""
 
 
+class CacheEntryError(CacheError):
+    """One cache key's Redis data is not what dbscale writes there (e.g. a key of the wrong Redis type).
+
+    The cache treats it as a miss for that key only and overwrites it on the next fill; it is
+    counted (``cache_corrupt_entries``) and never reaches a caller nor trips the circuit breaker.
+    Find who else writes into the cache's namespace.
+    """
+
+
 class ShardingError(DbscaleError):
     """Root of the sharding errors: placement, global IDs and fan-out plans."""
 
@@ -82,6 +91,7 @@ class FanoutPlanError(ShardingError, ValueError):
 
 __all__ = [
     "AuthenticationFailed",
+    "CacheEntryError",
     "CacheError",
     "ConfigError",
     "DbscaleError",

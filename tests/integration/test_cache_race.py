@@ -60,6 +60,7 @@ def run_race(topology: TopologyConfig, dsn: str, table: str, *, leases: bool, se
     select = f"SELECT v FROM {table} WHERE id = %s"
     pool = ConnectionPool(dsn, min_size=4, max_size=20, open=True)
     stop = threading.Event()
+    checked = threading.Event()  # the async side keeps the cache open until the check is done
     reads = [0]
 
     def pick() -> int:
@@ -121,6 +122,8 @@ def run_race(topology: TopologyConfig, dsn: str, table: str, *, leases: bool, se
                 await async_readers()
             finally:
                 await apool.close()
+                # Closing the cache stops its listener, which clears L1: check first, close after.
+                await asyncio.to_thread(checked.wait, 60)
                 await cache.aio.close()
 
         asyncio.run(main())
@@ -132,20 +135,28 @@ def run_race(topology: TopologyConfig, dsn: str, table: str, *, leases: bool, se
         t.start()
     time.sleep(seconds)
     stop.set()
-    for t in threads:
+    for t in threads[:-1]:
         t.join(30)
-    assert not any(t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads[:-1])
 
-    with pool.connection() as conn:
-        truth = dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())
-    pool.close()
-    stale = 0
-    for i in range(KEYS):
-        key = f"row:{i}"
-        in_redis = cache.get(key, l1=False)
-        found, in_l1 = cache.core.l1.lookup(key, time.time())
-        if (in_redis is not None and in_redis != truth[i]) or (found and in_l1 != truth[i]):
-            stale += 1
+    try:
+        with pool.connection() as conn:
+            truth = dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())
+        pool.close()
+        stale = 0
+        in_l1_count = 0
+        for i in range(KEYS):
+            key = f"row:{i}"
+            found, in_l1 = cache.core.l1.lookup(key, time.time())
+            in_redis = cache.get(key, l1=False)
+            in_l1_count += found
+            if (in_redis is not None and in_redis != truth[i]) or (found and in_l1 != truth[i]):
+                stale += 1
+        assert in_l1_count > 0, "L1 is empty: the check would not see stale L1 entries"
+    finally:
+        checked.set()
+        threads[-1].join(30)
+    assert not threads[-1].is_alive()
     cache.close()
     return stale, reads[0]
 

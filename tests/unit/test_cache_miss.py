@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -133,3 +134,26 @@ def test_leases_off_sets_unconditionally(core: CacheCore) -> None:
     req = s.answer(("v", 0.0))
     assert req is not None and req[0] is Op.SET and req[1] == "k" and req[4] == ["t1"]
     assert s.answer(None) is None and s.result == "v"
+
+
+@pytest.mark.parametrize("step", ["lease", "fill"])
+def test_interrupted_round_trip_releases_the_lease_then_propagates(core: CacheCore, step: str) -> None:
+    # A cancellation during the lease (or fill) round trip: the script may have run, the reply is lost.
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    if step == "fill":
+        s.answer(LeaseReply(LeaseStatus.GRANTED, None))
+        assert s.answer(("v", 0.0))[0] is Op.FILL  # type: ignore[index]
+    token = s.request[4] if step == "lease" else s.request[2]
+    release = s.fail(asyncio.CancelledError())
+    assert release == (Op.RELEASE, "k", token)
+    with pytest.raises(asyncio.CancelledError):
+        s.answer(None)
+
+
+def test_interrupted_load_releases_even_if_release_fails(core: CacheCore) -> None:
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    s.answer(LeaseReply(LeaseStatus.GRANTED, None))
+    assert s.fail(KeyboardInterrupt())[0] is Op.RELEASE  # type: ignore[index]
+    with pytest.raises(KeyboardInterrupt):
+        s.fail(CacheUnavailable("down"))
+    assert core.metrics.value("cache_errors_total", op="release") == 1

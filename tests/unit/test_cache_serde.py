@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbscale.cache.core import CacheCore
 from dbscale.cache.serde import HEADER_LEN, Serializer, decode_header, encode_header
 from dbscale.config import CacheConfig
 from dbscale.errors import ConfigError, SerializationError
@@ -101,3 +103,24 @@ def test_header_round_trip(expires_ms: int, delta_ms: int) -> None:
 def test_foreign_entry_rejected() -> None:
     with pytest.raises(SerializationError, match="header"):
         decode_header(b"plain value written by someone else")
+
+
+@pytest.mark.parametrize("digits", [b"x" * 21, b"+" + b" " * 20, b"1_0" + b"0" * 18, b"-" + b"0" * 20])
+def test_header_with_non_digits_is_serialization_error(digits: bytes) -> None:
+    with pytest.raises(SerializationError, match="header"):
+        decode_header(b"1" + digits + b"j1")
+
+
+_core = CacheCore(CacheConfig.model_validate({"redis_url": None, "compress_threshold": 1}))
+
+
+@given(st.binary(max_size=64))
+def test_any_bytes_decode_or_raise_serialization_error(junk: bytes) -> None:
+    for entry in (junk, encode_header(1, 1) + junk, encode_header(1, 1) + b"J" + junk):
+        with contextlib.suppress(SerializationError):  # anything else would reach the caller
+            _core.decode(entry)
+
+
+def test_junk_compressed_payload_is_serialization_error() -> None:
+    with pytest.raises(SerializationError, match="corrupt"):
+        Serializer("orjson", compress_threshold=1).loads(b"Jnot zlib")

@@ -30,7 +30,7 @@ from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfe
 from dbscale.cache.serde import HEADER_LEN, Serializer, decode_header, encode_header
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 from dbscale.metrics import Metrics
 
 __all__ = ["CacheCore", "CacheFront", "Options"]
@@ -204,43 +204,66 @@ class CacheCore:
             log.warning("cache: Redis unavailable, serving from the loader for %.1fs: %s", self.breaker.cooldown, exc)
 
     def decode_failed(self, key: str, exc: SerializationError) -> None:
-        """Count an entry that could not be decoded (treated as a miss)."""
+        """Count an entry that could not be decoded (treated as a miss, overwritten by the next fill)."""
         self.stats.error("decode")
+        self.stats.corrupt.inc()
         log.warning("cache: entry %r could not be decoded, treating as a miss: %s", key, exc)
 
+    def entry_failed(self, key: str, exc: CacheEntryError) -> None:
+        """Count a per-key Redis error (a key of the wrong type): a miss for that key, never the breaker's business."""
+        self.stats.corrupt.inc()
+        log.warning("cache: key %r holds data dbscale did not write, treating as a miss: %s", key, exc)
+
+    def foreign_cleared(self, key: str, count: int) -> None:
+        """Count keys the lease script cleared because this cache did not write them (wrong type, foreign lease)."""
+        self.stats.corrupt.inc(count)
+        log.warning("cache: cleared %d Redis key(s) of %r that dbscale did not write", count, key)
+
     # -- invalidation bookkeeping -----------------------------------------------------------------
-    def drop_local(self, inv: Invalidation) -> None:
-        """Apply an invalidation to this process's L1 (always, whether or not Redis is reachable)."""
-        if inv.kind == "key":
-            self.l1.invalidate(inv.items)
-        elif inv.kind == "pattern":
+    def fence_l1(self, inv: Invalidation, keys: Iterable[str] | None = None) -> None:
+        """Drop ``inv`` from this process's L1 and refuse every insert whose L2 read came before now.
+
+        The one ordering rule of invalidation, for both shells and the retry queue: call this
+        *after* Redis took ``inv``. A reader takes its L1 token before its Redis read; a read that
+        saw the old value came before the Redis update, hence before this fence, so its insert is
+        refused, and a read after the update sees the new state. (A drop *before* the update leaves
+        a window in which a reader stores the old value for ``l1_ttl``, and this process ignores
+        its own broadcast.) ``keys`` are the keys Redis reported for a tag; None (no Redis, or
+        Redis unreachable) clears the whole L1 for a tag, since then nobody knows its members.
+        """
+        if inv.kind == "pattern":
             for pattern in inv.items:
                 self.l1.invalidate_matching(glob_to_regex(pattern))
+            if keys:
+                self.l1.invalidate(keys)  # named too (not only fenced): single-flight reads names
+        elif inv.kind == "key":
+            self.l1.invalidate(inv.items)
+        elif keys is None:
+            self.l1.clear()
         else:
-            self.l1.clear_inflight()
-
-    def after_redis_invalidation(self, inv: Invalidation, keys: Iterable[str]) -> None:
-        """Drop the keys Redis reported (a tag's members) from L1."""
-        if inv.kind == "tag":
             self.l1.invalidate(keys)
 
     def queue(self, inv: Invalidation, exc: CacheUnavailable | None) -> None:
-        """Queue an invalidation Redis did not take; it is retried until it succeeds."""
-        if inv.kind == "tag":
-            self.l1.clear()  # we cannot tell which local keys carry the tag
+        """Redis did not take ``inv``: drop it from L1 at once and queue it; retried until it succeeds.
+
+        While anything is queued no call uses Redis, so nothing old is read back into L1: queued
+        first, fenced second, a reader either took its token before the fence (its insert is
+        refused) or sees the queue. The replay fences L1 again after Redis took it (:meth:`fence_l1`).
+        """
+        self.retry.add(inv)
+        self.fence_l1(inv)
         self.stats.inval_retries.inc()
         if exc is not None:
             self.redis_failed("invalidate", exc)
         log.warning("cache: invalidation %s %s queued for retry (Redis unavailable)", inv.kind, list(inv.items)[:5])
-        self.retry.add(inv)
 
     def _apply_queued(self, inv: Invalidation) -> None:
         l2 = self.sync_l2()
         if l2 is None:
             return
         keys = apply_invalidation(l2, inv, self.stale_px, self.origin)
-        self.after_redis_invalidation(inv, keys)
         self.breaker.success()
+        self.fence_l1(inv, keys)
 
     def apply_lease_hit(self, key: str, reply: LeaseReply) -> tuple[bool, Any, int]:
         """Decode a HIT lease reply: ``(ok, value, expires_ms)``."""

@@ -2,7 +2,11 @@
 
 :class:`SingleFlight` serves threads, :class:`AsyncSingleFlight` asyncio tasks (per event loop).
 The first caller of a key runs the function; the others wait for it and get its result or its
-exception. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
+exception — an exception of the load itself (an :class:`Exception`). A leader that was *interrupted*
+(cancelled, or a ``KeyboardInterrupt``/``SystemExit`` in its thread) did not fail the load: its
+followers, which were not interrupted, try again and one of them leads. A caller whose L2 read came
+after an invalidation naming the key does not join a load that began before it (``outdated``):
+that load may have read the old row, so the caller starts a fresh one. Across processes the leases do the same job (:mod:`dbscale.cache.leases`); this layer
 only keeps one process from sending one lease request per waiting caller.
 """
 
@@ -16,14 +20,20 @@ from typing import Any
 __all__ = ["AsyncSingleFlight", "SingleFlight"]
 
 
+def _shared(exc: BaseException) -> bool:
+    """Is the leader's exception its followers' outcome too? Only a failure of the load, not an interruption."""
+    return isinstance(exc, Exception)
+
+
 class _Flight:
     """One load that concurrent callers wait for (a held lock, not an Event: cheaper)."""
 
-    __slots__ = ("_lock", "error", "value")
+    __slots__ = ("_lock", "error", "token", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, token: int) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self.token = token
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -35,27 +45,42 @@ class _Flight:
         self._lock.release()
 
 
+Outdated = Callable[[str, int], bool]
+
+
+def _never(key: str, token: int) -> bool:
+    return False
+
+
 class SingleFlight:
-    """Single-flight for threads."""
+    """Single-flight for threads. ``outdated(key, token)``: was ``key`` invalidated since ``token``?"""
 
-    __slots__ = ("_flights", "_lock")
+    __slots__ = ("_flights", "_lock", "_outdated")
 
-    def __init__(self) -> None:
+    def __init__(self, outdated: Outdated = _never) -> None:
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
+        self._outdated = outdated
 
-    def run(self, key: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` once for concurrent callers of ``key``; share its outcome."""
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
+    def run(self, key: str, fn: Callable[[], Any], token: int = 0) -> Any:
+        """Run ``fn`` once for concurrent callers of ``key``; share its outcome.
+
+        ``token`` is the caller's L1 token, taken before its L2 read: a flight led with an older
+        token is not joined if ``key`` was invalidated since that older token (the new flight
+        replaces it). Conservative: an invalidation after ``token`` too costs a load, never a value.
+        """
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is None or (flight.token < token and self._outdated(key, flight.token)):
+                    flight = self._flights[key] = _Flight(token)
+                    break
             flight.wait()
-            if flight.error is not None:
+            if flight.error is None:
+                return flight.value
+            if _shared(flight.error):
                 raise flight.error
-            return flight.value
+            # the leader was interrupted, not the load: try again (one of the followers leads)
         try:
             flight.value = fn()
             return flight.value
@@ -64,36 +89,52 @@ class SingleFlight:
             raise
         finally:
             with self._lock:
-                del self._flights[key]
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
             flight.finish()
 
 
 class AsyncSingleFlight:
-    """Single-flight for asyncio tasks; flights of different event loops are kept apart."""
+    """Single-flight for asyncio tasks; flights of different event loops are kept apart. See :class:`SingleFlight`."""
 
-    __slots__ = ("_flights",)
+    __slots__ = ("_flights", "_outdated")
 
-    def __init__(self) -> None:
-        self._flights: dict[tuple[int, str], asyncio.Future[Any]] = {}
+    def __init__(self, outdated: Outdated = _never) -> None:
+        self._flights: dict[tuple[int, str], tuple[asyncio.Future[Any], int]] = {}
+        self._outdated = outdated
 
-    async def run(self, key: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def run(self, key: str, fn: Callable[[], Awaitable[Any]], token: int = 0) -> Any:
         """Await ``fn()`` once for concurrent callers of ``key`` on this loop; share its outcome."""
         loop = asyncio.get_running_loop()
         fkey = (id(loop), key)
-        flight = self._flights.get(fkey)
-        if flight is not None:
-            return await asyncio.shield(flight)
+        while True:
+            found = self._flights.get(fkey)
+            if found is None:
+                break
+            flight, led_with = found
+            if led_with < token and self._outdated(key, led_with):
+                break
+            await asyncio.wait((flight,))  # raises only if *this* task is cancelled; the flight is untouched
+            if flight.cancelled():
+                continue  # the leader was cancelled, not the load: try again (one of the followers leads)
+            exc = flight.exception()
+            if exc is None:
+                return flight.result()
+            raise exc
         flight = loop.create_future()
-        self._flights[fkey] = flight
+        entry = self._flights[fkey] = (flight, token)
         try:
             value = await fn()
         except BaseException as exc:
-            if not flight.done():
+            if _shared(exc):
                 flight.set_exception(exc)
                 flight.exception()  # mark retrieved: there may be no followers
+            else:
+                flight.cancel()
             raise
         else:
             flight.set_result(value)
             return value
         finally:
-            self._flights.pop(fkey, None)
+            if self._flights.get(fkey) is entry:
+                del self._flights[fkey]

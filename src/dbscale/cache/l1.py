@@ -72,6 +72,14 @@ class L1:
         """A token to take before reading L2, for :meth:`put`."""
         return self._gen
 
+    def invalidated_since(self, key: str, token: int) -> bool:
+        """Was ``key`` (or everything) invalidated after ``token`` was taken? (True if no longer known.)"""
+        return token < self._floor or self._recent.get(key, -1) > token
+
+    def key_invalidated_since(self, key: str, token: int) -> bool:
+        """Was ``key`` itself named by an invalidation after ``token`` was taken? (No clears, no floor.)"""
+        return self._recent.get(key, -1) > token
+
     def put(self, key: str, value: Any, ttl: float, now: float, *, size: int = 0, token: int | None = None) -> bool:
         """Store ``value`` for ``ttl`` seconds; False if refused (disabled, too big, or invalidated since ``token``)."""
         if self.max_entries <= 0 or ttl <= 0:
@@ -79,7 +87,7 @@ class L1:
         if self.max_bytes is not None and size > self.max_bytes:
             return False
         with self._lock:
-            if token is not None and (token < self._floor or self._recent.get(key, -1) > token):
+            if token is not None and self.invalidated_since(key, token):
                 return False
             old = self._data.pop(key, None)
             if old is not None:

@@ -1,7 +1,8 @@
 """L2 over redis-py (synchronous): the lease scripts, batched invalidation, and error translation.
 
 Every redis-py error (and socket error) leaving this module is a :class:`CacheUnavailable`, raised
-``from`` the original, so the tier above can fail open without knowing about redis-py.
+``from`` the original, so the tier above can fail open without knowing about redis-py — except a
+per-key error (a key of the wrong Redis type), which is a :class:`~dbscale.errors.CacheEntryError`.
 
 The read of a hit (:meth:`RedisL2.get`) does not go through ``Redis.get``: it sends a pre-packed
 ``GET`` on a connection of its own idle list. redis-py's pool probes every connection before every
@@ -31,22 +32,17 @@ from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
     LEASE_SCRIPT,
+    RELEASE_SCRIPT,
     SET_SCRIPT,
     LeaseReply,
     parse_lease_reply,
 )
 from dbscale.config import mask_url
-from dbscale.errors import CacheError
+from dbscale.errors import CacheEntryError, CacheError
 
-__all__ = ["BATCH", "RELEASE_SCRIPT", "CacheUnavailable", "RedisL2", "client_options", "packed_get"]
+__all__ = ["BATCH", "CacheUnavailable", "RedisL2", "client_options", "failure", "packed_get"]
 
 BATCH = 500
-
-#: KEYS: l  ARGV: token.  Give a lease back early (the loader raised).
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class CacheUnavailable(CacheError):
@@ -72,9 +68,17 @@ def packed_get(name: bytes) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
 
 
-def unavailable(url: str, op: str, exc: BaseException) -> CacheUnavailable:
-    """The CacheUnavailable for a failed operation (the URL's password masked)."""
-    return CacheUnavailable(f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}")
+def failure(url: str, op: str, exc: BaseException) -> CacheError:
+    """The error for a failed operation (the URL's password masked).
+
+    A key of the wrong Redis type (``WRONGTYPE``, also from inside a script) is a
+    :class:`~dbscale.errors.CacheEntryError`: Redis answered, one key is bad, and the breaker must
+    not open for the whole cache. Everything else is :class:`CacheUnavailable`.
+    """
+    text = f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
+        return CacheEntryError(text)
+    return CacheUnavailable(text)
 
 
 class Conn(Protocol):
@@ -104,11 +108,11 @@ if hasattr(os, "register_at_fork"):
 
 @contextmanager
 def translate(url: str, op: str) -> Iterator[None]:
-    """Turn redis-py and socket errors into CacheUnavailable (the URL's password masked)."""
+    """Turn redis-py and socket errors into CacheUnavailable or CacheEntryError (see :func:`failure`)."""
     try:
         yield
     except _ERRORS as exc:
-        raise unavailable(url, op, exc) from exc
+        raise failure(url, op, exc) from exc
 
 
 class RedisL2:
@@ -141,11 +145,11 @@ class RedisL2:
         except redis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
             if not was_connected:
                 idle.append(conn)
-                raise unavailable(self.url, "GET", exc) from exc
+                raise failure(self.url, "GET", exc) from exc
             return self._get_again(conn, command)  # the server closed it while idle: once more, fresh
         except _ERRORS as exc:
             idle.append(conn)  # redis-py disconnected it if the error left it unusable
-            raise unavailable(self.url, "GET", exc) from exc
+            raise failure(self.url, "GET", exc) from exc
         except BaseException:
             conn.disconnect()  # interrupted between send and read: the reply must not be read by another call
             idle.append(conn)
@@ -159,7 +163,7 @@ class RedisL2:
             conn.send_packed_command((command,), check_health=False)
             entry = conn.read_response()
         except _ERRORS as exc:
-            raise unavailable(self.url, "GET", exc) from exc
+            raise failure(self.url, "GET", exc) from exc
         except BaseException:
             conn.disconnect()
             raise
@@ -209,8 +213,13 @@ class RedisL2:
         for tag in tags:
             tag_key = self.keys.tag(tag)
             while True:
-                with translate(self.url, "SPOP"):
-                    members = self.admin.spop(tag_key, BATCH)
+                try:
+                    with translate(self.url, "SPOP"):
+                        members = self.admin.spop(tag_key, BATCH)
+                except CacheEntryError:  # not a set: not ours, so it names no key to reach; clear it
+                    with translate(self.url, "DEL"):
+                        self.admin.delete(tag_key)
+                    break
                 if not members:
                     break
                 batch = [m.decode() if isinstance(m, bytes) else str(m) for m in members]

@@ -20,15 +20,17 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aredis
 
 from dbscale.cache.keys import RedisKeys
-from dbscale.cache.l2 import _ERRORS, BATCH, RELEASE_SCRIPT, client_options, packed_get, translate, unavailable
+from dbscale.cache.l2 import _ERRORS, BATCH, client_options, failure, packed_get, translate
 from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
     LEASE_SCRIPT,
+    RELEASE_SCRIPT,
     SET_SCRIPT,
     LeaseReply,
     parse_lease_reply,
 )
+from dbscale.errors import CacheEntryError
 
 __all__ = ["AsyncRedisL2"]
 
@@ -81,12 +83,12 @@ class AsyncRedisL2:
         except aredis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
             if not was_connected:
                 idle.append(conn)
-                raise unavailable(self.url, "GET", exc) from exc
+                raise failure(self.url, "GET", exc) from exc
             return await self._get_again(conn, command)  # the server closed it while idle: once more, fresh
         except _ERRORS as exc:
             await conn.disconnect(nowait=True)  # a timeout may leave the reply unread
             idle.append(conn)
-            raise unavailable(self.url, "GET", exc) from exc
+            raise failure(self.url, "GET", exc) from exc
         except BaseException:
             await conn.disconnect(nowait=True)  # cancelled: the reply must not be read by another call
             idle.append(conn)
@@ -103,7 +105,7 @@ class AsyncRedisL2:
                 entry = await conn.read_response()
         except _ERRORS as exc:
             await conn.disconnect(nowait=True)
-            raise unavailable(self.url, "GET", exc) from exc
+            raise failure(self.url, "GET", exc) from exc
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
@@ -153,8 +155,13 @@ class AsyncRedisL2:
         for tag in tags:
             tag_key = self.keys.tag(tag)
             while True:
-                with translate(self.url, "SPOP"):
-                    members = await self.admin.spop(tag_key, BATCH)
+                try:
+                    with translate(self.url, "SPOP"):
+                        members = await self.admin.spop(tag_key, BATCH)
+                except CacheEntryError:  # not a set: not ours, so it names no key to reach; clear it
+                    with translate(self.url, "DEL"):
+                        await self.admin.delete(tag_key)
+                    break
                 if not members:
                     break
                 batch = [m.decode() if isinstance(m, bytes) else str(m) for m in members]

@@ -8,7 +8,8 @@ Each cache key ``k`` has three Redis keys (see :class:`~dbscale.cache.keys.Redis
 1. **Read.** ``GET v``. A value whose logical expiry (in its header) is in the future is a hit.
 2. **Miss ⇒ lease.** :data:`LEASE_SCRIPT` re-checks ``v``; if there is still no fresh value and
    nobody holds ``l``, it stores the caller's random token in ``l`` (with a TTL, so a crashed holder
-   cannot block the key forever), adds ``k`` to each of its tag sets, and answers GRANTED. If someone
+   cannot block the key forever; a lease that is not one of ours — wrong type, no TTL, not a
+   32-hex-digit token — is cleared first, as is a value, stale or tag key of the wrong type), adds ``k`` to each of its tag sets, and answers GRANTED. If someone
    else holds the lease it answers HELD. Both answers carry the stale value, if any (an expired
    ``v`` kept for ``stale_ttl``, or the ``s`` copy an invalidation left behind).
 3. **Fill.** Only the holder calls the loader. :data:`FILL_SCRIPT` writes ``v`` only if ``l`` still
@@ -40,6 +41,7 @@ __all__ = [
     "FILL_SCRIPT",
     "INVALIDATE_SCRIPT",
     "LEASE_SCRIPT",
+    "RELEASE_SCRIPT",
     "SET_SCRIPT",
     "LeaseReply",
     "LeaseStatus",
@@ -48,28 +50,57 @@ __all__ = [
     "wait_decision",
 ]
 
-#: KEYS: v, l, s, tag sets...  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key, force ("1" = ignore a fresh v)
-LEASE_SCRIPT = """
+# A key holding a Redis type this cache never writes there is somebody else's garbage: deleting it
+# is the only way the key can heal (SET would overwrite it, but GET, SADD and SPOP fail on it).
+_CLEAR_FOREIGN = """
+local function clear_foreign(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    redis.call('DEL', key)
+    return 1
+  end
+  return 0
+end
+"""
+
+#: KEYS: v, l, s, tag sets...  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key, force ("1" = ignore a fresh v).
+#: Replies {status, entry, holder's PTTL, number of foreign keys it cleared}. A lease this cache did not
+#: write (wrong type, no TTL, or not a 32-hex-digit token) would never be filled or released, so it is
+#: cleared at once and the caller gets the lease.
+LEASE_SCRIPT = (
+    _CLEAR_FOREIGN
+    + """
+local fenced = clear_foreign(KEYS[1], 'string') + clear_foreign(KEYS[3], 'string')
 local v = redis.call('GET', KEYS[1])
 if v and ARGV[6] ~= '1' then
   local exp = tonumber(string.sub(v, 2, 14))
-  if exp and exp > tonumber(ARGV[1]) then return {1, v} end
+  if exp and exp > tonumber(ARGV[1]) then return {1, v, 0, fenced} end
 end
 local stale = v or redis.call('GET', KEYS[3])
+local lt = redis.call('TYPE', KEYS[2])['ok']
+if lt ~= 'none' then
+  local cur = lt == 'string' and redis.call('GET', KEYS[2])
+  if not cur or #cur ~= 32 or not string.find(cur, '^%x+$') or redis.call('PTTL', KEYS[2]) < 0 then
+    redis.call('DEL', KEYS[2])
+    fenced = fenced + 1
+  end
+end
 if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   local tag_ttl = tonumber(ARGV[4])
   for i = 4, #KEYS do
+    fenced = fenced + clear_foreign(KEYS[i], 'set')
     redis.call('SADD', KEYS[i], ARGV[5])
     if redis.call('TTL', KEYS[i]) < tag_ttl then redis.call('EXPIRE', KEYS[i], tag_ttl) end
   end
-  return {2, stale or false}
+  return {2, stale or false, 0, fenced}
 end
-return {3, stale or false, redis.call('PTTL', KEYS[2])}
+return {3, stale or false, redis.call('PTTL', KEYS[2]), fenced}
 """
+)
 
 #: KEYS: v, l, s  ARGV: token, entry, px.  Returns 1 if stored, 0 if the lease was revoked (dropped fill).
 FILL_SCRIPT = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' and redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2], KEYS[3])
   return 1
@@ -78,23 +109,35 @@ return 0
 """
 
 #: KEYS: v, l, s, tag sets...  ARGV: entry, px, tag_ttl_s, cache key.  An unconditional write that revokes leases.
-SET_SCRIPT = """
+SET_SCRIPT = (
+    _CLEAR_FOREIGN
+    + """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2], KEYS[3])
 local tag_ttl = tonumber(ARGV[3])
 for i = 4, #KEYS do
+  clear_foreign(KEYS[i], 'set')
   redis.call('SADD', KEYS[i], ARGV[4])
   if redis.call('TTL', KEYS[i]) < tag_ttl then redis.call('EXPIRE', KEYS[i], tag_ttl) end
 end
 return 1
 """
+)
 
 #: KEYS: v, l, s  ARGV: stale_px (0 = keep no stale copy).  Revokes the lease; returns 1 if a value existed.
 INVALIDATE_SCRIPT = """
-local v = redis.call('GET', KEYS[1])
+local v = redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1])
 if v and tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[3], v, 'PX', ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 if v then return 1 end
+return 0
+"""
+
+#: KEYS: l  ARGV: token.  Give a lease back early (the load failed or was interrupted).
+RELEASE_SCRIPT = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -109,11 +152,13 @@ class LeaseStatus(Enum):
 
 @dataclass(frozen=True, slots=True)
 class LeaseReply:
-    """A decoded lease reply: the status, the fresh entry (HIT) or stale entry (if any), and the holder's lease TTL."""
+    """A decoded lease reply: the status, the fresh entry (HIT) or stale entry (if any), the holder's lease
+    TTL, and how many keys holding something this cache did not write (``foreign``) the script cleared."""
 
     status: LeaseStatus
     entry: bytes | None
     holder_ttl_ms: int = 0
+    foreign: int = 0
 
 
 def parse_lease_reply(reply: Any) -> LeaseReply:
@@ -121,7 +166,8 @@ def parse_lease_reply(reply: Any) -> LeaseReply:
     status = LeaseStatus(int(reply[0]))
     entry = reply[1] if len(reply) > 1 else None
     ttl = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
-    return LeaseReply(status, entry if entry else None, ttl)
+    foreign = int(reply[3]) if len(reply) > 3 and reply[3] is not None else 0
+    return LeaseReply(status, entry if entry else None, ttl, foreign)
 
 
 class WaitAction(Enum):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.leases import LeaseReply, LeaseStatus, WaitAction, wait_decision
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 
 if TYPE_CHECKING:
     from dbscale.cache.core import CacheCore, Options
@@ -84,6 +84,8 @@ def miss_flow(
     ``redis`` False means Redis is skipped (breaker open, nothing configured, or the read failed):
     the loader is called and its result returned (fail-open). ``token`` is the L1 token taken
     before the L2 read; ``force`` asks the lease script to ignore the entry (it failed to decode).
+    A lease this flow may hold is released whenever it ends early: the load failed, or the caller
+    was interrupted (cancelled) during the load or during a lease or fill round trip.
     """
     if not redis:
         value = (yield (Op.LOAD,))[0]
@@ -112,6 +114,17 @@ def miss_flow(
         except CacheUnavailable as exc:
             core.redis_failed("lease", exc)
             return current if current is not MISS else (yield (Op.LOAD,))[0]
+        except CacheEntryError as exc:  # a key the script does not clear holds garbage: load, do not fill
+            core.entry_failed(key, exc)
+            yield from _release(core, key, lease_token)
+            return current if current is not MISS else (yield (Op.LOAD,))[0]
+        except GeneratorExit:
+            raise  # the driver abandoned us: no more requests can be answered
+        except BaseException:
+            yield from _release(core, key, lease_token)  # interrupted mid round trip: the lease may be ours
+            raise
+        if reply.foreign:
+            core.foreign_cleared(key, reply.foreign)
         if reply.status is LeaseStatus.HIT:
             ok, value, expires_ms = core.apply_lease_hit(key, reply)
             if ok:
@@ -168,16 +181,22 @@ def _load_and_fill(core: CacheCore, key: str, opts: Options, lease_token: str, t
     except GeneratorExit:
         raise  # the driver abandoned us: no more requests can be answered
     except BaseException:
-        try:
-            yield (Op.RELEASE, key, lease_token)  # let the next caller take the lease at once
-        except CacheUnavailable as exc:
-            core.redis_failed("release", exc)
+        yield from _release(core, key, lease_token)  # the load failed or was interrupted
         raise
     try:
         stored = yield (Op.FILL, key, lease_token, entry, px)
     except CacheUnavailable as exc:
         core.redis_failed("fill", exc)
         return value
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
+        yield from _release(core, key, lease_token)
+        return value
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from _release(core, key, lease_token)  # interrupted mid round trip: the fill may not have run
+        raise
     if stored:
         core.stats.fills.inc()
         if opts.l1:
@@ -185,6 +204,16 @@ def _load_and_fill(core: CacheCore, key: str, opts: Options, lease_token: str, t
     else:
         core.stats.dropped_fills.inc()
     return value
+
+
+def _release(core: CacheCore, key: str, lease_token: str) -> Flow:
+    """Give our lease back (a no-op if it is not ours), so the next caller takes it at once."""
+    try:
+        yield (Op.RELEASE, key, lease_token)
+    except CacheUnavailable as exc:
+        core.redis_failed("release", exc)
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
 
 
 def _load_and_set(core: CacheCore, key: str, opts: Options, tags: list[str], token: int) -> Flow:
@@ -195,6 +224,9 @@ def _load_and_set(core: CacheCore, key: str, opts: Options, tags: list[str], tok
         yield (Op.SET, key, entry, px, tags, core.tag_ttl(opts.ttl))
     except CacheUnavailable as exc:
         core.redis_failed("fill", exc)
+        return value
+    except CacheEntryError as exc:
+        core.entry_failed(key, exc)
         return value
     core.stats.fills.inc()
     if opts.l1:

@@ -56,7 +56,7 @@ def encode_header(expires_ms: int, delta_ms: int) -> bytes:
 
 def decode_header(entry: bytes) -> tuple[int, int]:
     """``(expires_ms, delta_ms)`` of an entry; SerializationError if it is not one of ours."""
-    if len(entry) < HEADER_LEN + 1 or entry[0] != 0x31:
+    if len(entry) < HEADER_LEN + 1 or entry[0] != 0x31 or not entry[1:HEADER_LEN].isdigit():
         raise SerializationError("cache entry has no dbscale header (written by another client or version?)")
     return int(entry[1:14]), int(entry[14:22])
 
@@ -142,10 +142,10 @@ class Serializer:
             mac, body = body[:_MAC_LEN], body[_MAC_LEN:]
             if not hmac.compare_digest(mac, hmac.new(self._key, fmt + body, hashlib.sha256).digest()):
                 raise SerializationError("cache payload HMAC mismatch (tampered, or written with another hmac_key)")
-        if fmt.isupper():
-            body = zlib.decompress(body)
-            fmt = fmt.lower()
         try:
+            if fmt.isupper():
+                body = zlib.decompress(body)
+                fmt = fmt.lower()
             if fmt == b"j":
                 return orjson.loads(body)
             if fmt == b"m":

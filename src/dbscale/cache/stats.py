@@ -3,7 +3,8 @@
 Names (``dbscale_`` prefix, counters end in ``_total``): ``cache_hits{tier}``, ``cache_misses{tier}``
 (tier ``l1`` or ``l2``), ``cache_fills``, ``cache_dropped_fills`` (a fill whose lease was revoked),
 ``cache_lease_waits``, ``cache_lease_timeouts``, ``cache_stale_served``, ``cache_loader_calls``,
-``cache_early_recomputes``, ``cache_errors{op}``, ``cache_bypassed`` (Redis skipped: breaker open),
+``cache_early_recomputes``, ``cache_errors{op}``, ``cache_corrupt_entries`` (data at a key that
+dbscale did not write there: undecodable entries, wrong Redis types, foreign leases), ``cache_bypassed`` (Redis skipped: breaker open),
 ``cache_breaker_trips``, ``cache_invalidations{kind}``, ``cache_invalidation_retries``, the gauge
 ``cache_pending_invalidations`` and the histogram ``cache_latency_seconds{op}``.
 
@@ -95,6 +96,9 @@ class CacheStats:
         self.stale_served = metrics.counter("cache_stale_served", "Stale values served while another caller refills")
         self.loader_calls = metrics.counter("cache_loader_calls", "Calls of the wrapped loader function")
         self.early = metrics.counter("cache_early_recomputes", "XFetch early recomputations")
+        self.corrupt = metrics.counter(
+            "cache_corrupt_entries", "Keys holding data dbscale did not write (served as a miss, then overwritten)"
+        )
         self._errors = metrics.counter("cache_errors", "Failed Redis operations (the caller was served anyway)", ["op"])
         self.bypassed = metrics.counter("cache_bypassed", "Reads that skipped Redis because the breaker was open")
         self.breaker_trips = metrics.counter("cache_breaker_trips", "Times the Redis circuit breaker opened")

@@ -21,7 +21,7 @@ from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Cache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = SingleFlight()
+        self._flight = SingleFlight(self.core.l1.key_invalidated_since)
         self._twin: AsyncCache | None = None
 
     @property
@@ -115,6 +115,9 @@ class Cache(CacheFront):
             except CacheUnavailable as exc:
                 core.redis_failed("get", exc)
                 l2 = None
+            except CacheEntryError as exc:  # this key only (wrong Redis type): a miss the lease script clears
+                core.entry_failed(key, exc)
+                force = True
             else:
                 if core.breaker._d.failures:
                     core.breaker.success()
@@ -142,7 +145,7 @@ class Cache(CacheFront):
                             return self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
         flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
-        return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
+        return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs), token)
 
     def _run(
         self, flow: Flow, l2: RedisL2 | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -194,15 +197,18 @@ class Cache(CacheFront):
             if found:
                 core.stats.l1_hit.inc()
                 return value
+        token = core.l1.token()  # before the Redis check: see CacheCore.queue
         if not core.redis_allowed(now):
             return default
         l2 = core.sync_l2()
         assert l2 is not None
-        token = core.l1.token()
         try:
             entry = l2.get(key)
         except CacheUnavailable as exc:
             core.redis_failed("get", exc)
+            return default
+        except CacheEntryError as exc:
+            core.entry_failed(key, exc)
             return default
         core.breaker.success()
         if entry is None:
@@ -227,9 +233,9 @@ class Cache(CacheFront):
         core = self.core
         entry, px, _ = core.make_entry(value, core.config.default_ttl if ttl is None else ttl, 0.0)
         inv = Invalidation("key", (key,), stale=False)
-        core.drop_local(inv)
         l2 = core.sync_l2()
         if l2 is None:
+            core.fence_l1(inv)
             return core.l1.put(key, value, min(core.config.l1_ttl, px / 1000), core.clock(), size=len(entry))
         if not core.redis_allowed(core.clock()):
             core.queue(inv, None)
@@ -240,6 +246,11 @@ class Cache(CacheFront):
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
+        except CacheEntryError as exc:  # the scripts clear foreign keys; should one slip through, never keep the old
+            core.entry_failed(key, exc)
+            core.queue(inv, None)
+            return False
+        core.fence_l1(inv)  # after Redis: see CacheCore.fence_l1
         return True
 
     def delete(self, *keys: str) -> bool:
@@ -265,11 +276,9 @@ class Cache(CacheFront):
     def _invalidate(self, inv: Invalidation) -> bool:
         core = self.core
         core.stats.invalidation(inv.kind, len(inv.items))
-        core.drop_local(inv)
         l2 = core.sync_l2()
         if l2 is None:
-            if inv.kind == "tag":
-                core.l1.clear()
+            core.fence_l1(inv)
             return True
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
@@ -280,7 +289,7 @@ class Cache(CacheFront):
             core.queue(inv, exc)
             return False
         core.breaker.success()
-        core.after_redis_invalidation(inv, keys)
+        core.fence_l1(inv, keys)  # after Redis, never only before: see CacheCore.fence_l1
         return True
 
     def flush_invalidations(self) -> bool:

@@ -23,7 +23,7 @@ from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.l2_async import AsyncRedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import CacheEntryError, SerializationError
 from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class AsyncCache(CacheFront):
         core: CacheCore | None = None,
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
-        self._flight = AsyncSingleFlight()
+        self._flight = AsyncSingleFlight(self.core.l1.key_invalidated_since)
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
         self._twin: Cache | None = None
 
@@ -119,6 +119,9 @@ class AsyncCache(CacheFront):
             except CacheUnavailable as exc:
                 core.redis_failed("get", exc)
                 l2 = None
+            except CacheEntryError as exc:  # this key only (wrong Redis type): a miss the lease script clears
+                core.entry_failed(key, exc)
+                force = True
             else:
                 if core.breaker._d.failures:
                     core.breaker.success()
@@ -146,7 +149,7 @@ class AsyncCache(CacheFront):
                             return await self._run(flow, l2, func, args, kwargs)
                 core.stats.l2_miss.inc()
         flow = miss_flow(core, key, opts, tag_thunk(tags, args, kwargs), token, redis=l2 is not None, force=force)
-        return await self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs))
+        return await self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs), token)
 
     async def _run(
         self,
@@ -177,8 +180,8 @@ class AsyncCache(CacheFront):
                         result = await l2.lease(*request[1:])
                     elif op is Op.FILL:
                         result = await l2.fill(*request[1:])
-                    elif op is Op.RELEASE:
-                        await l2.release(*request[1:])
+                    elif op is Op.RELEASE:  # shielded: a second cancellation must not orphan the lease
+                        await asyncio.shield(l2.release(*request[1:]))
                     else:
                         await l2.set(*request[1:])
             except BaseException as exc:  # handed to the flow, which decides (fail open, release, re-raise)
@@ -205,14 +208,17 @@ class AsyncCache(CacheFront):
             if found:
                 core.stats.l1_hit.inc()
                 return value
+        token = core.l1.token()  # before the Redis check: see CacheCore.queue
         l2 = self._l2() if core.redis_allowed(now) else None
         if l2 is None:
             return default
-        token = core.l1.token()
         try:
             entry = await l2.get(key)
         except CacheUnavailable as exc:
             core.redis_failed("get", exc)
+            return default
+        except CacheEntryError as exc:
+            core.entry_failed(key, exc)
             return default
         core.breaker.success()
         if entry is None:
@@ -236,9 +242,9 @@ class AsyncCache(CacheFront):
         core = self.core
         entry, px, _ = core.make_entry(value, core.config.default_ttl if ttl is None else ttl, 0.0)
         inv = Invalidation("key", (key,), stale=False)
-        core.drop_local(inv)
         l2 = self._l2()
         if l2 is None:
+            core.fence_l1(inv)
             return core.l1.put(key, value, min(core.config.l1_ttl, px / 1000), core.clock(), size=len(entry))
         if not core.redis_allowed(core.clock()):
             core.queue(inv, None)
@@ -249,6 +255,11 @@ class AsyncCache(CacheFront):
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
+        except CacheEntryError as exc:  # the scripts clear foreign keys; should one slip through, never keep the old
+            core.entry_failed(key, exc)
+            core.queue(inv, None)
+            return False
+        core.fence_l1(inv)  # after Redis: see CacheCore.fence_l1
         return True
 
     async def delete(self, *keys: str) -> bool:
@@ -270,11 +281,9 @@ class AsyncCache(CacheFront):
     async def _invalidate(self, inv: Invalidation) -> bool:
         core = self.core
         core.stats.invalidation(inv.kind, len(inv.items))
-        core.drop_local(inv)
         l2 = self._l2()
         if l2 is None:
-            if inv.kind == "tag":
-                core.l1.clear()
+            core.fence_l1(inv)
             return True
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
@@ -296,7 +305,7 @@ class AsyncCache(CacheFront):
             core.queue(inv, exc)
             return False
         core.breaker.success()
-        core.after_redis_invalidation(inv, keys)
+        core.fence_l1(inv, keys)  # after Redis, never only before: see CacheCore.fence_l1
         return True
 
     async def flush_invalidations(self) -> bool:
