@@ -19,6 +19,7 @@ from rich.table import Table
 
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
+from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
 from dbscale.probe import NodeStatus, probe_topology
 
 app = typer.Typer(
@@ -35,7 +36,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the local topology lives.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DEFAULT_STATE_DIR = Path(".dbscale")
+DEFAULT_STATE_DIR = Path(LOCAL_STATE_DIR)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

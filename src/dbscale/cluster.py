@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from dbscale.cache import AsyncCache, Cache
 from dbscale.config import PoolConfig, TopologyConfig, load_config, sqlalchemy_url
-from dbscale.errors import ConfigError
+from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.context import CausalContext
@@ -144,7 +144,7 @@ class _ClusterBase:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this cluster is closed; create a new one")
+            raise ClusterClosed("this cluster is closed; create a new one")
 
     def _memo(self, table: dict[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
         """``table[key]``, made once under the cluster's lock on first use."""

@@ -21,6 +21,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from dbscale.cluster import Cluster
+from dbscale.errors import LocalTopologyError
 from dbscale.local import LocalTopology
 
 _REPLICAS = ("main-replica1", "main-replica2")
@@ -208,7 +209,9 @@ def run_demo(state_dir: Path, console: Console) -> DemoReport:
     else:
         topology.up(replicas=2, shards=2, pgbouncer=True)
     if topology.shape.replicas < 2:
-        raise SystemExit(f"the demo needs 2 replicas; {state_dir} has {topology.shape.replicas}")
+        raise LocalTopologyError(
+            f"the demo needs 2 replicas; {state_dir} has {topology.shape.replicas} (`dbscale down` it, or use another --state-dir)"
+        )
     report = DemoReport()
     with Cluster.from_config(topology.config_path) as cluster:
         _setup(cluster)

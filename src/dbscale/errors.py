@@ -21,23 +21,41 @@ class ConfigError(DbscaleError, ValueError):
 
 
 class LocalTopologyError(DbscaleError):
-    """The local topology (``dbscale up``) could not be started, stopped or changed."""
+    """The local topology (``dbscale up``) could not be started, stopped or changed; the message says why."""
 
 
 class MissingBinaryError(LocalTopologyError):
-    """A server binary needed by the local topology is not installed."""
+    """A server binary needed by the local topology is not installed; install it (``scripts/bootstrap.sh``)."""
+
+
+class ClusterClosed(DbscaleError, RuntimeError):
+    """The cluster was closed (``close()`` / ``aclose()``); create a new ``Cluster`` to keep working.
+
+    Also a ``RuntimeError``, which is what a closed cluster raised before this class existed.
+    """
 
 
 class NodeUnavailable(DbscaleError):
-    """A database node could not be reached."""
+    """A database node could not be reached; check the node (``dbscale status``) and retry."""
 
 
 class PrimaryUnavailable(NodeUnavailable):
-    """No writable primary is known for a group; writes cannot proceed."""
+    """No writable primary is known for a group; writes cannot proceed until one is back (or promoted)."""
 
 
 class NoReplicaAvailable(NodeUnavailable):
-    """No node can serve a read: no replica is eligible and the fallback is ``error`` or the primary is down."""
+    """No node can serve a read: no replica is eligible and the fallback is ``error`` or the primary is down.
+
+    Wait for a replica to catch up, raise ``max_lag``, or set ``fallback = "primary"``.
+    """
+
+
+class PoolTimeout(NodeUnavailable):
+    """No pooled connection to a node became free within ``pool_timeout``; raise the pool size or find the leak."""
+
+
+class InvalidCausalToken(DbscaleError, ValueError):
+    """A causal token (or LSN) could not be read; carry the exact string ``causal_token()`` returned."""
 
 
 class AuthenticationFailed(DbscaleError):
@@ -52,8 +70,26 @@ class CacheError(DbscaleError):
     """A cache operation failed in a way the caller must know about."""
 
 
+class CacheUnavailable(CacheError):
+    """Redis could not be reached in time (or answered with an error).
+
+    The cache fails open on it (the value comes from the database); seen by a caller only from
+    explicit Redis operations. Check Redis (``dbscale status``) and the cache ``timeout``.
+    """
+
+
+class CacheKeyError(CacheError, TypeError):
+    """A cache key could not be built from a call's arguments (unknown field or unencodable value).
+
+    Fix the ``key=`` template, or pass arguments of a type a key can hold (str, int, UUID, dates, enums …).
+    """
+
+
 class SerializationError(CacheError, TypeError):
-    """A value could not be serialized or deserialized for the cache."""
+    """A value could not be serialized or deserialized for the cache.
+
+    Return JSON/msgpack-compatible values from cached functions (or pick another ``serializer``).
+    """
 
 
 class CacheEntryError(CacheError):
@@ -66,7 +102,7 @@ class CacheEntryError(CacheError):
 
 
 class ShardingError(DbscaleError):
-    """Root of the sharding errors: placement, global IDs and fan-out plans."""
+    """Root of the sharding errors: placement, global IDs and fan-out plans; the subclass says what to fix."""
 
 
 class PlacementError(ShardingError, ValueError):
@@ -93,15 +129,20 @@ __all__ = [
     "AuthenticationFailed",
     "CacheEntryError",
     "CacheError",
+    "CacheKeyError",
+    "CacheUnavailable",
+    "ClusterClosed",
     "ConfigError",
     "DbscaleError",
     "FanoutPlanError",
     "GlobalIdError",
+    "InvalidCausalToken",
     "LocalTopologyError",
     "MissingBinaryError",
     "NoReplicaAvailable",
     "NodeUnavailable",
     "PlacementError",
+    "PoolTimeout",
     "PrimaryUnavailable",
     "SerializationError",
     "ShardingError",

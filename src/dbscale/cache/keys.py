@@ -27,16 +27,12 @@ from typing import Any
 
 import orjson
 
-from dbscale.errors import CacheError
+from dbscale.errors import CacheKeyError
 
 __all__ = ["CacheKeyError", "KeyBuilder", "RedisKeys", "glob_to_regex"]
 
 _MISSING: Any = object()
 _MAX_DEFAULT_ENCODING = 200
-
-
-class CacheKeyError(CacheError, TypeError):
-    """A cache key could not be built from a call's arguments (unknown field or unencodable value)."""
 
 
 def _template_str(value: Any) -> str | None:

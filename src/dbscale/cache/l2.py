@@ -38,15 +38,11 @@ from dbscale.cache.leases import (
     parse_lease_reply,
 )
 from dbscale.config import mask_url
-from dbscale.errors import CacheEntryError, CacheError
+from dbscale.errors import CacheEntryError, CacheError, CacheUnavailable
 
 __all__ = ["BATCH", "CacheUnavailable", "RedisL2", "client_options", "failure", "packed_get"]
 
 BATCH = 500
-
-
-class CacheUnavailable(CacheError):
-    """Redis could not be reached in time (or answered with an error)."""
 
 
 _ERRORS = (redis.RedisError, OSError, TimeoutError)

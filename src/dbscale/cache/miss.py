@@ -33,9 +33,8 @@ from collections.abc import Callable, Generator, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.leases import LeaseReply, LeaseStatus, WaitAction, wait_decision
-from dbscale.errors import CacheEntryError, SerializationError
+from dbscale.errors import CacheEntryError, CacheUnavailable, SerializationError
 
 if TYPE_CHECKING:
     from dbscale.cache.core import CacheCore, Options

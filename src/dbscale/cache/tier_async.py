@@ -19,11 +19,10 @@ from dbscale.cache.core import CacheCore, CacheFront, Options
 from dbscale.cache.flight import AsyncSingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
-from dbscale.cache.l2 import CacheUnavailable
 from dbscale.cache.l2_async import AsyncRedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import CacheEntryError, SerializationError
+from dbscale.errors import CacheEntryError, CacheUnavailable, SerializationError
 from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:

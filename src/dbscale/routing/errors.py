@@ -1,4 +1,4 @@
-"""Routing errors and the boundary that turns driver errors into them."""
+"""The boundary that classifies driver errors for routing (the error classes live in :mod:`dbscale.errors`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ from typing import Literal
 import psycopg
 from sqlalchemy import exc as sa_exc
 
-from dbscale.errors import NodeUnavailable
-from dbscale.routing.lsn import InvalidCausalToken
+from dbscale.errors import InvalidCausalToken, PoolTimeout
 
 #: SQLSTATE classes/codes that mean "this connection or server is gone", not "this query is wrong".
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
-
-
-class PoolTimeout(NodeUnavailable):
-    """No pooled connection to a node became free within ``pool_timeout``; raise the pool size or find the leak."""
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -18,16 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dbscale.errors import DbscaleError
+from dbscale.errors import InvalidCausalToken
 
 _LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _GROUP = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _MAX_LSN = (1 << 64) - 1
 _T = TypeVar("_T", int, float)
-
-
-class InvalidCausalToken(DbscaleError, ValueError):
-    """A causal token (or LSN) could not be read; carry the exact string ``causal_token()`` returned."""
 
 
 def parse_lsn(text: str) -> int:
