@@ -1,5 +1,7 @@
 """dbscale: scale a PostgreSQL-backed application without rewriting its data layer."""
 
+from importlib import metadata
+
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
@@ -19,7 +21,10 @@ from dbscale.errors import (
 from dbscale.metrics import Metrics
 from dbscale.routing import AsyncReadConnection, InvalidCausalToken, PoolTimeout, ReadConnection
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("dbscale")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncCluster",

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from dbscale.errors import ConfigError
+from dbscale.names import Fallback, Policy
 from dbscale.units import parse_duration, parse_read_your_writes, parse_size
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
@@ -122,11 +123,11 @@ class GroupConfig(_Model):
     pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
     # Read-replica routing (see dbscale.routing).
     load_balancing: Annotated[
-        Literal["least_outstanding", "round_robin", "random"],
+        Policy,
         BeforeValidator(lambda v: v.replace("-", "_") if isinstance(v, str) else v),
     ] = "least_outstanding"
     weights: list[Annotated[float, Field(ge=0)]] | None = None
-    fallback: Literal["primary", "error"] = "primary"
+    fallback: Fallback = "primary"
     read_your_writes: str = "lsn"
     causal_wait: Duration = 0.05
     health_interval: Duration = 1.0

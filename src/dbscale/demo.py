@@ -23,8 +23,9 @@ from sqlalchemy import text
 from dbscale.cluster import Cluster
 from dbscale.errors import LocalTopologyError
 from dbscale.local import LocalTopology
+from dbscale.names import replica_name
 
-_REPLICAS = ("main-replica1", "main-replica2")
+_REPLICAS = (replica_name("main", 1), replica_name("main", 2))
 
 
 @dataclass

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from dbscale.config import SecretURL, TopologyConfig
+from dbscale.names import EndpointRole, pgbouncer_name, primary_name, replica_name
 
-Role = Literal["primary", "replica", "pgbouncer"]
+#: Kept for importers of ``dbscale.topology.Role``; the literal lives in :mod:`dbscale.names`.
+Role = EndpointRole
 
 
 @dataclass(frozen=True)
@@ -23,21 +24,6 @@ class NodeRef:
         return f"NodeRef(name={self.name!r}, group={self.group!r}, role={self.role!r}, url={self.url!r})"
 
 
-def primary_name(group: str) -> str:
-    """Name of a group's primary node."""
-    return f"{group}-primary"
-
-
-def replica_name(group: str, index: int) -> str:
-    """Name of a group's replica, 1-based as in ``main-replica1``."""
-    return f"{group}-replica{index}"
-
-
-def pgbouncer_name(group: str) -> str:
-    """Name of the PgBouncer in front of a group's primary."""
-    return f"pgbouncer-{group}"
-
-
 def configured_nodes(config: TopologyConfig) -> list[NodeRef]:
     """Every PostgreSQL endpoint of ``config``, primaries first within each group."""
     nodes: list[NodeRef] = []
@@ -48,3 +34,6 @@ def configured_nodes(config: TopologyConfig) -> list[NodeRef]:
         if spec.pgbouncer is not None:
             nodes.append(NodeRef(pgbouncer_name(group), group, "pgbouncer", SecretURL(spec.pgbouncer)))
     return nodes
+
+
+__all__ = ["NodeRef", "Role", "configured_nodes", "pgbouncer_name", "primary_name", "replica_name"]

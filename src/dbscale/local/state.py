@@ -17,9 +17,10 @@ from urllib.parse import quote
 import tomli_w
 
 from dbscale.errors import LocalTopologyError
+from dbscale.names import NodeRole, pgbouncer_name, primary_name, replica_name, replica_slot
 
 NodeKind = Literal["postgres", "redis", "pgbouncer"]
-Role = Literal["primary", "replica"]
+Role = NodeRole
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "dbscale.toml"
@@ -143,18 +144,17 @@ def plan(shape: Shape, password: str, root: Path, ports: list[int]) -> TopologyS
 
     groups = ["main", *(f"shard{i}" for i in range(shape.shards))]
     for group in groups:
-        nodes.append(pg(f"{group}-primary", group, "primary", None, None))
+        nodes.append(pg(primary_name(group), group, "primary", None, None))
         if group == "main":
             for i in range(1, shape.replicas + 1):
-                name = f"main-replica{i}"
-                nodes.append(pg(name, group, "replica", "main-primary", f"main_replica{i}"))
+                nodes.append(pg(replica_name(group, i), group, "replica", primary_name(group), replica_slot(group, i)))
     base = nodes_dir / "redis"
     nodes.append(NodeInfo("redis", "redis", None, None, next(port_iter), base, base / "redis.log"))
     if shape.pgbouncer:
         for group in groups:
-            base = nodes_dir / f"pgbouncer-{group}"
-            nodes.append(NodeInfo(f"pgbouncer-{group}", "pgbouncer", group, None, next(port_iter),
-                                  base, base / "pgbouncer.log", f"{group}-primary"))  # fmt: skip
+            base = nodes_dir / pgbouncer_name(group)
+            nodes.append(NodeInfo(pgbouncer_name(group), "pgbouncer", group, None, next(port_iter),
+                                  base, base / "pgbouncer.log", primary_name(group)))  # fmt: skip
     return TopologyState(shape=shape, password=password, nodes=tuple(nodes))
 
 

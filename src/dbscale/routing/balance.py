@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
-Policy = Literal["least_outstanding", "round_robin", "random"]
-POLICIES: tuple[Policy, ...] = ("least_outstanding", "round_robin", "random")
+from dbscale.names import POLICIES, Policy
 
 
 def _weight(weights: Mapping[str, float], name: str) -> float:

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
+from dbscale.names import Fallback, ObservedRole
 from dbscale.routing.balance import Policy, choose
 from dbscale.routing.bans import BanPolicy, BanState
 from dbscale.routing.lsn import WAL_PAGE, Mark, parse_lsn, record_boundary
 from dbscale.units import ReadYourWrites
 
-Role = Literal["primary", "replica", "pgbouncer", "unknown"]
+Role = ObservedRole
 
 #: One round trip that tells a node's role, WAL position, lag inputs, timeline and (on a replica)
 #: whether its WAL receiver is streaming.
@@ -103,7 +103,7 @@ class Settings:
     weights: Mapping[str, float] = field(default_factory=dict)
     max_lag: float = 10.0
     max_lag_bytes: int | None = None
-    fallback: Literal["primary", "error"] = "primary"
+    fallback: Fallback = "primary"
     read_your_writes: ReadYourWrites = "lsn"
     delay: float = 2.0
     causal_wait: float = 0.05

@@ -8,11 +8,11 @@ from sqlalchemy import Engine, event
 
 from dbscale.config import GroupConfig, libpq_conninfo
 from dbscale.metrics import Metrics
+from dbscale.names import pgbouncer_name, primary_name, replica_name
 from dbscale.routing.bans import BanPolicy
 from dbscale.routing.context import CausalContext
 from dbscale.routing.core import Settings
 from dbscale.routing.metrics import RoutingMetrics
-from dbscale.topology import pgbouncer_name, primary_name, replica_name
 from dbscale.units import parse_read_your_writes
 
 
