@@ -13,33 +13,17 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from dbscale.cache import AsyncCache, Cache
-from dbscale.config import CacheConfig, load_config
+from dbscale.config import CacheConfig
 
 pytestmark = pytest.mark.integration
 
 LEADERS = 1000
-
-
-@pytest.fixture(scope="module")
-def redis_url(topology_config_path: Path) -> str:
-    url = load_config(topology_config_path, environ={}).cache.redis_url
-    assert url is not None
-    return str(url)
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def settings(redis_url: str) -> CacheConfig:

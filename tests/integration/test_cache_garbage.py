@@ -13,8 +13,7 @@ import pickle
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ import redis
 from dbscale.cache import AsyncCache, Cache
 from dbscale.cache.policy import BreakerState
 from dbscale.cache.serde import encode_header
-from dbscale.config import CacheConfig, load_config
+from dbscale.config import CacheConfig
 
 pytestmark = pytest.mark.integration
 
@@ -58,20 +57,6 @@ GARBAGE: dict[str, tuple[str, Write]] = {
     "lease is a list": ("l", lambda r, k: r.rpush(k, b"a")),
     "tag set is a hash": ("t", lambda r, k: r.hset(k, "f", "v")),
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url(topology_config_path: Path) -> str:
-    url = load_config(topology_config_path, environ={}).cache.redis_url
-    assert url is not None
-    return str(url)
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def settings(redis_url: str) -> CacheConfig:

@@ -8,24 +8,16 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.sharedctypes import Synchronized
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dbscale.cache import Cache
-from dbscale.config import CacheConfig, load_config
+from dbscale.config import CacheConfig
 
 pytestmark = pytest.mark.integration
 
 CTX = mp.get_context("spawn")
-
-
-@pytest.fixture(scope="module")
-def redis_url(topology_config_path: Path) -> str:
-    url = load_config(topology_config_path, environ={}).cache.redis_url
-    assert url is not None
-    return str(url)
 
 
 # -- children (module-level so spawn can import them) ------------------------------------------------

@@ -8,24 +8,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from dbscale.cache import AsyncCache, Cache
-from dbscale.config import CacheConfig, load_config
+from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_url(topology_config_path: Path) -> str:
-    url = load_config(topology_config_path, environ={}).cache.redis_url
-    assert url is not None
-    return str(url)
 
 
 @pytest.fixture

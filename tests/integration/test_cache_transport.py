@@ -9,14 +9,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from dbscale.cache import Cache
-from dbscale.config import CacheConfig, load_config
+from dbscale.config import CacheConfig
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +28,6 @@ while true do
   if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) then return 1 end
 end
 """
-
-
-@pytest.fixture(scope="module")
-def redis_url(topology_config_path: Path) -> str:
-    url = load_config(topology_config_path, environ={}).cache.redis_url
-    assert url is not None
-    return str(url)
 
 
 TIMEOUT = 0.05

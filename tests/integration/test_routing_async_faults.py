@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,9 @@ from dbscale import AsyncCluster, Cluster, PrimaryUnavailable
 from dbscale.local import LocalTopology
 from dbscale.routing.errors import is_read_only_error
 
-from .helpers import wait_replicated
-
 pytestmark = pytest.mark.integration
 
 REPLICAS = ("main-replica1", "main-replica2")
-
-
-@pytest.fixture
-def table(topology_config_path: Path) -> Iterator[str]:
-    """A 100-row table (v = 10 k), replayed by both replicas."""
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with Cluster.from_config(topology_config_path) as cluster:
-        with cluster.write() as conn:
-            conn.execute(text(f"CREATE TABLE {name} (k int PRIMARY KEY, v int NOT NULL)"))
-            conn.execute(text(f"INSERT INTO {name} SELECT g, g * 10 FROM generate_series(1, 100) g"))
-        wait_replicated(cluster)
-    yield name
-    with Cluster.from_config(topology_config_path) as cluster, cluster.write() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
 def test_async_sigkilled_replica_during_reads_loses_no_read(

@@ -7,8 +7,6 @@ import contextlib
 import random
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,24 +15,9 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, Cluster
 from dbscale.local import LocalTopology
 
-from .helpers import wait_replicated
-
 pytestmark = pytest.mark.integration
 
 REPLICAS = ("main-replica1", "main-replica2")
-
-
-@pytest.fixture
-def table(topology_config_path: Path) -> Iterator[str]:
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with Cluster.from_config(topology_config_path) as cluster:
-        with cluster.write() as conn:
-            conn.execute(text(f"CREATE TABLE {name} (k int PRIMARY KEY, v int NOT NULL)"))
-            conn.execute(text(f"INSERT INTO {name} SELECT g, g * 10 FROM generate_series(1, 100) g"))
-        wait_replicated(cluster)
-    yield name
-    with Cluster.from_config(topology_config_path) as cluster, cluster.write() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
 def in_thread(fn):  # type: ignore[no-untyped-def]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,7 @@ from dbscale import Cluster, PrimaryUnavailable
 from dbscale.config import sqlalchemy_url
 from dbscale.local import LocalTopology
 
-from .helpers import wait_replicated
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def table(topology_config_path: Path) -> Iterator[str]:
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with Cluster.from_config(topology_config_path) as cluster:
-        with cluster.write() as conn:
-            conn.execute(text(f"CREATE TABLE {name} (k int PRIMARY KEY, v int NOT NULL)"))
-            conn.execute(text(f"INSERT INTO {name} SELECT g, g * 10 FROM generate_series(1, 100) g"))
-        wait_replicated(cluster)  # both replicas have the table
-    yield name
-    with Cluster.from_config(topology_config_path) as cluster, cluster.write() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
 def test_sigkilled_replica_during_reads_loses_no_read(
