@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -167,7 +167,7 @@ class CacheCore:
     def healthy_l2(self) -> RedisL2 | None:
         """The sync L2 when it exists, the breaker is closed and nothing is queued (hot path), else None."""
         l2 = self._l2
-        if l2 is None or self.retry._items or self.breaker._d.state is not BreakerState.CLOSED:
+        if l2 is None or len(self.retry) or self.breaker.state is not BreakerState.CLOSED:
             return None
         return l2
 
@@ -286,7 +286,29 @@ class CacheCore:
 
 
 class CacheFront:
-    """What the sync and async front ends share: their :class:`CacheCore` and per-call options."""
+    """What the sync and async front ends share: their :class:`CacheCore` and per-call options.
+
+    Each front end registers its flavour (``class Cache(CacheFront, flavour="sync")``), so a front
+    builds its twin over the same core (``Cache.aio``, ``AsyncCache.sync``) by flavour, without
+    importing the other's module: the tiers do not import each other.
+    """
+
+    _flavours: ClassVar[dict[str, Callable[..., CacheFront]]] = {}
+    _twin: CacheFront | None = None
+
+    def __init_subclass__(cls, flavour: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if flavour is not None:
+            CacheFront._flavours[flavour] = cls
+
+    def _twin_front(self, flavour: str) -> CacheFront:
+        """The front of ``flavour`` sharing this one's core (made on first use, then kept)."""
+        twin = self._twin
+        if twin is None:
+            twin = self._flavours[flavour](core=self.core)
+            twin._twin = self
+            self._twin = twin
+        return twin
 
     def __init__(
         self,

@@ -27,33 +27,53 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbscale.cache.keys import KeyBuilder, TagBuilder
 
 if TYPE_CHECKING:
-    from dbscale.cache.core import Options
-    from dbscale.cache.tier import Cache
-    from dbscale.cache.tier_async import AsyncCache
+    from dbscale.cache.core import CacheCore, Options
 
-__all__ = ["make_cached"]
+__all__ = ["AsyncFront", "SyncFront", "make_cached"]
+
+
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+
+class SyncFront(Protocol):
+    """What the decorator needs of the synchronous cache (:class:`dbscale.cache.Cache`)."""
+
+    core: CacheCore
+
+    def fetch(self, k: str, f: Callable[..., Any], a: Args, kw: Kwargs, o: Options, t: TagBuilder | None, /) -> Any: ...
+
+    def invalidate(self, *keys: str) -> bool: ...
+
+
+class AsyncFront(Protocol):
+    """What the decorator needs of the asyncio cache (:class:`dbscale.cache.AsyncCache`)."""
+
+    core: CacheCore
+
+    async def fetch(
+        self, k: str, f: Callable[..., Any], a: Args, kw: Kwargs, o: Options, t: TagBuilder | None, /
+    ) -> Any: ...
+
+    async def invalidate(self, *keys: str) -> bool: ...
 
 
 def make_cached(
-    cache: Cache,
-    acache: AsyncCache,
+    cache: SyncFront,
+    acache: AsyncFront,
     *,
-    ttl: float | None,
+    opts: Options,
     key: str | Callable[..., str] | None,
     tags: Sequence[str],
-    l1: bool,
-    serve_stale: bool | None,
-    xfetch_beta: float | None,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Build the decorator; ``cache`` serves ``def`` functions and ``acache`` ``async def`` ones."""
     if isinstance(tags, str):
         raise TypeError("tags must be a list of templates, e.g. tags=['user:{user_id}']")
-    opts = cache.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
 
     def decorate(func: Callable[..., Any]) -> Any:
         builder = KeyBuilder(func, key)
@@ -66,14 +86,12 @@ def make_cached(
 
 
 def _sync_wrapper(
-    func: Callable[..., Any], cache: Cache, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
+    func: Callable[..., Any], cache: SyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
 ) -> Any:
     build = builder.build
     fetch = cache.fetch
     use_l1 = opts.l1
-    data = cache.core.l1._data
-    data_get = data.get
-    touch = data.move_to_end
+    data_get, touch = cache.core.l1.hot_accessors()
     clock = cache.core.clock
     hit = cache.core.stats.l1_hit.inc
 
@@ -107,14 +125,12 @@ def _sync_wrapper(
 
 
 def _async_wrapper(
-    func: Callable[..., Any], acache: AsyncCache, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
+    func: Callable[..., Any], acache: AsyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
 ) -> Any:
     build = builder.build
     fetch = acache.fetch
     use_l1 = opts.l1
-    data = acache.core.l1._data
-    data_get = data.get
-    touch = data.move_to_end
+    data_get, touch = acache.core.l1.hot_accessors()
     clock = acache.core.clock
     hit = acache.core.stats.l1_hit.inc
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["L1"]
@@ -67,6 +67,14 @@ class L1:
         except KeyError:
             pass
         return True, entry[0]
+
+    def hot_accessors(self) -> tuple[Callable[[str], tuple[Any, float, int] | None], Callable[[str], None]]:
+        """``(get, touch)`` for a hit path that inlines :meth:`lookup` (the decorator's wrapper).
+
+        ``get(key)`` is the entry ``(value, expires_at, size)`` or None, read without the lock (a dict
+        read is atomic); ``touch(key)`` marks it recently used and raises ``KeyError`` if it is gone.
+        """
+        return self._data.get, self._data.move_to_end
 
     def token(self) -> int:
         """A token to take before reading L2, for :meth:`put`."""

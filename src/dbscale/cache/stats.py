@@ -30,19 +30,28 @@ __all__ = ["CacheStats", "HotCounter"]
 
 
 class HotCounter:
-    """A lock-free exact counter: ``inc()`` is ``next()`` on an :class:`itertools.count`."""
+    """A lock-free exact counter: ``inc()`` is ``next()`` on an :class:`itertools.count`.
 
-    __slots__ = ("_count", "inc")
+    Reading takes one value from the count too, so :attr:`value` subtracts the reads made so far
+    (reads are rare: a metrics scrape, a snapshot) under a lock of their own.
+    """
+
+    __slots__ = ("_count", "_read_lock", "_reads", "inc")
 
     def __init__(self) -> None:
         self._count = itertools.count()
+        self._reads = 0
+        self._read_lock = threading.Lock()
         #: Add one (returns the previous value; callers ignore it).
         self.inc = self._count.__next__
 
     @property
     def value(self) -> int:
-        """The current count (read without consuming: ``repr`` is ``count(N)``)."""
-        return int(repr(self._count)[6:-1])
+        """The current count."""
+        with self._read_lock:
+            n = next(self._count) - self._reads
+            self._reads += 1
+            return n
 
 
 class _HitCollector(Collector):

@@ -4,7 +4,8 @@ This shell holds the public API, the hit path and direct access (get/set/invalid
 path is :func:`dbscale.cache.miss.miss_flow`, shared with the asyncio cache and driven here by
 :meth:`Cache._run` with blocking I/O; in-process single-flight is :mod:`dbscale.cache.flight`.
 :class:`AsyncCache` (in :mod:`dbscale.cache.tier_async`) is the hand-written asyncio twin of this
-module; keep the two in step.
+module; keep the two in step. The two modules do not import each other: a front builds its twin
+by flavour (:class:`~dbscale.cache.core.CacheFront`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dbscale.cache.core import CacheCore, CacheFront, Options
+from dbscale.cache.decorator import make_cached
 from dbscale.cache.flight import SingleFlight
 from dbscale.cache.invalidation import Invalidation, apply_invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
@@ -32,7 +34,7 @@ __all__ = ["Cache"]
 T = TypeVar("T")
 
 
-class Cache(CacheFront):
+class Cache(CacheFront, flavour="sync"):
     """Tiered cache for synchronous code (redis-py). Thread-safe.
 
     >>> cache = Cache(CacheConfig(redis_url="redis://127.0.0.1:6380/0", namespace="app"))  # doctest: +SKIP
@@ -55,17 +57,11 @@ class Cache(CacheFront):
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
         self._flight = SingleFlight(self.core.l1.key_invalidated_since)
-        self._twin: AsyncCache | None = None
 
     @property
     def aio(self) -> AsyncCache:
         """The asyncio twin sharing this cache's L1, metrics and listener."""
-        if self._twin is None:
-            from dbscale.cache.tier_async import AsyncCache
-
-            self._twin = AsyncCache(core=self.core)
-            self._twin._twin = self
-        return self._twin
+        return cast("AsyncCache", self._twin_front("async"))
 
     # -- read path --------------------------------------------------------------------------------
     def get_or_load(
@@ -104,7 +100,7 @@ class Cache(CacheFront):
                 return value
             core.stats.l1_miss.inc()
         now = core.clock()
-        token = core.l1._gen
+        token = core.l1.token()
         l2 = core.healthy_l2() or (core.sync_l2() if core.url is not None and core.redis_allowed(now) else None)
         force = False
         if l2 is not None:
@@ -119,8 +115,7 @@ class Cache(CacheFront):
                 core.entry_failed(key, exc)
                 force = True
             else:
-                if core.breaker._d.failures:
-                    core.breaker.success()
+                core.breaker.success()
                 if sample:
                     core.stats.lat_l2_get.observe(time.perf_counter() - t0)
                 if entry is not None:
@@ -307,11 +302,8 @@ class Cache(CacheFront):
         xfetch_beta: float | None = None,
     ) -> Callable[[Callable[..., Any]], Any]:
         """Cache-aside decorator for sync and async functions; see :func:`dbscale.cache.decorator.cached`."""
-        from dbscale.cache.decorator import make_cached
-
-        return make_cached(
-            self, self.aio, ttl=ttl, key=key, tags=tags, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta
-        )
+        opts = self.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
+        return make_cached(self, self.aio, opts=opts, key=key, tags=tags)
 
     def close(self) -> None:
         """Stop background threads and close connections. Idempotent."""

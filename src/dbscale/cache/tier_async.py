@@ -13,9 +13,10 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dbscale.cache.core import CacheCore, CacheFront, Options
+from dbscale.cache.decorator import make_cached
 from dbscale.cache.flight import AsyncSingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
@@ -33,7 +34,7 @@ __all__ = ["AsyncCache"]
 T = TypeVar("T")
 
 
-class AsyncCache(CacheFront):
+class AsyncCache(CacheFront, flavour="async"):
     """Tiered cache for asyncio code (redis.asyncio). Mirrors :class:`~dbscale.cache.Cache` with ``await``.
 
     ``cached`` also decorates plain ``def`` functions (through :attr:`sync`, which shares this L1).
@@ -51,17 +52,11 @@ class AsyncCache(CacheFront):
         super().__init__(config, metrics, clock, rand, core)
         self._flight = AsyncSingleFlight(self.core.l1.key_invalidated_since)
         self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
-        self._twin: Cache | None = None
 
     @property
     def sync(self) -> Cache:
         """The synchronous twin sharing this cache's L1, metrics and listener."""
-        if self._twin is None:
-            from dbscale.cache.tier import Cache
-
-            self._twin = Cache(core=self.core)
-            self._twin._twin = self
-        return self._twin
+        return cast("Cache", self._twin_front("sync"))
 
     def _l2(self) -> AsyncRedisL2 | None:
         core = self.core
@@ -107,7 +102,7 @@ class AsyncCache(CacheFront):
                 return value
             core.stats.l1_miss.inc()
         now = core.clock()
-        token = core.l1._gen
+        token = core.l1.token()
         l2 = self._l2() if core.url is not None and core.redis_allowed(now) else None
         force = False
         if l2 is not None:
@@ -122,8 +117,7 @@ class AsyncCache(CacheFront):
                 core.entry_failed(key, exc)
                 force = True
             else:
-                if core.breaker._d.failures:
-                    core.breaker.success()
+                core.breaker.success()
                 if sample:
                     core.stats.lat_l2_get.observe(time.perf_counter() - t0)
                 if entry is not None:
@@ -322,11 +316,8 @@ class AsyncCache(CacheFront):
         xfetch_beta: float | None = None,
     ) -> Callable[[Callable[..., Any]], Any]:
         """Cache-aside decorator for async and sync functions; see :func:`dbscale.cache.decorator.cached`."""
-        from dbscale.cache.decorator import make_cached
-
-        return make_cached(
-            self.sync, self, ttl=ttl, key=key, tags=tags, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta
-        )
+        opts = self.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
+        return make_cached(self.sync, self, opts=opts, key=key, tags=tags)
 
     async def close(self) -> None:
         """Close this loop's connections, stop background threads. Idempotent."""
