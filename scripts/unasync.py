@@ -1,12 +1,14 @@
-"""Generate the synchronous router from the asyncio one (in the manner of httpcore's ``scripts/unasync.py``).
+"""Generate the synchronous twins of the asyncio sources (in the manner of httpcore's ``scripts/unasync.py``).
 
-``src/dbscale/routing/aio.py`` is the hand-written source; ``src/dbscale/routing/router.py`` is its
-blocking twin, produced by the ordered regex substitutions in ``RULES`` (applied line by line, in
-order), stamped as generated and passed through ``ruff format``. Where the two APIs differ by more
+Each hand-written asyncio source in ``FILES`` (``src/dbscale/routing/aio.py``,
+``routing/monitor_aio.py``) has a generated blocking twin (``router.py``, ``monitor.py``), produced
+by the ordered regex substitutions in ``RULES`` (applied line by line, in order), stamped as
+generated and passed through ``ruff format``. What sync and async truly differ in is paired by name
+in ``src/dbscale/_compat.py``, so most rules are renames. Where the two APIs differ by more
 than a name, the async source is written so a substitution yields exactly the sync code.
 
-    python scripts/unasync.py          # regenerate router.py
-    python scripts/unasync.py --check  # exit 1 (with a diff) if router.py is stale
+    python scripts/unasync.py          # regenerate every twin
+    python scripts/unasync.py --check  # exit 1 (with a diff) if a twin is stale
 
 Both modes also exit 1 when a rule matched nothing: a rule that no longer applies means the source
 changed under it, and the generated file may be wrong in a way no diff would show.
@@ -22,8 +24,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = [(Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py"))]
-STAMP = "# auto-generated from aio.py by scripts/unasync.py — do not edit\n"
+FILES = [
+    (Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py")),
+    (Path("src/dbscale/routing/monitor_aio.py"), Path("src/dbscale/routing/monitor.py")),
+    (Path("src/dbscale/cluster_aio.py"), Path("src/dbscale/cluster_sync.py")),
+]
+STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
 # (pattern, replacement), applied in this order to each line (newline included). A pattern is a
 # regular expression; names are matched as whole words.
@@ -37,6 +43,30 @@ RULES: list[tuple[str, str]] = [
     (r"^from sqlalchemy import Executable, event$", "from sqlalchemy import Connection, Engine, Executable, event"),
     (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession\n", ""),
     (r"^from sqlalchemy\.util import await_only\n", ""),
+    (r"\bdbscale\.routing\.monitor_aio\b", "dbscale.routing.monitor"),
+    (r"^from contextlib import AbstractAsyncContextManager$", "from contextlib import AbstractContextManager"),
+    (
+        r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine$",
+        "from sqlalchemy import Connection, Engine, create_engine\nfrom sqlalchemy.orm import Session",
+    ),
+    (r"^from dbscale\.cache import AsyncCache$", "from dbscale.cache import Cache"),
+    (
+        r"^from dbscale\.routing\.aio import AsyncGroupRouter, AsyncReadConnection$",
+        "from dbscale.routing.router import GroupRouter, ReadConnection",
+    ),
+    (
+        r"\bA cluster for asyncio code \(psycopg's async driver\)\. Use ``async with``, or ``await close\(\)``\.",
+        "A cluster for blocking code. Use ``with``, or call :meth:`close`.",
+    ),
+    (r"\bAbstractAsyncContextManager\b", "AbstractContextManager"),
+    (r"\bcreate_async_engine\b", "create_engine"),
+    (r"\bsqlalchemy_url\(([\w.]+), async_=True\)", r"sqlalchemy_url(\1)"),
+    (r"\.sync_engine\b", ""),
+    (r", in the calling thread or task\.", ", in the calling thread."),
+    (r"\bAsyncCache\b", "Cache"),
+    # dbscale._compat: each asyncio primitive has a blocking namesake
+    (r"\bA(Event|Lock|Runner|Workers)\b", r"\1"),
+    (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     # async syntax
@@ -56,6 +86,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
+    (r"\bAsyncProber\b", "Prober"),
     (r"\bAsyncCluster\b", "Cluster"),
     # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
     (r"\bAsyncSession\((.*), sync_session_class=(\w+)\)", r"\2(\1)"),
@@ -101,7 +132,7 @@ def ruff_format(text: str, path: Path) -> str:
 
 def generate(src: Path, used: set[int]) -> str:
     """The formatted, stamped sync twin of ``src`` (a path relative to the repository root)."""
-    return ruff_format(STAMP + unasync((ROOT / src).read_text(), used), src)
+    return ruff_format(STAMP.format(name=src.name) + unasync((ROOT / src).read_text(), used), src)
 
 
 def main(argv: list[str] | None = None) -> int:

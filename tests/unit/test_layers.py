@@ -60,6 +60,9 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.advisor": ("dbscale.routing",),
     # the wiring on top of the rooms
     "dbscale.cluster": (
+        "dbscale.cluster_aio",
+        "dbscale.cluster_base",
+        "dbscale.cluster_sync",
         "dbscale.routing",
         "dbscale.cache",
         "dbscale.sharding",
@@ -67,6 +70,9 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "dbscale.bulk",
         "dbscale.advisor",
     ),
+    "dbscale.cluster_base": ("dbscale.routing",),
+    "dbscale.cluster_aio": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache"),
+    "dbscale.cluster_sync": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache"),
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     # the development tools: they may use the library; the library never uses them

@@ -37,7 +37,7 @@ from dbscale.routing.errors import (
 )
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
-from dbscale.routing.monitor import AsyncMonitor
+from dbscale.routing.monitor_aio import AsyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"

@@ -1,0 +1,176 @@
+"""The few things sync and async truly differ in, paired by name (in the manner of psycopg_pool's ``_acompat``).
+
+Async sources (``routing/aio.py``, ``routing/monitor_aio.py`` …) use the asyncio member of each
+pair; ``scripts/unasync.py`` renames it to the blocking member (``ALock`` → ``Lock``, ``asleep`` →
+``sleep``, ``aspawn`` → ``spawn`` …), so a generated twin differs from its source only by names.
+Each pair keeps one contract:
+
+============================ ============================ ==============================================
+asyncio                      blocking                     contract
+============================ ============================ ==============================================
+``ALock``, ``AEvent``        ``Lock``, ``Event``          the primitives
+``asleep(s)``                ``sleep(s)``                 wait ``s`` seconds
+``atry_acquire(lock)``       ``try_acquire(lock)``        take the lock if free, else False at once
+``aacquire(lock, s)``        ``acquire(lock, s)``         take the lock within ``s`` seconds, else False
+``aevent_wait(ev, s)``       ``event_wait(ev, s)``        until set or ``s`` seconds; whether it is set
+``aspawn(fn, name)``         ``spawn(fn, name)``          run ``fn()`` in the background (task / daemon thread)
+``ajoin(runner, s)``         ``join(runner, s)``          end a spawned runner (cancel / wait up to ``s``)
+``AWorkers(n, name).run``    ``Workers(n, name).run``     run calls concurrently under one deadline
+============================ ============================ ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# -- primitives ---------------------------------------------------------------------------------------
+Lock = threading.Lock
+Event = threading.Event
+Runner = threading.Thread
+ALock = asyncio.Lock
+AEvent = asyncio.Event
+ARunner = asyncio.Task[None]
+sleep = time.sleep
+asleep = asyncio.sleep
+
+
+def try_acquire(lock: threading.Lock) -> bool:
+    """Take ``lock`` if it is free; False at once if it is held."""
+    return lock.acquire(blocking=False)
+
+
+async def atry_acquire(lock: asyncio.Lock) -> bool:
+    """Take ``lock`` if it is free; False at once if it is held (acquiring a free lock does not yield)."""
+    if lock.locked():
+        return False
+    await lock.acquire()
+    return True
+
+
+def acquire(lock: threading.Lock, timeout: float) -> bool:
+    """Take ``lock`` within ``timeout`` seconds; False if it stayed held."""
+    return lock.acquire(timeout=timeout)
+
+
+async def aacquire(lock: asyncio.Lock, timeout: float) -> bool:
+    """Take ``lock`` within ``timeout`` seconds; False if it stayed held."""
+    try:
+        await asyncio.wait_for(lock.acquire(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def event_wait(event: threading.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds passed; whether it is set."""
+    return event.wait(timeout)
+
+
+async def aevent_wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds passed; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
+
+
+# -- background runners ---------------------------------------------------------------------------------
+def spawn(fn: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``fn()`` in a started daemon thread."""
+    thread = threading.Thread(target=fn, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def aspawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
+    """Run ``fn()`` as a task on the running loop."""
+    return asyncio.get_running_loop().create_task(fn(), name=name)
+
+
+def join(runner: threading.Thread, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for a thread that was told to stop (a daemon thread left hanging dies with the process)."""
+    runner.join(timeout)
+
+
+async def ajoin(runner: asyncio.Task[None], timeout: float) -> None:
+    """Cancel a task and wait for it to unwind (``timeout`` is for the thread flavour)."""
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await runner
+
+
+# -- concurrent calls under one deadline -----------------------------------------------------------------
+class Workers:
+    """A thread pool that runs named calls concurrently under one deadline."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, size), thread_name_prefix=name)
+
+    def run(self, calls: Mapping[str, Callable[[], T]], timeout: float) -> dict[str, T]:
+        """The results of the calls that finished within ``timeout`` (one deadline for all; late ones run on)."""
+        futures = {name: self._pool.submit(call) for name, call in calls.items()}
+        done, _ = wait_futures(futures.values(), timeout=timeout)
+        return {name: fut.result() for name, fut in futures.items() if fut in done}
+
+    def close(self) -> None:
+        """Stop taking calls; queued ones are cancelled, running ones finish in their threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class AWorkers:
+    """Named calls run concurrently as tasks under one deadline (``size`` and ``name`` are for the thread flavour)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.name = name
+
+    async def run(self, calls: Mapping[str, Callable[[], Awaitable[T]]], timeout: float) -> dict[str, T]:
+        """The results of the calls that finished within ``timeout``; late ones are cancelled (and unwound)."""
+        tasks = {name: asyncio.ensure_future(call()) for name, call in calls.items()}
+        if not tasks:
+            return {}
+        try:
+            done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return {name: task.result() for name, task in tasks.items() if task in done}
+
+    def close(self) -> None:
+        """Nothing to release (the tasks end with their round)."""
+
+
+__all__ = [
+    "AEvent",
+    "ALock",
+    "ARunner",
+    "AWorkers",
+    "Event",
+    "Lock",
+    "Runner",
+    "Workers",
+    "aacquire",
+    "acquire",
+    "aevent_wait",
+    "ajoin",
+    "asleep",
+    "aspawn",
+    "atry_acquire",
+    "event_wait",
+    "join",
+    "sleep",
+    "spawn",
+    "try_acquire",
+]

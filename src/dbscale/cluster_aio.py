@@ -1,0 +1,138 @@
+"""The cluster an application holds: the topology config, the engines, the routers, the cache, the metrics.
+
+One engine per node and one router per group, created on first use; everything counts into one
+metrics registry. ``cluster_aio.py`` (asyncio) is the source; ``cluster_sync.py`` is generated from
+it by ``scripts/unasync.py``; what both share is in ``cluster_base.py``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from dbscale.cache import AsyncCache
+from dbscale.cluster_base import ClusterBase
+from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
+from dbscale.routing.settings import instrument_engine
+
+
+class AsyncCluster(ClusterBase):
+    """A cluster for asyncio code (psycopg's async driver). Use ``async with``, or ``await close()``.
+
+    >>> cluster = AsyncCluster.from_config(".dbscale/dbscale.toml")  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TopologyConfig | None = None, /, **settings: Any) -> None:
+        super().__init__(config, **settings)
+        self._engines: dict[tuple[str, bool], AsyncEngine] = {}
+        self._routers: dict[str, AsyncGroupRouter] = {}
+        self._cache: dict[None, AsyncCache] = {}  # at most one, made on first use (a dict for _memo)
+
+    def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
+        """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
+        whose transactions are all read-only)."""
+        self._check_open()
+
+        def make() -> AsyncEngine:
+            node = self.node(name)
+            engine = create_async_engine(sqlalchemy_url(node.url, async_=True), **self._engine_options(node, read_only))
+            instrument_engine(engine.sync_engine, self.metrics, node.group, name)
+            return engine
+
+        return self._memo(self._engines, (name, read_only), make)
+
+    # -- read/write routing (dbscale.routing) ------------------------------------------------------
+    def router(self, group: str | None = None) -> AsyncGroupRouter:
+        """The router of ``group`` (default :meth:`default_group`), created on first use."""
+        name = group or self.default_group()
+        return self._memo(
+            self._routers, name, lambda: AsyncGroupRouter(**self._router_args(name), engine_for=self.engine)
+        )
+
+    def write(self, group: str | None = None) -> AbstractAsyncContextManager[AsyncConnection]:
+        """``async with cluster.write() as conn``: one transaction on the group's primary.
+
+        Commits on success and records the causal token; rolls back on error. Never retried.
+        Raises :class:`~dbscale.PrimaryUnavailable` when no writer is known within ``write_timeout``.
+        """
+        return self.router(group).write()
+
+    def read(
+        self, after: str | None = None, *, group: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncReadConnection]:
+        """``async with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
+
+        The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
+        carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        """
+        router = self.router(group)
+        return router.read(self._causal.mark_for(router.name, after))
+
+    def session(
+        self, write: bool = False, *, after: str | None = None, group: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncSession]:
+        """An ORM session on the write transaction (``write=True``) or on a routed read.
+
+        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
+        transaction. A connection error before its first statement returned bans the node, rolls
+        the session back and runs the statement again on another node, once; after that the session
+        stays on its node (one snapshot) and errors propagate, as they do for statements run on
+        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        """
+        router = self.router(group)
+        return router.session(write, self._causal.mark_for(router.name, after))
+
+    async def start(self) -> None:
+        """Start the health monitor of every group now (otherwise it starts on first use)."""
+        for group in self.config.groups:
+            await self.router(group).ensure_started()
+
+    async def refresh(self, group: str | None = None) -> None:
+        """Run one health-check round now (every group, or ``group``), in the calling thread or task."""
+        for name in [group] if group else list(self.config.groups):
+            await self.router(name).monitor.run_round()
+
+    async def routing_status(self) -> list[dict[str, Any]]:
+        """Per node: group, role, health, lag, reads, writes, bans (runs a check round if none ran)."""
+        rows: list[dict[str, Any]] = []
+        for group in self.config.groups:
+            router = self.router(group)
+            if router.state.rounds == 0:
+                await router.monitor.run_round()
+            rows.extend(router.status())
+        return rows
+
+    @property
+    def cache(self) -> AsyncCache:
+        """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
+        self._check_open()
+        return self._memo(self._cache, None, lambda: AsyncCache(self.config.cache, metrics=self.metrics))
+
+    async def close(self) -> None:
+        """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+            routers, self._routers = list(self._routers.values()), {}
+            self._closed = True
+            cache = self._cache.pop(None, None)
+        if cache is not None:
+            await cache.close()
+        for router in routers:
+            await router.close()
+        for engine in engines:
+            await engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+__all__ = ["AsyncCluster"]
