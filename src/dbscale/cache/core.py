@@ -1,4 +1,4 @@
-"""State shared by the sync and async cache front ends: config, L1, serde, breaker, metrics, threads.
+"""State shared by the sync and async cache front ends: config, L1, entry codec, Redis gate, metrics, threads.
 
 :class:`CacheCore` holds no event-loop objects, so one core serves a :class:`~dbscale.cache.Cache`
 and its :class:`~dbscale.cache.AsyncCache` twin at once (they share the L1 and the invalidation
@@ -19,15 +19,15 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
-import orjson
-
+from dbscale.cache.entry import EntryCodec
+from dbscale.cache.gate import RedisGate
 from dbscale.cache.invalidation import Invalidation, Listener, RetryQueue, apply_invalidation
 from dbscale.cache.keys import RedisKeys, glob_to_regex
 from dbscale.cache.l1 import L1
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
 from dbscale.cache.leases import LeaseReply
-from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfetch_should_recompute
-from dbscale.cache.serde import HEADER_LEN, Serializer, decode_header, encode_header
+from dbscale.cache.policy import CircuitBreaker, jittered_ttl, xfetch_should_recompute
+from dbscale.cache.serde import Serializer
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, SerializationError
@@ -70,7 +70,6 @@ class CacheCore:
             hmac_key=config.hmac_key,
             allow_pickle=config.allow_pickle,
         )
-        self._plain_json = config.hmac_key is None
         self.l1 = L1(config.l1_size, config.l1_max_bytes)
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown)
         self.clock, self.rand = clock, rand
@@ -80,10 +79,23 @@ class CacheCore:
         self.admin_timeout = max(10 * config.redis_timeout, 0.25)
         self.stale_px = int(config.stale_ttl * 1000)
         self.lease_ms = max(1, int(config.lease_ttl * 1000))
+        self.codec = EntryCodec(
+            self.serde,
+            plain_json=config.hmac_key is None,
+            jitter=config.jitter,
+            negative_ttl=config.negative_ttl,
+            stale_px=self.stale_px,
+            clock=clock,
+            rand=rand,
+        )
+        self.make_entry = self.codec.make
+        self.decode = self.codec.decode
         self._lock = threading.Lock()
         self._l2: RedisL2 | None = None
         self._listener: Listener | None = None
         self.retry = RetryQueue(self._apply_queued, self.stats.pending.set)
+        self.gate = RedisGate(self.breaker, self.retry, self.stats, clock)
+        self.redis_failed = self.gate.failed
         self.closed = False
         self._tick = itertools.count().__next__
         self.start_listener()  # subscribe early: L1 is only written while subscribed
@@ -122,28 +134,9 @@ class CacheCore:
         if pattern is not None:
             self.l1.invalidate_matching(glob_to_regex(pattern))
 
-    # -- entries ----------------------------------------------------------------------------------
-    def make_entry(self, value: Any, ttl: float, delta: float) -> tuple[bytes, int, int]:
-        """``(entry, physical_px, expires_ms)`` for a value; None values use ``negative_ttl``."""
-        if value is None:
-            ttl = self.config.negative_ttl
-        ttl = jittered_ttl(ttl, self.config.jitter, self.rand())
-        ttl_ms = max(1, int(ttl * 1000))
-        expires_ms = int(self.clock() * 1000) + ttl_ms
-        payload = self.serde.dumps(value)
-        entry = encode_header(expires_ms, int(delta * 1000)) + payload
-        return entry, ttl_ms + self.stale_px, expires_ms
-
-    def decode(self, entry: bytes) -> tuple[Any, int, int]:
-        """``(value, expires_ms, delta_ms)`` of an entry; SerializationError if corrupt."""
-        if self._plain_json:
-            try:  # hot path: header version "1" (0x31), orjson payload "j" (0x6A); indexing allocates nothing
-                if entry[0] == 0x31 and entry[HEADER_LEN] == 0x6A:
-                    return orjson.loads(entry[HEADER_LEN + 1 :]), int(entry[1:14]), int(entry[14:22])
-            except (IndexError, ValueError):
-                pass  # fall through to the careful path, which names the problem
-        expires_ms, delta_ms = decode_header(entry)
-        return self.serde.loads(entry[HEADER_LEN:]), expires_ms, delta_ms
+    # -- entries (the codec's; kept as attributes so call sites pay no extra call) ----------------
+    make_entry: Callable[[Any, float, float], tuple[bytes, int, int]]
+    decode: Callable[[bytes], tuple[Any, int, int]]
 
     def wants_early(self, now: float, expires_ms: int, delta_ms: int, beta: float) -> bool:
         """XFetch: should this hit trigger an early recomputation?"""
@@ -167,7 +160,7 @@ class CacheCore:
     def healthy_l2(self) -> RedisL2 | None:
         """The sync L2 when it exists, the breaker is closed and nothing is queued (hot path), else None."""
         l2 = self._l2
-        if l2 is None or len(self.retry) or self.breaker.state is not BreakerState.CLOSED:
+        if l2 is None or not self.gate.healthy():
             return None
         return l2
 
@@ -185,23 +178,11 @@ class CacheCore:
 
     # -- Redis health -----------------------------------------------------------------------------
     def redis_allowed(self, now: float) -> bool:
-        """Should this call use Redis? No while the breaker is open or invalidations are pending."""
-        if self.url is None:
-            return False
-        if len(self.retry):
-            self.stats.bypassed.inc()
-            return False
-        if not self.breaker.allow(now):
-            self.stats.bypassed.inc()
-            return False
-        return True
+        """Should this call use Redis? Not without a URL; else as the gate says (:meth:`RedisGate.allowed`)."""
+        return self.url is not None and self.gate.allowed(now)
 
-    def redis_failed(self, op: str, exc: CacheUnavailable) -> None:
-        """Count a Redis failure and feed the breaker."""
-        self.stats.error(op)
-        if self.breaker.failure(self.clock()):
-            self.stats.breaker_trips.inc()
-            log.warning("cache: Redis unavailable, serving from the loader for %.1fs: %s", self.breaker.cooldown, exc)
+    #: Count a Redis failure and feed the breaker (:meth:`RedisGate.failed`).
+    redis_failed: Callable[[str, CacheUnavailable], None]
 
     def decode_failed(self, key: str, exc: SerializationError) -> None:
         """Count an entry that could not be decoded (treated as a miss, overwritten by the next fill)."""
