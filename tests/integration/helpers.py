@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
+from collections.abc import Callable
+from typing import Any
 
 from dbscale import Cluster
+from dbscale.cache import AsyncCache, Cache
 
 
 def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
@@ -17,3 +22,25 @@ def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, "replicas did not catch up"
         time.sleep(0.05)
+
+
+# -- one cache test, both front ends ------------------------------------------------------------------
+# A behaviour test is written once as a coroutine that wraps every cache call in ``await maybe(...)``
+# and decorates plain functions with ``cached``; parametrized over ``Cache`` and ``AsyncCache``, the
+# blocking calls of ``Cache`` simply run inside the event loop.
+
+
+async def maybe(result: Any) -> Any:
+    """The value of a front end's call: awaited for the asyncio cache, as is for the blocking one."""
+    return await result if inspect.isawaitable(result) else result
+
+
+def cached(cache: Cache | AsyncCache, impl: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """``impl`` decorated by ``cache.cached(**options)``: made a coroutine function for the asyncio cache."""
+    if isinstance(cache, AsyncCache):
+
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            return impl(*args, **kwargs)
+
+        return cache.cached(**options)(functools.update_wrapper(coro, impl))  # type: ignore[no-any-return]
+    return cache.cached(**options)(impl)  # type: ignore[no-any-return]

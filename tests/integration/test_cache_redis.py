@@ -17,6 +17,8 @@ from dbscale.cache import AsyncCache, Cache
 from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 
+from .helpers import cached, maybe
+
 pytestmark = pytest.mark.integration
 
 
@@ -38,42 +40,31 @@ def make_cache(redis_url: str) -> Iterator[Any]:
 FALSY = [0, "", [], None, False]
 
 
+@pytest.mark.parametrize("front", ["sync", "async"])
 @pytest.mark.parametrize("l1", [True, False])
 @pytest.mark.parametrize("value", FALSY, ids=repr)
-def test_falsy_values_are_hits_on_second_call(make_cache: Any, value: Any, l1: bool) -> None:
-    cache = make_cache()
+def test_falsy_values_are_hits_on_second_call(make_cache: Any, value: Any, l1: bool, front: str) -> None:
+    sync = make_cache()
+    cache = sync if front == "sync" else sync.aio
     calls: list[int] = []
 
-    @cache.cached(ttl=60, key="falsy:{n}", l1=l1)
-    def load(n: int) -> Any:
+    def impl(n: int) -> Any:
         calls.append(n)
         return value
 
-    assert load(1) == value and load(1) == value and load(n=1) == value
+    load = cached(cache, impl, ttl=60, key="falsy:{n}", l1=l1)
+
+    async def main() -> None:
+        assert await maybe(load(1)) == value and await maybe(load(1)) == value and await maybe(load(n=1)) == value
+        if isinstance(cache, AsyncCache):
+            await cache.close()
+
+    asyncio.run(main())
     assert calls == [1]
     hits = cache.metrics.value("cache_hits_total", tier="l1") + cache.metrics.value("cache_hits_total", tier="l2")
     assert hits == 2
     if not l1:
         assert cache.metrics.value("cache_hits_total", tier="l1") == 0
-
-
-@pytest.mark.parametrize("value", FALSY, ids=repr)
-def test_falsy_values_are_hits_async(make_cache: Any, value: Any) -> None:
-    cache = make_cache()
-    calls: list[int] = []
-
-    @cache.cached(ttl=60, key="afalsy:{n}", l1=False)
-    async def load(n: int) -> Any:
-        calls.append(n)
-        return value
-
-    async def main() -> None:
-        assert await load(1) == value
-        assert await load(1) == value
-        await cache.aio.close()
-
-    asyncio.run(main())
-    assert calls == [1]
 
 
 def test_none_uses_negative_ttl(make_cache: Any, redis_url: str) -> None:
