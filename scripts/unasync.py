@@ -22,7 +22,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = [(Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py"))]
+FILES = [
+    (Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py")),
+    (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
+]
 STAMP = "# auto-generated from aio.py by scripts/unasync.py — do not edit\n"
 
 # (pattern, replacement), applied in this order to each line (newline included). A pattern is a
@@ -37,8 +40,11 @@ RULES: list[tuple[str, str]] = [
     (r"^from sqlalchemy import Executable, event$", "from sqlalchemy import Connection, Engine, Executable, event"),
     (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession\n", ""),
     (r"^from sqlalchemy\.util import await_only\n", ""),
+    (r"^from sqlalchemy import text$", "from sqlalchemy import Connection, text"),
+    (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection\n", ""),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
+    (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
