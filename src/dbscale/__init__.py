@@ -1,5 +1,6 @@
 """dbscale: scale a PostgreSQL-backed application without rewriting its data layer."""
 
+from dbscale.advisor import Advice, advise, advise_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
@@ -20,6 +21,7 @@ from dbscale.routing import AsyncReadConnection, InvalidCausalToken, PoolTimeout
 __version__ = "0.1.0"
 
 __all__ = [
+    "Advice",
     "AsyncCluster",
     "AsyncReadConnection",
     "AuthenticationFailed",
@@ -42,5 +44,7 @@ __all__ = [
     "SerializationError",
     "TopologyConfig",
     "__version__",
+    "advise",
+    "advise_async",
     "load_config",
 ]

@@ -218,6 +218,7 @@ def _shapes_of_select(sel: ast.SelectStmt, catalog: Mapping[str, Sequence[str]])
             tuple(a.order),
             tuple(a.columns),
             tuple(a.constants),
+            len(catalog.get(a.table, ())),
         )
         for a in accs.values()
     ]
@@ -301,7 +302,8 @@ def candidates(shape: TableShape) -> list[IndexSpec]:
     out: list[IndexSpec] = []
 
     def emit(spec: IndexSpec) -> None:
-        if spec not in out and spec.columns:
+        whole_table = shape.table_width and spec.include and spec.width >= shape.table_width
+        if spec not in out and spec.columns and not whole_table:
             out.append(spec)
 
     for k in keys:

@@ -89,6 +89,7 @@ class TableShape:
     order: tuple[IndexColumn, ...] = ()
     columns: tuple[str, ...] = ()
     constants: tuple[tuple[str, str], ...] = ()  # (column, predicate SQL) usable as a partial index's WHERE
+    table_width: int = 0  # columns the table has (0: unknown); an index carrying them all is a copy of the table
 
 
 @dataclass(frozen=True)
