@@ -25,6 +25,7 @@ from dbscale.advisor.model import IndexColumn, IndexSpec, TableShape, quote_iden
 from dbscale.errors import AdvisorQueryError
 
 MAX_KEY = 4
+PARTIAL_MAX_DISTINCT = 20  # an equality constant makes a partial index only on a column with this few values
 MAX_WIDTH = 8  # key + INCLUDE columns; wider covering indexes rarely pay for their size
 _EQ_OPS = {"="}
 _RANGE_OPS = {"<", ">", "<=", ">=", "~~", "~~*"}

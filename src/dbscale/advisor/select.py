@@ -3,7 +3,8 @@
 Selection is greedy over the workload (the classic approach of AutoAdmin-style advisors): each round
 picks the candidate whose hypothetical use saves the most ``calls × estimated time`` over the queries
 it serves, counting for each query only what it saves beyond the indexes already picked, and only
-where the query's own estimated cost falls by at least ``min_gain``. Candidates within
+where the query's estimated cost falls by at least ``min_gain`` (from its cost without any
+candidate, and again from its cost with the indexes picked so far). Candidates within
 ``TIE_TOLERANCE`` of the best are treated as equal and the smallest (then narrowest) wins, so a
 partial or narrower index is preferred when it is as good. An index on a table whose row writes cost
 more (``writes × write_cost`` planner units) than the index saves is not chosen but reported.
@@ -114,6 +115,55 @@ def _saving(ev: Evaluation, current: float) -> tuple[float, float]:
     return cost, cost
 
 
+def pick(
+    evaluations: Mapping[IndexSpec, Sequence[Evaluation]],
+    current: Mapping[Query, float],
+    *,
+    min_gain: float = 0.3,
+    sizes: Mapping[IndexSpec, int] | None = None,
+) -> Recommendation | None:
+    """One greedy round: the candidate saving the most beyond ``current`` (each query's cost with the indexes
+    picked so far), with the queries it serves; ``None`` when no candidate gains ``min_gain`` anywhere."""
+    size = sizes or {}
+    scored: list[tuple[float, IndexSpec, list[Evaluation]]] = []
+    for spec, evs in evaluations.items():
+        # a query must gain ``min_gain`` from its own cost and again from its cost with the indexes picked so far
+        served = [
+            ev for ev in evs if ev.gain >= min_gain and ev.after <= current.get(ev.query, ev.before) * (1 - min_gain)
+        ]
+        rank = sum(_saving(ev, current.get(ev.query, ev.before))[0] for ev in served)
+        if rank > 0:
+            scored.append((rank, spec, served))
+    if not scored:
+        return None
+    best = max(s[0] for s in scored)
+    near = [s for s in scored if s[0] >= best * (1 - TIE_TOLERANCE)]
+    near.sort(key=lambda s: (size.get(s[1], 0), s[1].width, s[1].where is None, s[1].ddl()))
+    rank, spec, served = near[0]
+    return Recommendation(spec, served, rank)
+
+
+def write_heavy(
+    rec: Recommendation,
+    current: Mapping[Query, float],
+    table_writes: Mapping[str, int],
+    write_cost: float = WRITE_COST_PER_ROW,
+) -> Finding | None:
+    """A finding when maintaining ``rec``'s index on every row write costs more than the index saves."""
+    table = rec.index.table.rsplit(".", 1)[-1]
+    writes = table_writes.get(table, 0)
+    saved = sum(_saving(ev, current.get(ev.query, ev.before))[1] for ev in rec.serves)
+    maintenance = writes * write_cost
+    if maintenance <= saved:
+        return None
+    return Finding(
+        "write-heavy",
+        table,
+        f"{writes} row writes × {write_cost:g} ≈ {maintenance:.0f} cost units of index maintenance exceed the "
+        f"{saved:.0f} saved by {rec.index.ddl()}; not recommended",
+    )
+
+
 def choose(
     evaluations: Mapping[IndexSpec, Sequence[Evaluation]],
     *,
@@ -122,48 +172,26 @@ def choose(
     sizes: Mapping[IndexSpec, int] | None = None,
     write_cost: float = WRITE_COST_PER_ROW,
 ) -> tuple[list[Recommendation], list[Finding]]:
-    """The workload's index set, ranked by saving, and the write-heavy findings for what it rejected."""
-    writes = table_writes or {}
-    size = sizes or {}
+    """Greedy selection over fixed per-candidate evaluations (each measured alone): the ranked index set
+    and the write-heavy findings. The shell re-measures between rounds instead (:func:`pick` per round)."""
     current: dict[Query, float] = {}
     for evs in evaluations.values():
         for ev in evs:
-            current[ev.query] = min(current.get(ev.query, ev.before), ev.before)
-    pool = {spec: [ev for ev in evs if ev.gain >= min_gain] for spec, evs in evaluations.items()}
-    pool = {spec: evs for spec, evs in pool.items() if evs}
+            current[ev.query] = ev.before
+    pool = dict(evaluations)
     chosen: list[Recommendation] = []
     findings: list[Finding] = []
-    flagged: set[str] = set()
     while pool:
-        scored: list[tuple[float, float, IndexSpec, list[Evaluation]]] = []
-        for spec, evs in pool.items():
-            served = [ev for ev in evs if ev.after < current[ev.query]]
-            rank = sum(_saving(ev, current[ev.query])[0] for ev in served)
-            cost = sum(_saving(ev, current[ev.query])[1] for ev in served)
-            if rank > 0:
-                scored.append((rank, cost, spec, served))
-        if not scored:
+        rec = pick(pool, current, min_gain=min_gain, sizes=sizes)
+        if rec is None:
             break
-        best = max(s[0] for s in scored)
-        near = [s for s in scored if s[0] >= best * (1 - TIE_TOLERANCE)]
-        near.sort(key=lambda s: (size.get(s[2], 0), s[2].width, s[2].where is None, s[2].ddl()))
-        rank, cost, spec, served = near[0]
-        del pool[spec]
-        table = spec.table.rsplit(".", 1)[-1]
-        maintenance = writes.get(table, 0) * write_cost
-        if maintenance > cost:
-            if table not in flagged:
-                flagged.add(table)
-                findings.append(
-                    Finding(
-                        "write-heavy",
-                        table,
-                        f"{writes.get(table, 0)} row writes × {write_cost:g} ≈ {maintenance:.0f} cost units of index "
-                        f"maintenance exceed the {cost:.0f} saved by {spec.ddl()}; not recommended",
-                    )
-                )
+        del pool[rec.index]
+        finding = write_heavy(rec, current, table_writes or {}, write_cost)
+        if finding is not None:
+            if all(f.subject != finding.subject for f in findings):
+                findings.append(finding)
             continue
-        for ev in served:
+        for ev in rec.serves:
             current[ev.query] = ev.after
-        chosen.append(Recommendation(spec, served, rank))
+        chosen.append(rec)
     return chosen, findings

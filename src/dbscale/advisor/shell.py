@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -28,6 +29,7 @@ from dbscale.advisor.model import (
     IndexSpec,
     Measurement,
     Query,
+    Recommendation,
     quote_ident,
 )
 from dbscale.cluster import Cluster
@@ -116,6 +118,17 @@ def _param_value(conn: Connection, table: str, column: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _few_values(conn: Connection, table: str, column: str) -> bool:
+    """Whether ``column`` has few distinct values (a partial index on one of them is worth considering)."""
+    n = _scalar(
+        conn,
+        "SELECT n_distinct FROM pg_stats WHERE attname = :c AND (tablename = :t OR schemaname || '.' || tablename = :t)",
+        t=table,
+        c=column,
+    )
+    return n is not None and 0 < float(n) <= cand.PARTIAL_MAX_DISTINCT
+
+
 def _prepare(conn: Connection, query: Query) -> tuple[Query, list[IndexSpec], set[str]]:
     """The plannable query (parameters filled), its candidates, and the tables it reads."""
     sql = query.sql
@@ -132,18 +145,48 @@ def _prepare(conn: Connection, query: Query) -> tuple[Query, list[IndexSpec], se
     catalog = _catalog(conn, tables)
     specs: list[IndexSpec] = []
     for shape in cand.shapes(sql, catalog):
+        constants = []
+        for column, predicate in shape.constants:
+            if " IS " in predicate or _few_values(conn, shape.table, column):
+                constants.append((column, predicate))
+        shape = replace(shape, constants=tuple(constants))
         specs.extend(s for s in cand.candidates(shape) if s not in specs)
     return Query(sql, query.calls, query.mean_ms, query.source), specs, {t.rsplit(".", 1)[-1] for t in tables}
 
 
-def _hypothetical(conn: Connection, spec: IndexSpec) -> tuple[str, int]:
+def _evaluate(
+    conn: Connection,
+    specs: Sequence[IndexSpec],
+    chosen: Sequence[IndexSpec],
+    prepared: Sequence[tuple[Query, set[str], Any]],
+) -> tuple[dict[IndexSpec, list[Evaluation]], dict[IndexSpec, int]]:
+    """Each candidate's estimated cost for each query on its table, with the ``chosen`` indexes in place."""
+    _scalar(conn, "SELECT hypopg_reset()")
+    for spec in chosen:
+        _hypothetical(conn, spec)
+    evaluations: dict[IndexSpec, list[Evaluation]] = {}
+    sizes: dict[IndexSpec, int] = {}
+    for spec in specs:
+        oid, name, sizes[spec] = _hypothetical(conn, spec)
+        for q, tables, base in prepared:
+            if spec.table.rsplit(".", 1)[-1] in tables:
+                plan = _explain(conn, q.sql)
+                if name in select.indexes_used(plan):
+                    evaluations.setdefault(spec, []).append(
+                        Evaluation(q, select.total_cost(base), select.total_cost(plan))
+                    )
+        _scalar(conn, "SELECT hypopg_drop_index(:oid)", oid=oid)
+    return evaluations, sizes
+
+
+def _hypothetical(conn: Connection, spec: IndexSpec) -> tuple[int, str, int]:
     row = (
         conn.execute(
             text("SELECT indexrelid, indexname, hypopg_relation_size(indexrelid) FROM hypopg_create_index(:d)"),
             {"d": spec.ddl(concurrently=False, name="")},
         )
     ).one()
-    return str(row[1]), int(row[2])
+    return int(row[0]), str(row[1]), int(row[2])
 
 
 def _existing(conn: Connection) -> list[ExistingIndex]:
@@ -212,29 +255,37 @@ def advise(
                 continue
             prepared.append((q, tables, base))
             all_specs.extend(
-                s for s in specs if s not in all_specs and not any(select.covers(e, s) for e in existing_specs)
+                s
+                for s in specs
+                if s not in all_specs and not any(select.covers(e, replace(s, include=())) for e in existing_specs)
             )
 
-        evaluations: dict[IndexSpec, list[Evaluation]] = {}
-        sizes: dict[IndexSpec, int] = {}
-        for spec in all_specs:
-            _scalar(conn, "SELECT hypopg_reset()")
-            name, sizes[spec] = _hypothetical(conn, spec)
-            for q, tables, base in prepared:
-                if spec.table.rsplit(".", 1)[-1] not in tables:
-                    continue
-                plan = _explain(conn, q.sql)
-                if name in select.indexes_used(plan):
-                    evaluations.setdefault(spec, []).append(
-                        Evaluation(q, select.total_cost(base), select.total_cost(plan))
-                    )
+        writes = _table_writes(conn)
+        current = {q: select.total_cost(base) for q, _tables, base in prepared}
+        chosen: list[Recommendation] = []
+        remaining = list(all_specs)
+        evaluations: dict[IndexSpec, list[Evaluation]] | None = None
+        while remaining:
+            if evaluations is None:  # re-measure every candidate with the indexes picked so far in place
+                evaluations, sizes = _evaluate(conn, remaining, [r.index for r in chosen], prepared)
+            rec = select.pick(evaluations, current, min_gain=min_gain, sizes=sizes)
+            if rec is None:
+                break
+            remaining.remove(rec.index)
+            del evaluations[rec.index]
+            finding = select.write_heavy(rec, current, writes, write_cost)
+            if finding is not None:
+                if all(f.subject != finding.subject for f in advice.write_heavy):
+                    advice.write_heavy.append(finding)
+                continue
+            for ev in rec.serves:
+                current[ev.query] = ev.after
+            chosen.append(rec)
+            evaluations = None
         _scalar(conn, "SELECT hypopg_reset()")
 
-        chosen, advice.write_heavy = select.choose(
-            evaluations, min_gain=min_gain, table_writes=_table_writes(conn), sizes=sizes, write_cost=write_cost
-        )
         # the chosen set together: keep what the planner still uses, with the costs it then estimates
-        names = {rec.index: _hypothetical(conn, rec.index)[0] for rec in chosen}
+        names = {rec.index: _hypothetical(conn, rec.index)[1] for rec in chosen}
         used: dict[str, float] = {}
         after: dict[str, float] = {}
         for q, _tables, _base in prepared:
