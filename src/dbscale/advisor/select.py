@@ -4,7 +4,8 @@ Selection is greedy over the workload (the classic approach of AutoAdmin-style a
 picks the candidate whose hypothetical use saves the most ``calls × estimated time`` over the queries
 it serves, counting for each query only what it saves beyond the indexes already picked, and only
 where the query's estimated cost falls by at least ``min_gain`` (from its cost without any
-candidate, and again from its cost with the indexes picked so far). Candidates within
+candidate, and again from its cost with the indexes picked so far, by at least ``TIE_TOLERANCE``
+of its own cost). Candidates within
 ``TIE_TOLERANCE`` of the best are treated as equal and the smallest (then narrowest) wins, so a
 partial or narrower index is preferred when it is as good. An index on a table whose row writes cost
 more (``writes × write_cost`` planner units) than the index saves is not chosen but reported.
@@ -89,7 +90,7 @@ def redundant(existing: Iterable[ExistingIndex]) -> list[Finding]:
                 continue
             same = len(ospec.columns) == len(spec.columns) and set(ospec.include) == set(spec.include)
             if same and not other.unique and other.name > e.name:
-                continue  # of two identical indexes, report only one (the later name is kept)
+                continue  # of two identical indexes, report only the later name (the first is kept)
             kind = "duplicate of" if same else "prefix of"
             out.append(Finding("duplicate", e.name, f"{kind} {other.name} ({other.definition}); drop it"))
             break
