@@ -128,9 +128,14 @@ def pick(
     size = sizes or {}
     scored: list[tuple[float, IndexSpec, list[Evaluation]]] = []
     for spec, evs in evaluations.items():
-        # a query must gain ``min_gain`` from its own cost and again from its cost with the indexes picked so far
+        # a query must gain ``min_gain`` from its own cost, and again from its cost with the indexes picked so
+        # far, by at least TIE_TOLERANCE of its own cost (not the last few units a near tie would give)
         served = [
-            ev for ev in evs if ev.gain >= min_gain and ev.after <= current.get(ev.query, ev.before) * (1 - min_gain)
+            ev
+            for ev in evs
+            if ev.gain >= min_gain
+            and ev.after <= current.get(ev.query, ev.before) * (1 - min_gain)
+            and current.get(ev.query, ev.before) - ev.after >= TIE_TOLERANCE * ev.before
         ]
         rank = sum(_saving(ev, current.get(ev.query, ev.before))[0] for ev in served)
         if rank > 0:
