@@ -29,7 +29,7 @@ def _print(advice: Advice, console: Console) -> None:
         table.add_column(column)
     for n, rec in enumerate(advice.indexes, 1):
         serves = "\n".join(_short(e.query.sql) for e in rec.serves)
-        costs = "\n".join(f"{e.before:.0f} → {e.after:.0f} (-{e.gain:.0%})" for e in rec.serves)
+        costs = "\n".join(f"{e.before:.0f} → {e.after:.0f} (-{e.gain:.1%})" for e in rec.serves)
         table.add_row(str(n), rec.index.ddl(), serves, costs)
     console.print(table)
     if not advice.indexes:

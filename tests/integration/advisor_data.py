@@ -30,7 +30,7 @@ def load_orders(conn: psycopg.Connection[Any], rows: int) -> None:
     )
     conn.execute(
         "INSERT INTO orders (user_id, status, created_at, total) "
-        "SELECT (g * 7919) %% 5000, "
+        "SELECT (g::bigint * 7919) %% 5000, "
         "CASE WHEN g %% 100 < 80 THEN 'delivered' WHEN g %% 100 < 92 THEN 'shipped' "
         "WHEN g %% 100 < 97 THEN 'cancelled' ELSE 'pending' END, "
         "now() - ((%(n)s - g)::float / %(n)s) * interval '365 days', ((g * 31) %% 100000) / 100.0 "
