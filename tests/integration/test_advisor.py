@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -174,3 +175,18 @@ def test_cli_advise_json_and_sql_file(local_topology: LocalTopology, tmp_path: A
         assert doc["errors"][0]["subject"] == "SELEC"
         table = CliRunner().invoke(app, args)
         assert table.exit_code == 0 and "CREATE INDEX CONCURRENTLY" in table.output and "SELEC" in table.output
+
+
+async def _advise_async(url: str) -> Advice:
+    async with dbscale.AsyncCluster(groups={"main": {"primary": url}}) as cluster:
+        return await dbscale.advise_async(cluster, [TEXTBOOK, "SELECT * FROM missing"], apply=True)
+
+
+def test_async_api_gives_the_same_advice(local_topology: LocalTopology) -> None:
+    with advisor_database(local_topology, "async") as (url, conn):
+        load_orders(conn, 30_000)
+        advice = asyncio.run(_advise_async(url))
+    _assert_textbook_choice(advice)
+    assert [f.subject for f in advice.errors] == ["SELECT * FROM missing"]
+    (m,) = advice.measurements
+    assert m.after_ms < m.before_ms
