@@ -11,6 +11,7 @@ from dbscale.advisor.candidates import (
     fill_params,
     param_slots,
     parse_index_def,
+    read_only,
     shapes,
     split_statements,
     tables_of,
@@ -106,6 +107,15 @@ def test_params_are_filled_from_the_column_they_compare_with() -> None:
 def test_index_covering_every_column_is_not_a_candidate() -> None:
     shape = TableShape("t", eq=("a",), columns=("a", "b", "c"), table_width=3)
     assert all(not c.include for c in candidates(shape))
+
+
+def test_only_plain_selects_are_read_only() -> None:
+    assert read_only(TEXTBOOK)
+    assert not read_only("UPDATE orders SET total = 0 WHERE id = 1")
+    assert not read_only("WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d")
+    assert not read_only("SELECT * FROM orders FOR UPDATE")
+    assert not read_only("SELECT * INTO copy FROM orders")
+    assert not read_only("SELEC")
 
 
 def test_split_statements() -> None:

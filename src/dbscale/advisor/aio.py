@@ -323,7 +323,8 @@ async def _timed(conn: AsyncConnection, sql: str, runs: int = 3) -> tuple[float,
 
 async def _apply(cluster: AsyncCluster, advice: Advice, group: str | None) -> list[Measurement]:
     engine = cluster.engine(primary_name(group or cluster.default_group()))
-    sqls = list(dict.fromkeys(e.query.sql for rec in advice.indexes for e in rec.serves))
+    # EXPLAIN ANALYZE runs the statement: measure only those that change nothing
+    sqls = [s for s in dict.fromkeys(e.query.sql for rec in advice.indexes for e in rec.serves) if cand.read_only(s)]
     async with engine.connect() as raw:
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         before = {sql: await _timed(conn, sql) for sql in sqls}

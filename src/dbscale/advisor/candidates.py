@@ -347,6 +347,17 @@ def parse_index_def(definition: str) -> IndexSpec | None:
     return IndexSpec(table, tuple(cols), include, where)
 
 
+def read_only(sql: str) -> bool:
+    """Whether running ``sql`` (as ``--apply``'s EXPLAIN ANALYZE does) changes nothing: a plain SELECT, no
+    data-modifying CTE, no row locks."""
+    try:
+        stmt = parse_one(sql)
+    except AdvisorQueryError:
+        return False
+    writes = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt, ast.LockingClause, ast.IntoClause)
+    return isinstance(stmt, ast.SelectStmt) and not any(isinstance(n, writes) for n in _walk(stmt))
+
+
 def param_slots(sql: str, catalog: Mapping[str, Sequence[str]]) -> dict[int, tuple[str, str] | None]:
     """For each ``$n`` of a normalized statement: the (table, column) it is compared with, or ``None``."""
     stmt = parse_one(sql)

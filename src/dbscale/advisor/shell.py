@@ -323,7 +323,8 @@ def _timed(conn: Connection, sql: str, runs: int = 3) -> tuple[float, str]:
 
 def _apply(cluster: Cluster, advice: Advice, group: str | None) -> list[Measurement]:
     engine = cluster.engine(primary_name(group or cluster.default_group()))
-    sqls = list(dict.fromkeys(e.query.sql for rec in advice.indexes for e in rec.serves))
+    # EXPLAIN ANALYZE runs the statement: measure only those that change nothing
+    sqls = [s for s in dict.fromkeys(e.query.sql for rec in advice.indexes for e in rec.serves) if cand.read_only(s)]
     with engine.connect() as raw:
         conn = raw.execution_options(isolation_level="AUTOCOMMIT")
         before = {sql: _timed(conn, sql) for sql in sqls}
