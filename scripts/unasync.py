@@ -28,6 +28,7 @@ FILES = [
     (Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py")),
     (Path("src/dbscale/routing/monitor_aio.py"), Path("src/dbscale/routing/monitor.py")),
     (Path("src/dbscale/cluster_aio.py"), Path("src/dbscale/cluster_sync.py")),
+    (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -67,8 +68,12 @@ RULES: list[tuple[str, str]] = [
     # dbscale._compat: each asyncio primitive has a blocking namesake
     (r"\bA(Event|Lock|Runner|Workers)\b", r"\1"),
     (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire)\b", r"\1"),
+    # the index advisor
+    (r"^from sqlalchemy import text$", "from sqlalchemy import Connection, text"),
+    (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection\n", ""),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
+    (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call

@@ -2,6 +2,7 @@
 
 from importlib import metadata
 
+from dbscale.advisor import Advice, advise, advise_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
@@ -27,6 +28,7 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "Advice",
     "AsyncCluster",
     "AsyncReadConnection",
     "AuthenticationFailed",
@@ -51,5 +53,7 @@ __all__ = [
     "SerializationError",
     "TopologyConfig",
     "__version__",
+    "advise",
+    "advise_async",
     "load_config",
 ]

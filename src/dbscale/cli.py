@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dbscale.cli_advise import advise as advise_command
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -202,6 +203,8 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
 
 for _action in NodeAction:
     node_app.command(_action.value)(_node_command(_action))
+
+app.command("advise")(advise_command)
 
 
 def main() -> None:

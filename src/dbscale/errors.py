@@ -126,6 +126,8 @@ class FanoutPlanError(ShardingError, ValueError):
 
 
 __all__ = [
+    "AdvisorError",
+    "AdvisorQueryError",
     "AuthenticationFailed",
     "CacheEntryError",
     "CacheError",
@@ -139,6 +141,7 @@ __all__ = [
     "InvalidCausalToken",
     "LocalTopologyError",
     "MissingBinaryError",
+    "MissingExtensionError",
     "NoReplicaAvailable",
     "NodeUnavailable",
     "PlacementError",
@@ -148,3 +151,18 @@ __all__ = [
     "ShardingError",
     "UnsupportedKeyError",
 ]
+
+
+class AdvisorError(DbscaleError):
+    """Root of the index advisor's errors (``dbscale advise``, :func:`dbscale.advise`)."""
+
+
+class AdvisorQueryError(AdvisorError, ValueError):
+    """One workload query cannot be advised (does not parse, names a missing table, fails to plan).
+
+    The advisor reports it for that query and advises the rest; fix the SQL or drop it from the workload.
+    """
+
+
+class MissingExtensionError(AdvisorError):
+    """HypoPG or pg_stat_statements is not available on the database; the message says how to enable it."""

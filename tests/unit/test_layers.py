@@ -53,11 +53,13 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.pgbouncer": (),
     "dbscale.routing": (),
     "dbscale.cache": (),
-    "dbscale.cache.writes": ("dbscale.cache", "dbscale.routing"),
+    # the capabilities on top: each may take the Cluster it runs against (the cycle check keeps the
+    # cluster from importing them back at run time)
+    "dbscale.cache.writes": ("dbscale.cache", "dbscale.routing", "dbscale.cluster"),
     "dbscale.sharding": ("dbscale.routing",),
-    "dbscale.cqrs": ("dbscale.sharding", "dbscale.routing"),
-    "dbscale.bulk": ("dbscale.sharding", "dbscale.routing"),
-    "dbscale.advisor": ("dbscale.routing",),
+    "dbscale.cqrs": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
+    "dbscale.bulk": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
+    "dbscale.advisor": ("dbscale.routing", "dbscale.cluster"),
     # the wiring on top of the rooms
     "dbscale.cluster": (
         "dbscale.cluster_aio",
@@ -75,13 +77,14 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.cluster_sync": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache"),
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
+    "dbscale.cli_advise": ("dbscale",),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
     "dbscale.cli": ("dbscale",),
 }
 #: Rooms nothing outside them (and the tools) may import.
-TOOLS = ("dbscale.cli", "dbscale.cli_project", "dbscale.demo", "dbscale.local")
+TOOLS = ("dbscale.cli", "dbscale.cli_advise", "dbscale.cli_project", "dbscale.demo", "dbscale.local")
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except
 #: its planned shells (``router``, ``reshard``); each planned room names its pure core.
@@ -103,8 +106,9 @@ PURE = (
     "dbscale.sharding.*",
     "dbscale.cqrs.core",
     "dbscale.bulk.plan",
+    "dbscale.advisor.model",
     "dbscale.advisor.candidates",
-    "dbscale.advisor.scoring",
+    "dbscale.advisor.select",
 )
 PURE_EXCEPT = ("dbscale.sharding.router", "dbscale.sharding.reshard")
 #: I/O clients (module prefixes) a pure module must not import.
@@ -313,7 +317,7 @@ def test_planned_rooms_are_held_to_the_contract_before_they_exist() -> None:
     assert violations("dbscale.cqrs.core", "import psycopg\n")  # pure core of a future room
     assert violations("dbscale.sharding.router", "from dbscale.cache.tier import Cache\n")  # sharding uses routing only
     assert violations("dbscale.routing.group", "from dbscale.sharding.ring import Ring\n")  # routing is below sharding
-    assert violations("dbscale.advisor.scoring", "from dbscale.cqrs.core import fold\n")
+    assert violations("dbscale.advisor.select", "from dbscale.cqrs.core import fold\n")
     assert violations("dbscale.cache.writes.behind", "from dbscale.routing.aio import AsyncGroupRouter\n") == []
     assert violations("dbscale.sharding.router", "from dbscale.routing.aio import AsyncGroupRouter\n") == []
 

@@ -228,11 +228,12 @@ def wait_accepting(node: NodeInfo, password: str, timeout: float) -> None:
 
 
 def ensure_database(primary: NodeInfo, password: str) -> None:
-    """Create database ``dbscale`` (with pg_stat_statements) if missing."""
+    """Create database ``dbscale`` (with pg_stat_statements and HypoPG) if missing."""
     exists = query_one(primary, password, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", "postgres")
     if not exists:
         query_one(primary, password, f"CREATE DATABASE {DATABASE}", "postgres")
     query_one(primary, password, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    query_one(primary, password, "CREATE EXTENSION IF NOT EXISTS hypopg")  # `dbscale advise`
 
 
 def ensure_slot(primary: NodeInfo, password: str, slot: str) -> None:
