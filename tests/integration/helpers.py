@@ -5,8 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from dbscale import Cluster
 from dbscale.cache import AsyncCache, Cache
@@ -22,6 +27,23 @@ def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, "replicas did not catch up"
         time.sleep(0.05)
+
+
+@contextmanager
+def replicated_table(config_path: Path, columns: str, fill: str) -> Iterator[str]:
+    """A fresh table ``rt_<random>`` with ``columns`` (SQL), filled by ``fill`` (SQL with ``{name}``),
+    replayed by every replica before the block runs; dropped after it."""
+    name = f"rt_{uuid.uuid4().hex[:8]}"
+    with Cluster.from_config(config_path) as cluster:
+        with cluster.write() as conn:
+            conn.execute(text(f"CREATE TABLE {name} ({columns})"))
+            conn.execute(text(fill.format(name=name)))
+        wait_replicated(cluster)
+    try:
+        yield name
+    finally:
+        with Cluster.from_config(config_path) as cluster, cluster.write() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 
 # -- one cache test, both front ends ------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, Cluster
 from dbscale.local import LocalTopology
 
-from .helpers import wait_replicated
+from .helpers import replicated_table
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +30,10 @@ def make_cluster(path: Path, **main: Any) -> Cluster:
 @pytest.fixture
 def table(topology_config_path: Path) -> Iterator[str]:
     """A fresh one-row counter table, replicated to both replicas."""
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with make_cluster(topology_config_path) as cluster:
-        with cluster.write() as conn:
-            conn.execute(text(f"CREATE TABLE {name} (k int PRIMARY KEY, v int NOT NULL)"))
-            conn.execute(text(f"INSERT INTO {name} VALUES (1, -1)"))
-        wait_replicated(cluster)
-    yield name
-    with make_cluster(topology_config_path) as cluster, cluster.write() as conn:
-        conn.execute(text(f"DROP TABLE {name}"))
+    with replicated_table(
+        topology_config_path, "k int PRIMARY KEY, v int NOT NULL", "INSERT INTO {name} VALUES (1, -1)"
+    ) as name:
+        yield name
 
 
 def cycles_sync(writer: Cluster, reader: Cluster, table: str, n: int, carry: bool) -> tuple[int, dict[str, int]]:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, AuthenticationFailed, Cluster, PrimaryUnavailable
 from dbscale.local import LocalTopology
 
-from .helpers import wait_replicated
+from .helpers import replicated_table
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +53,13 @@ def outages(full: float) -> list[Any]:
 
 @pytest.fixture
 def table(topology_config_path: Path) -> Iterator[str]:
-    name = f"rt_{uuid.uuid4().hex[:8]}"
-    with Cluster.from_config(topology_config_path) as cluster:
-        with cluster.write() as conn:
-            conn.execute(text(f"CREATE TABLE {name} (id bigserial PRIMARY KEY, w int NOT NULL, n int NOT NULL)"))
-            conn.execute(text(f"INSERT INTO {name} (w, n) SELECT -1, g FROM generate_series(1, 100) g"))
-        wait_replicated(cluster)
-    yield name
-    with Cluster.from_config(topology_config_path) as cluster, cluster.write() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    """100 rows ``(id bigserial, w, n)``: w = -1 until a write marks the row."""
+    with replicated_table(
+        topology_config_path,
+        "id bigserial PRIMARY KEY, w int NOT NULL, n int NOT NULL",
+        "INSERT INTO {name} (w, n) SELECT -1, g FROM generate_series(1, 100) g",
+    ) as name:
+        yield name
 
 
 def cluster_for(path: Path, outage: Outage, **main: Any) -> Cluster:
