@@ -157,3 +157,16 @@ def test_interrupted_load_releases_even_if_release_fails(core: CacheCore) -> Non
     with pytest.raises(KeyboardInterrupt):
         s.fail(CacheUnavailable("down"))
     assert core.metrics.value("cache_errors_total", op="release") == 1
+
+
+def test_markers_found_by_the_lease_travel_with_the_load(core: CacheCore) -> None:
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    assert s.request[8] is False  # no causality provider: the lease script reads no markers
+    assert s.answer(LeaseReply(LeaseStatus.GRANTED, None, marker="main/0/10")) == (Op.LOAD, "main/0/10")
+    now = [0.0]
+    core.monotonic = lambda: now[0]
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    s.answer(LeaseReply(LeaseStatus.HELD, None))
+    now[0] = core.config.lease_wait + 1
+    s.answer(None)
+    assert s.answer(LeaseReply(LeaseStatus.HELD, None, marker="main/0/20")) == (Op.LOAD, "main/0/20")
