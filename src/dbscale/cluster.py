@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from sqlalchemy.orm import Session
 
 from dbscale.cache import AsyncCache, Cache
+from dbscale.cache.core import CacheCore
+from dbscale.causality import AsyncClusterCausality, ClusterCausality
 from dbscale.config import PoolConfig, TopologyConfig, load_config, sqlalchemy_url
 from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
@@ -246,7 +248,11 @@ class Cluster(_ClusterBase):
     def cache(self) -> Cache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(self._cache, None, lambda: Cache(self.config.cache, metrics=self.metrics))
+        return self._memo(
+            self._cache,
+            None,
+            lambda: Cache(core=CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))),
+        )
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
@@ -343,7 +349,11 @@ class AsyncCluster(_ClusterBase):
     def cache(self) -> AsyncCache:
         """The tiered asyncio cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(self._cache, None, lambda: AsyncCache(self.config.cache, metrics=self.metrics))
+        return self._memo(
+            self._cache,
+            None,
+            lambda: AsyncCache(core=CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))),
+        )
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine. Idempotent."""

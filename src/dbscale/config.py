@@ -172,6 +172,8 @@ class CacheConfig(_Model):
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown: Duration = 2.0
     invalidation_channel: str | None = None
+    lag_aware_fills: bool = True  # markers: a miss after an invalidation loads at least the write's data
+    marker_ttl: Duration | None = None  # None: the largest group max_lag + 5 s (see README "Coherence")
 
     def model_post_init(self, __context: Any) -> None:
         if self.serializer == "pickle" and not self.allow_pickle:
