@@ -25,6 +25,7 @@ from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.context import CausalContext
+from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine, router_arguments
 from dbscale.topology import NodeRef, configured_nodes
@@ -38,6 +39,8 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
 
     A ``read_only`` engine's sessions start with ``default_transaction_read_only = on``, so every
     transaction on it is read-only at no per-transaction cost (reads use these engines).
+    SQLAlchemy's ``pool_pre_ping`` (a round trip per checkout) stays off: ``pre_ping`` installs
+    the idle-window ping of :func:`dbscale.routing.pool.install_idle_ping` instead.
     """
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(pool.connect_timeout))}
     if via_pgbouncer:
@@ -49,7 +52,7 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
         "max_overflow": pool.max_overflow,
         "pool_timeout": pool.pool_timeout,
         "pool_recycle": int(pool.pool_recycle),
-        "pool_pre_ping": pool.pre_ping,
+        "pool_pre_ping": False,
         "connect_args": connect_args,
     }
 
@@ -142,6 +145,11 @@ class _ClusterBase:
             args["connect_timeout"] = max(1, min(args["connect_timeout"], math.ceil(group.write_timeout)))
         return options
 
+    def _install_ping(self, engine: Engine, node: NodeRef) -> None:
+        pool = self.config.group(node.group).pool
+        if pool.pre_ping:
+            install_idle_ping(engine, pool.ping_idle)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this cluster is closed; create a new one")
@@ -181,6 +189,7 @@ class Cluster(_ClusterBase):
             node = self.node(name)
             engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
             instrument_engine(engine, self.metrics, node.group, name)
+            self._install_ping(engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
@@ -289,6 +298,7 @@ class AsyncCluster(_ClusterBase):
             url = sqlalchemy_url(node.url, async_=True)
             engine = create_async_engine(url, **self._engine_options(node, read_only))
             instrument_engine(engine.sync_engine, self.metrics, node.group, name)
+            self._install_ping(engine.sync_engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
