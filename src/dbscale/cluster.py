@@ -38,16 +38,18 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
     """Keyword arguments for ``create_engine`` from a group's pool settings.
 
     A ``read_only`` engine's sessions start with ``default_transaction_read_only = on``, so every
-    transaction on it is read-only at no per-transaction cost (reads use these engines).
-    SQLAlchemy's ``pool_pre_ping`` (a round trip per checkout) stays off: ``pre_ping`` installs
-    the idle-window ping of :func:`dbscale.routing.pool.install_idle_ping` instead.
+    transaction on it is read-only at no per-transaction cost (reads use these engines), and run in
+    autocommit: a one-statement read is one round trip, no ``BEGIN``/``ROLLBACK`` around it (a read
+    that needs one snapshot asks for a transaction, see ``read(snapshot=True)``). SQLAlchemy's
+    ``pool_pre_ping`` (a round trip per checkout) stays off: ``pre_ping`` installs the idle-window
+    ping of :func:`dbscale.routing.pool.install_idle_ping` instead.
     """
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(pool.connect_timeout))}
     if via_pgbouncer:
         connect_args["prepare_threshold"] = None
     if read_only:
         connect_args["options"] = "-c default_transaction_read_only=on"
-    return {
+    options: dict[str, Any] = {
         "pool_size": pool.pool_size,
         "max_overflow": pool.max_overflow,
         "pool_timeout": pool.pool_timeout,
@@ -55,6 +57,9 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
         "pool_pre_ping": False,
         "connect_args": connect_args,
     }
+    if read_only:
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
 
 
 class _ClusterBase:
@@ -208,25 +213,29 @@ class Cluster(_ClusterBase):
         """
         return self.router(group).write()
 
-    def read(self, after: str | None = None, *, group: str | None = None) -> AbstractContextManager[ReadConnection]:
-        """``with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
+    def read(
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
+    ) -> AbstractContextManager[ReadConnection]:
+        """``with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
 
         The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
         carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        Each statement runs on its own (autocommit, one round trip for a one-statement read);
+        ``snapshot=True`` runs them all in one ``REPEATABLE READ`` read-only transaction instead.
         """
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractContextManager[Session]:
         """An ORM ``Session`` on the write transaction (``write=True``) or on a routed read.
 
-        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
-        transaction. A connection error before its first statement returned bans the node, rolls
-        the session back and runs the statement again on another node, once; after that the session
-        stays on its node (one snapshot) and errors propagate, as they do for statements run on
-        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        A read session goes where :meth:`read` would (``after`` as there) and runs in one read-only
+        ``REPEATABLE READ`` transaction (one snapshot, like ``read(snapshot=True)``). A connection
+        error before its first statement returned bans the node, rolls the session back and runs the
+        statement again on another node, once; after that the session stays on its node and errors
+        propagate, as they do for statements run on ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
         """
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
@@ -316,11 +325,11 @@ class AsyncCluster(_ClusterBase):
         return self.router(group).write()
 
     def read(
-        self, after: str | None = None, *, group: str | None = None
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
     ) -> AbstractAsyncContextManager[AsyncReadConnection]:
         """``async with acl.read() as conn``: a routed read-only connection (see :meth:`Cluster.read`)."""
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
