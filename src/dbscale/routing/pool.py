@@ -5,8 +5,9 @@ cost of a one-statement read. Like HikariCP (``aliveBypassWindowMs``, 500 ms), a
 checked in (or opened, or pinged) within the last ``idle`` seconds is handed out as it is; an older
 one is pinged first, and a failed ping raises ``DisconnectionError``, on which the pool discards the
 connection and opens a new one (SQLAlchemy's documented "custom pessimistic ping"). A connection that
-died within the window surfaces on its first statement: a read retries it on another node once, a
-write fails before the caller's code ran (psycopg sends ``BEGIN`` on its own first).
+died within the window surfaces on its first statement: a read retries it on another node once; a
+write raises ``PrimaryUnavailable`` at the caller's first statement, which never reached the server
+(psycopg sends ``BEGIN`` alone first).
 """
 
 from __future__ import annotations
