@@ -354,8 +354,13 @@ class AsyncReadConnection:
         self._node = self._held = node
         try:
             conn = self._conn = await self._connect(node)
-            if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
-                await self._swap_to_writer()
+            if plan.verify_lsn is not None:
+                if not await r.verify(conn, node, plan):
+                    await self._swap_to_writer()
+                elif self._snapshot:
+                    # The check's statement began the transaction, and its snapshot may predate the
+                    # replay position it read: end it, so the caller's snapshot follows the check.
+                    await conn.rollback()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
             kind = failure_kind(exc)
             if kind == "refused":
