@@ -71,8 +71,6 @@ RULES: list[tuple[str, str]] = [
     (r"\.sync_connection\b", ""),
     (r"\.get_raw_connection\(\)", ".connection"),
     (r"\bAsyncEngine\b", "Engine"),
-    # psycopg: the async connection's autocommit setter is a coroutine method
-    (r"\b(\w+)\.set_autocommit\((\w+)\)", r"\1.autocommit = \2"),
 ]
 
 COMPILED = [(re.compile(pattern), repl) for pattern, repl in RULES]

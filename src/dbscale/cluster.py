@@ -27,6 +27,7 @@ from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.context import CausalContext
+from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine, router_arguments
 from dbscale.topology import NodeRef, configured_nodes
@@ -39,21 +40,28 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
     """Keyword arguments for ``create_engine`` from a group's pool settings.
 
     A ``read_only`` engine's sessions start with ``default_transaction_read_only = on``, so every
-    transaction on it is read-only at no per-transaction cost (reads use these engines).
+    transaction on it is read-only at no per-transaction cost (reads use these engines), and run in
+    autocommit: a one-statement read is one round trip, no ``BEGIN``/``ROLLBACK`` around it (a read
+    that needs one snapshot asks for a transaction, see ``read(snapshot=True)``). SQLAlchemy's
+    ``pool_pre_ping`` (a round trip per checkout) stays off: ``pre_ping`` installs the idle-window
+    ping of :func:`dbscale.routing.pool.install_idle_ping` instead.
     """
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(pool.connect_timeout))}
     if via_pgbouncer:
         connect_args["prepare_threshold"] = None
     if read_only:
         connect_args["options"] = "-c default_transaction_read_only=on"
-    return {
+    options: dict[str, Any] = {
         "pool_size": pool.pool_size,
         "max_overflow": pool.max_overflow,
         "pool_timeout": pool.pool_timeout,
         "pool_recycle": int(pool.pool_recycle),
-        "pool_pre_ping": pool.pre_ping,
+        "pool_pre_ping": False,
         "connect_args": connect_args,
     }
+    if read_only:
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
 
 
 class _ClusterBase:
@@ -144,6 +152,11 @@ class _ClusterBase:
             args["connect_timeout"] = max(1, min(args["connect_timeout"], math.ceil(group.write_timeout)))
         return options
 
+    def _install_ping(self, engine: Engine, node: NodeRef) -> None:
+        pool = self.config.group(node.group).pool
+        if pool.pre_ping:
+            install_idle_ping(engine, pool.ping_idle)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this cluster is closed; create a new one")
@@ -183,6 +196,7 @@ class Cluster(_ClusterBase):
             node = self.node(name)
             engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
             instrument_engine(engine, self.metrics, node.group, name)
+            self._install_ping(engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
@@ -201,25 +215,29 @@ class Cluster(_ClusterBase):
         """
         return self.router(group).write()
 
-    def read(self, after: str | None = None, *, group: str | None = None) -> AbstractContextManager[ReadConnection]:
-        """``with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
+    def read(
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
+    ) -> AbstractContextManager[ReadConnection]:
+        """``with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
 
         The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
         carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        Each statement runs on its own (autocommit, one round trip for a one-statement read);
+        ``snapshot=True`` runs them all in one ``REPEATABLE READ`` read-only transaction instead.
         """
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractContextManager[Session]:
         """An ORM ``Session`` on the write transaction (``write=True``) or on a routed read.
 
-        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
-        transaction. A connection error before its first statement returned bans the node, rolls
-        the session back and runs the statement again on another node, once; after that the session
-        stays on its node (one snapshot) and errors propagate, as they do for statements run on
-        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        A read session goes where :meth:`read` would (``after`` as there) and runs in one read-only
+        ``REPEATABLE READ`` transaction (one snapshot, like ``read(snapshot=True)``). A connection
+        error before its first statement returned bans the node, rolls the session back and runs the
+        statement again on another node, once; after that the session stays on its node and errors
+        propagate, as they do for statements run on ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
         """
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
@@ -295,6 +313,7 @@ class AsyncCluster(_ClusterBase):
             url = sqlalchemy_url(node.url, async_=True)
             engine = create_async_engine(url, **self._engine_options(node, read_only))
             instrument_engine(engine.sync_engine, self.metrics, node.group, name)
+            self._install_ping(engine.sync_engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
@@ -312,11 +331,11 @@ class AsyncCluster(_ClusterBase):
         return self.router(group).write()
 
     def read(
-        self, after: str | None = None, *, group: str | None = None
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
     ) -> AbstractAsyncContextManager[AsyncReadConnection]:
         """``async with acl.read() as conn``: a routed read-only connection (see :meth:`Cluster.read`)."""
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None

@@ -107,7 +107,8 @@ class PoolConfig(_Model):
     max_overflow: int = Field(10, ge=0, le=10_000)
     pool_timeout: Duration = 30.0
     pool_recycle: Duration = 3600.0
-    pre_ping: bool = True
+    pre_ping: bool = True  # ping a connection idle longer than ping_idle before handing it out; false: never ping
+    ping_idle: Duration = 0.5  # HikariCP's aliveBypassWindowMs: a connection used this recently is not pinged
     connect_timeout: Duration = 5.0
 
 
