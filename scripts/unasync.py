@@ -91,6 +91,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
+    (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),
     (r"\bAsyncCluster\b", "Cluster"),
     # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
@@ -101,8 +102,6 @@ RULES: list[tuple[str, str]] = [
     (r"\.sync_connection\b", ""),
     (r"\.get_raw_connection\(\)", ".connection"),
     (r"\bAsyncEngine\b", "Engine"),
-    # psycopg: the async connection's autocommit setter is a coroutine method
-    (r"\b(\w+)\.set_autocommit\((\w+)\)", r"\1.autocommit = \2"),
 ]
 
 COMPILED = [(re.compile(pattern), repl) for pattern, repl in RULES]

@@ -14,6 +14,8 @@ from typing import Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from dbscale.cache import AsyncCache
+from dbscale.cache.core import CacheCore
+from dbscale.causality import AsyncClusterCausality
 from dbscale.cluster_base import ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
@@ -41,6 +43,7 @@ class AsyncCluster(ClusterBase):
             node = self.node(name)
             engine = create_async_engine(sqlalchemy_url(node.url, async_=True), **self._engine_options(node, read_only))
             instrument_engine(engine.sync_engine, self.metrics, node.group, name)
+            self._install_ping(engine.sync_engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
@@ -62,26 +65,29 @@ class AsyncCluster(ClusterBase):
         return self.router(group).write()
 
     def read(
-        self, after: str | None = None, *, group: str | None = None
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
     ) -> AbstractAsyncContextManager[AsyncReadConnection]:
-        """``async with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
+        """``async with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
 
         The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
         carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        Each statement runs on its own (autocommit, one round trip for a one-statement read);
+        ``snapshot=True`` runs them all in one ``REPEATABLE READ`` read-only transaction instead.
         """
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """An ORM session on the write transaction (``write=True``) or on a routed read.
 
-        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
-        transaction. A connection error before its first statement returned bans the node, rolls
-        the session back and runs the statement again on another node, once; after that the session
-        stays on its node (one snapshot) and errors propagate, as they do for statements run on
-        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        A read session goes where :meth:`read` would (``after`` as there) and runs in one read-only
+        ``REPEATABLE READ`` transaction (one snapshot, like ``read(snapshot=True)``). A connection
+        error before its first statement returned bans the node, rolls the session back and runs the
+        statement again on another node, once; after that the session stays on its node and errors
+        propagate, as they do for statements run on ``session.connection()``.
+        ``session.info["dbscale_node"]`` names the node.
         """
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
@@ -110,7 +116,11 @@ class AsyncCluster(ClusterBase):
     def cache(self) -> AsyncCache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(self._cache, None, lambda: AsyncCache(self.config.cache, metrics=self.metrics))
+        return self._memo(
+            self._cache,
+            None,
+            lambda: AsyncCache(core=CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))),
+        )
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

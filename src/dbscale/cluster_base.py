@@ -14,10 +14,13 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Self, TypeVar
 
+from sqlalchemy import Engine
+
 from dbscale.config import PoolConfig, TopologyConfig, load_config
 from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
+from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.settings import router_arguments
 from dbscale.topology import NodeRef, configured_nodes
 
@@ -29,21 +32,28 @@ def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = F
     """Keyword arguments for ``create_engine`` from a group's pool settings.
 
     A ``read_only`` engine's sessions start with ``default_transaction_read_only = on``, so every
-    transaction on it is read-only at no per-transaction cost (reads use these engines).
+    transaction on it is read-only at no per-transaction cost (reads use these engines), and run in
+    autocommit: a one-statement read is one round trip, no ``BEGIN``/``ROLLBACK`` around it (a read
+    that needs one snapshot asks for a transaction, see ``read(snapshot=True)``). SQLAlchemy's
+    ``pool_pre_ping`` (a round trip per checkout) stays off: ``pre_ping`` installs the idle-window
+    ping of :func:`dbscale.routing.pool.install_idle_ping` instead.
     """
     connect_args: dict[str, Any] = {"connect_timeout": max(1, round(pool.connect_timeout))}
     if via_pgbouncer:
         connect_args["prepare_threshold"] = None
     if read_only:
         connect_args["options"] = "-c default_transaction_read_only=on"
-    return {
+    options: dict[str, Any] = {
         "pool_size": pool.pool_size,
         "max_overflow": pool.max_overflow,
         "pool_timeout": pool.pool_timeout,
         "pool_recycle": int(pool.pool_recycle),
-        "pool_pre_ping": pool.pre_ping,
+        "pool_pre_ping": False,
         "connect_args": connect_args,
     }
+    if read_only:
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
 
 
 class ClusterBase:
@@ -133,6 +143,11 @@ class ClusterBase:
             args = options["connect_args"]
             args["connect_timeout"] = max(1, min(args["connect_timeout"], math.ceil(group.write_timeout)))
         return options
+
+    def _install_ping(self, engine: Engine, node: NodeRef) -> None:
+        pool = self.config.group(node.group).pool
+        if pool.pre_ping:
+            install_idle_ping(engine, pool.ping_idle)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -16,6 +16,8 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
 from dbscale.cache import Cache
+from dbscale.cache.core import CacheCore
+from dbscale.causality import ClusterCausality
 from dbscale.cluster_base import ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
 from dbscale.routing.router import GroupRouter, ReadConnection
@@ -43,6 +45,7 @@ class Cluster(ClusterBase):
             node = self.node(name)
             engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
             instrument_engine(engine, self.metrics, node.group, name)
+            self._install_ping(engine, node)
             return engine
 
         return self._memo(self._engines, (name, read_only), make)
@@ -61,25 +64,30 @@ class Cluster(ClusterBase):
         """
         return self.router(group).write()
 
-    def read(self, after: str | None = None, *, group: str | None = None) -> AbstractContextManager[ReadConnection]:
-        """``with cluster.read() as conn``: a read-only transaction on a replica chosen by policy.
+    def read(
+        self, after: str | None = None, *, group: str | None = None, snapshot: bool = False
+    ) -> AbstractContextManager[ReadConnection]:
+        """``with cluster.read() as conn``: a read-only connection on a replica chosen by policy.
 
         The replica is healthy, within ``max_lag`` and, after a write in this context (or with a
         carried ``after`` token), has replayed that write; otherwise the read goes to the primary.
+        Each statement runs on its own (autocommit, one round trip for a one-statement read);
+        ``snapshot=True`` runs them all in one ``REPEATABLE READ`` read-only transaction instead.
         """
         router = self.router(group)
-        return router.read(self._causal.mark_for(router.name, after))
+        return router.read(self._causal.mark_for(router.name, after), snapshot=snapshot)
 
     def session(
         self, write: bool = False, *, after: str | None = None, group: str | None = None
     ) -> AbstractContextManager[Session]:
         """An ORM session on the write transaction (``write=True``) or on a routed read.
 
-        A read session goes where :meth:`read` would (``after`` as there) and runs in a read-only
-        transaction. A connection error before its first statement returned bans the node, rolls
-        the session back and runs the statement again on another node, once; after that the session
-        stays on its node (one snapshot) and errors propagate, as they do for statements run on
-        ``session.connection()``. ``session.info["dbscale_node"]`` names the node.
+        A read session goes where :meth:`read` would (``after`` as there) and runs in one read-only
+        ``REPEATABLE READ`` transaction (one snapshot, like ``read(snapshot=True)``). A connection
+        error before its first statement returned bans the node, rolls the session back and runs the
+        statement again on another node, once; after that the session stays on its node and errors
+        propagate, as they do for statements run on ``session.connection()``.
+        ``session.info["dbscale_node"]`` names the node.
         """
         router = self.router(group)
         return router.session(write, self._causal.mark_for(router.name, after))
@@ -108,7 +116,11 @@ class Cluster(ClusterBase):
     def cache(self) -> Cache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(self._cache, None, lambda: Cache(self.config.cache, metrics=self.metrics))
+        return self._memo(
+            self._cache,
+            None,
+            lambda: Cache(core=CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))),
+        )
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

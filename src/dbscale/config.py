@@ -108,7 +108,8 @@ class PoolConfig(_Model):
     max_overflow: int = Field(10, ge=0, le=10_000)
     pool_timeout: Duration = 30.0
     pool_recycle: Duration = 3600.0
-    pre_ping: bool = True
+    pre_ping: bool = True  # ping a connection idle longer than ping_idle before handing it out; false: never ping
+    ping_idle: Duration = 0.5  # HikariCP's aliveBypassWindowMs: a connection used this recently is not pinged
     connect_timeout: Duration = 5.0
 
 
@@ -173,6 +174,8 @@ class CacheConfig(_Model):
     breaker_threshold: int = Field(3, ge=1)
     breaker_cooldown: Duration = 2.0
     invalidation_channel: str | None = None
+    lag_aware_fills: bool = True  # markers: a miss after an invalidation loads at least the write's data
+    marker_ttl: Duration | None = None  # None: the largest group max_lag + 5 s (see README "Coherence")
 
     def model_post_init(self, __context: Any) -> None:
         if self.serializer == "pickle" and not self.allow_pickle:

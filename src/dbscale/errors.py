@@ -101,6 +101,14 @@ class CacheEntryError(CacheError):
     """
 
 
+class MarkerUnavailable(CacheError):
+    """An invalidation's write position (for its lag-aware fill marker) could not be read.
+
+    The invalidation still runs, without a marker (fail open, counted as ``cache_marker_failures``):
+    the next fill of its keys may read a lagging replica. Check the primary (``dbscale status``).
+    """
+
+
 class ShardingError(DbscaleError):
     """Root of the sharding errors: placement, global IDs and fan-out plans; the subclass says what to fix."""
 
@@ -140,6 +148,7 @@ __all__ = [
     "GlobalIdError",
     "InvalidCausalToken",
     "LocalTopologyError",
+    "MarkerUnavailable",
     "MissingBinaryError",
     "MissingExtensionError",
     "NoReplicaAvailable",

@@ -53,7 +53,7 @@ class Script:
 
 def test_granted_loads_and_fills(core: CacheCore) -> None:
     s = Script(miss_flow(core, "k", opts(tags=("t",)), None, 0, redis=True))
-    assert s.request[0] is Op.LEASE and s.request[1:3] == ("k", ["t"]) and s.request[-1] is False
+    assert s.request[0] is Op.LEASE and s.request[1:3] == ("k", ["t"]) and s.request[7] is False
     assert s.answer(LeaseReply(LeaseStatus.GRANTED, None)) == (Op.LOAD,)
     fill = s.answer(("v", 0.01))
     assert fill is not None and fill[0] is Op.FILL and fill[1] == "k"
@@ -117,7 +117,7 @@ def test_redis_failure_on_lease_fails_open(core: CacheCore) -> None:
 
 def test_xfetch_early_recompute_keeps_current_when_someone_else_holds(core: CacheCore) -> None:
     s = Script(miss_flow(core, "k", opts(), None, 0, redis=True, current="fresh"))
-    assert s.request[-1] is True  # force: the entry is fresh, the lease is taken anyway
+    assert s.request[7] is True  # force: the entry is fresh, the lease is taken anyway
     assert s.answer(LeaseReply(LeaseStatus.HELD, None)) is None and s.result == "fresh"
 
 
@@ -157,3 +157,16 @@ def test_interrupted_load_releases_even_if_release_fails(core: CacheCore) -> Non
     with pytest.raises(KeyboardInterrupt):
         s.fail(CacheUnavailable("down"))
     assert core.metrics.value("cache_errors_total", op="release") == 1
+
+
+def test_markers_found_by_the_lease_travel_with_the_load(core: CacheCore) -> None:
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    assert s.request[8] is False  # no causality provider: the lease script reads no markers
+    assert s.answer(LeaseReply(LeaseStatus.GRANTED, None, marker="main/0/10")) == (Op.LOAD, "main/0/10")
+    now = [0.0]
+    core.monotonic = lambda: now[0]
+    s = Script(miss_flow(core, "k", opts(), None, 0, redis=True))
+    s.answer(LeaseReply(LeaseStatus.HELD, None))
+    now[0] = core.config.lease_wait + 1
+    s.answer(None)
+    assert s.answer(LeaseReply(LeaseStatus.HELD, None, marker="main/0/20")) == (Op.LOAD, "main/0/20")

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbscale.cache.leases import LeaseStatus, WaitAction, parse_lease_reply, wait_decision
+from dbscale.cache.markers import MARGIN, marker_ttl
 from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfetch_should_recompute
 
 
@@ -96,3 +97,11 @@ def test_parse_lease_reply() -> None:
     assert r.status is LeaseStatus.GRANTED and r.entry is None
     r = parse_lease_reply([3, b"stale", 1234])
     assert r.status is LeaseStatus.HELD and r.entry == b"stale" and r.holder_ttl_ms == 1234
+    assert r.marker is None
+    r = parse_lease_reply([2, None, 0, 0, b"main/0/3000060,main/0/3000100"])
+    assert r.status is LeaseStatus.GRANTED and r.marker == "main/0/3000060,main/0/3000100"
+
+
+def test_marker_ttl_is_max_lag_plus_margin_unless_configured() -> None:
+    assert marker_ttl(None, 10.0) == 10.0 + MARGIN
+    assert marker_ttl(3.0, 10.0) == 3.0

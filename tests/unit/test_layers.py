@@ -72,9 +72,11 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "dbscale.bulk",
         "dbscale.advisor",
     ),
+    # the cache's view of routing's causal tokens (lag-aware fills), wired in by the cluster
+    "dbscale.causality": ("dbscale.routing",),
     "dbscale.cluster_base": ("dbscale.routing",),
-    "dbscale.cluster_aio": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache"),
-    "dbscale.cluster_sync": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache"),
+    "dbscale.cluster_aio": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache", "dbscale.causality"),
+    "dbscale.cluster_sync": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache", "dbscale.causality"),
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),

@@ -12,6 +12,7 @@ from dbscale.routing.lsn import (
     Mark,
     format_lsn,
     format_token,
+    merge_tokens,
     parse_lsn,
     parse_token,
     record_boundary,
@@ -117,3 +118,21 @@ def test_context_is_per_thread() -> None:
     t.start()
     t.join()
     assert seen == [None]
+
+
+@given(st.dictionaries(groups, lsns, max_size=3), st.dictionaries(groups, lsns, max_size=3))
+def test_merge_tokens_keeps_the_later_mark_per_group(a: dict[str, int], b: dict[str, int]) -> None:
+    ta = format_token({g: Mark(lsn=v) for g, v in a.items()})
+    tb = format_token({g: Mark(lsn=v) for g, v in b.items()})
+    merged = parse_token(merge_tokens(ta, None, tb, ""))
+    assert {g: m.lsn for g, m in merged.items()} == {g: max(a.get(g, 0), b.get(g, 0)) for g in {*a, *b}}
+    assert merge_tokens(ta, tb) == merge_tokens(tb, ta)  # canonical: order does not matter
+
+
+def test_merge_tokens_reads_long_marker_chains_part_by_part() -> None:
+    chain = ",".join(f"main/0/{i:X}" for i in range(1, 600))  # > 4096 characters: too long for parse_token
+    assert len(chain) > 4096
+    assert merge_tokens(chain, "main/@5.000") == "main/0/257,main/@5.000"
+    assert merge_tokens(None, "") == ""
+    with pytest.raises(InvalidCausalToken):
+        merge_tokens("main/0/1,garbage")

@@ -17,6 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from dbscale.cache.entry import EntryCodec
@@ -26,11 +28,12 @@ from dbscale.cache.keys import RedisKeys, glob_to_regex
 from dbscale.cache.l1 import L1
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
 from dbscale.cache.leases import LeaseReply
+from dbscale.cache.markers import Causality, marker_ttl
 from dbscale.cache.policy import CircuitBreaker, jittered_ttl, xfetch_should_recompute
 from dbscale.cache.serde import Serializer
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
-from dbscale.errors import CacheEntryError, SerializationError
+from dbscale.errors import CacheEntryError, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
 
 __all__ = ["CacheCore", "CacheFront", "Options"]
@@ -59,6 +62,7 @@ class CacheCore:
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        causality: Causality | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
@@ -90,6 +94,12 @@ class CacheCore:
         )
         self.make_entry = self.codec.make
         self.decode = self.codec.decode
+        #: Lag-aware fills: on with a causality provider, Redis and ``lag_aware_fills`` (see :mod:`.markers`).
+        self.causality = causality if config.lag_aware_fills and self.url is not None else None
+        self.markers = self.causality is not None
+        self.marker_px = 0
+        if self.causality is not None:
+            self.marker_px = max(1, int(marker_ttl(config.marker_ttl, self.causality.max_lag()) * 1000))
         self._lock = threading.Lock()
         self._l2: RedisL2 | None = None
         self._listener: Listener | None = None
@@ -200,6 +210,45 @@ class CacheCore:
         self.stats.corrupt.inc(count)
         log.warning("cache: cleared %d Redis key(s) of %r that dbscale did not write", count, key)
 
+    # -- lag-aware fills (markers) ----------------------------------------------------------------
+    def marked(self, inv: Invalidation) -> Invalidation:
+        """``inv`` carrying the write position its markers record (unchanged when markers are off)."""
+        if self.causality is None:
+            return inv
+        try:
+            token = self.causality.invalidation_token()
+        except MarkerUnavailable as exc:
+            return self._marker_failed(inv, exc)
+        return self._with_marker(inv, token)
+
+    async def amarked(self, inv: Invalidation) -> Invalidation:
+        """:meth:`marked` for asyncio callers."""
+        if self.causality is None:
+            return inv
+        try:
+            token = await self.causality.ainvalidation_token()
+        except MarkerUnavailable as exc:
+            return self._marker_failed(inv, exc)
+        return self._with_marker(inv, token)
+
+    def _with_marker(self, inv: Invalidation, token: str) -> Invalidation:
+        if not token:
+            return inv  # read-your-writes is off in every group: nothing to wait for
+        self.stats.markers.inc()
+        return replace(inv, marker=token)
+
+    def _marker_failed(self, inv: Invalidation, exc: MarkerUnavailable) -> Invalidation:
+        self.stats.marker_failures.inc()
+        log.warning("cache: invalidation %s %s without a lag-aware marker: %s", inv.kind, list(inv.items)[:5], exc)
+        return inv
+
+    def load_scope(self, marker: str | None) -> AbstractContextManager[object]:
+        """The causal scope a loader runs in: the markers found for its key, if any."""
+        if marker is None or self.causality is None:
+            return nullcontext()
+        self.stats.marker_loads.inc()
+        return self.causality.scope(marker)
+
     # -- invalidation bookkeeping -----------------------------------------------------------------
     def fence_l1(self, inv: Invalidation, keys: Iterable[str] | None = None) -> None:
         """Drop ``inv`` from this process's L1 and refuse every insert whose L2 read came before now.
@@ -242,7 +291,7 @@ class CacheCore:
         l2 = self.sync_l2()
         if l2 is None:
             return
-        keys = apply_invalidation(l2, inv, self.stale_px, self.origin)
+        keys = apply_invalidation(l2, inv, self.stale_px, self.origin, self.marker_px)
         self.breaker.success()
         self.fence_l1(inv, keys)
 

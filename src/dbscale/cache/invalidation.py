@@ -35,11 +35,13 @@ log = logging.getLogger("dbscale.cache")
 
 @dataclass(frozen=True, slots=True)
 class Invalidation:
-    """One invalidation request: ``kind`` is ``key``, ``tag`` or ``pattern``; ``stale`` keeps a stale copy."""
+    """One invalidation request: ``kind`` is ``key``, ``tag`` or ``pattern``; ``stale`` keeps a stale copy;
+    ``marker`` is the causal token its lag-aware fill markers record ("" = none)."""
 
     kind: str
     items: tuple[str, ...]
     stale: bool = True
+    marker: str = ""
 
 
 def encode_message(origin: str, *, keys: list[str] | None = None, pattern: str | None = None) -> bytes:
@@ -237,22 +239,23 @@ class RetryQueue:
             self._thread.join(timeout=2.0)
 
 
-def apply_invalidation(l2: RedisL2, inv: Invalidation, stale_px: int, origin: str) -> list[str]:
+def apply_invalidation(l2: RedisL2, inv: Invalidation, stale_px: int, origin: str, marker_px: int = 0) -> list[str]:
     """Apply ``inv`` to Redis and broadcast it; returns the keys it reached. Raises CacheUnavailable."""
     px = stale_px if inv.stale else 0
+    mark = (inv.marker, marker_px)
     if inv.kind == "key":
-        l2.invalidate(list(inv.items), px)
+        l2.invalidate(list(inv.items), px, *mark)
         keys = list(inv.items)
         l2.publish(l2.keys.channel, encode_message(origin, keys=keys))
         return keys
     if inv.kind == "tag":
-        keys = l2.invalidate_tags(list(inv.items), px)
+        keys = l2.invalidate_tags(list(inv.items), px, *mark)
         if keys:
             l2.publish(l2.keys.channel, encode_message(origin, keys=keys))
         return keys
     keys = []
     for pattern in inv.items:
-        found = l2.invalidate_pattern(pattern, px)
+        found = l2.invalidate_pattern(pattern, px, *mark)
         l2.publish(l2.keys.channel, encode_message(origin, keys=found, pattern=pattern))
         keys.extend(found)
     return keys

@@ -260,7 +260,8 @@ class RedisKeys:
     """Where a cache key's data lives in Redis, under the application's namespace.
 
     For cache key ``k`` in namespace ``ns``: value ``ns:v:{k}``, lease ``ns:l:{k}``, stale copy
-    ``ns:s:{k}``; tag ``t`` is the set ``ns:t:{t}``. The three keys of ``k`` share the hash tag
+    ``ns:s:{k}``, marker ``ns:m:{k}``; tag ``t`` is the set ``ns:t:{t}`` with marker ``ns:tm:{t}``; pattern
+    invalidations leave the marker ``ns:pm``. The three keys of ``k`` share the hash tag
     ``{k...}``, so on Redis Cluster they live in one slot and the lease scripts stay single-slot.
     """
 
@@ -282,6 +283,19 @@ class RedisKeys:
     def tag(self, tag: str) -> str:
         """The Redis set holding the cache keys tagged ``tag``."""
         return f"{self.ns}:t:{{{tag}}}"
+
+    def marker(self, key: str) -> str:
+        """The lag-aware fill marker of ``key`` (same slot as its value)."""
+        return f"{self.ns}:m:{{{key}}}"
+
+    def tag_marker(self, tag: str) -> str:
+        """The lag-aware fill marker of tag ``tag`` (same slot as its set)."""
+        return f"{self.ns}:tm:{{{tag}}}"
+
+    @property
+    def pattern_marker(self) -> str:
+        """The namespace-wide marker left by pattern invalidations."""
+        return f"{self.ns}:pm"
 
     def scan_pattern(self, pattern: str) -> str:
         """SCAN MATCH pattern finding the value, lease and stale keys of cache keys matching ``pattern``."""

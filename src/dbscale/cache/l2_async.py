@@ -25,6 +25,7 @@ from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
     LEASE_SCRIPT,
+    MARK_SCRIPT,
     RELEASE_SCRIPT,
     SET_SCRIPT,
     LeaseReply,
@@ -67,6 +68,7 @@ class AsyncRedisL2:
         self._set = self.client.register_script(SET_SCRIPT)
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
+        self._mark = self.admin.register_script(MARK_SCRIPT)
 
     async def get(self, key: str) -> bytes | None:
         """The raw entry of ``key`` (None if absent); see the module docstring for the transport."""
@@ -114,12 +116,31 @@ class AsyncRedisL2:
         return cast(bytes | None, entry)
 
     async def lease(
-        self, key: str, tags: Sequence[str], now_ms: int, token: str, lease_ms: int, tag_ttl: int, force: bool
+        self,
+        key: str,
+        tags: Sequence[str],
+        now_ms: int,
+        token: str,
+        lease_ms: int,
+        tag_ttl: int,
+        force: bool,
+        markers: bool = False,
     ) -> LeaseReply:
-        """Run the lease script (see :mod:`dbscale.cache.leases`)."""
-        keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
+        """Run the lease script (see :mod:`dbscale.cache.leases`); ``markers`` reads the key's lag-aware fill markers."""
+        k = self.keys
+        keys = [*k.triple(key), k.marker(key), k.pattern_marker, *map(k.tag, tags), *map(k.tag_marker, tags)]
+        argv: list[str | int] = [
+            now_ms,
+            token,
+            lease_ms,
+            tag_ttl,
+            key,
+            "1" if force else "0",
+            len(tags),
+            "1" if markers else "0",
+        ]
         with translate(self.url, "lease"):
-            reply = await self._lease(keys, [now_ms, token, lease_ms, tag_ttl, key, "1" if force else "0"])
+            reply = await self._lease(keys, argv)
         return parse_lease_reply(reply)
 
     async def fill(self, key: str, token: str, entry: bytes, px: int) -> bool:
@@ -138,20 +159,29 @@ class AsyncRedisL2:
         with translate(self.url, "set"):
             await self._set(keys, [entry, px, tag_ttl, key])
 
-    async def invalidate(self, keys: Sequence[str], stale_px: int) -> int:
-        """Invalidate cache keys in pipelined batches; returns how many held a value."""
+    async def invalidate(self, keys: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0) -> int:
+        """Invalidate cache keys in pipelined batches, recording ``marker`` (a causal token) for each
+        first; returns how many held a value."""
         found = 0
         with translate(self.url, "invalidate"):
             for start in range(0, len(keys), BATCH):
                 pipe = self.admin.pipeline(transaction=False)
                 for key in keys[start : start + BATCH]:
-                    await self._invalidate(self.keys.triple(key), [stale_px], client=pipe)
+                    await self._invalidate(
+                        [*self.keys.triple(key), self.keys.marker(key)], [stale_px, marker, marker_px], client=pipe
+                    )
                 found += sum(int(r) for r in await pipe.execute())
         return found
 
-    async def invalidate_tags(self, tags: Sequence[str], stale_px: int) -> list[str]:
-        """Invalidate every key of each tag (SPOP batches, then per-key scripts); returns the keys."""
+    async def invalidate_tags(
+        self, tags: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0
+    ) -> list[str]:
+        """Invalidate every key of each tag (SPOP batches, then per-key scripts); returns the keys.
+        ``marker`` is recorded per tag before any value is deleted."""
         out: list[str] = []
+        if marker:
+            with translate(self.url, "mark"):
+                await self._mark([self.keys.tag_marker(t) for t in tags], [marker, marker_px])
         for tag in tags:
             tag_key = self.keys.tag(tag)
             while True:
@@ -165,13 +195,17 @@ class AsyncRedisL2:
                 if not members:
                     break
                 batch = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-                await self.invalidate(batch, stale_px)
+                await self.invalidate(batch, stale_px, marker, marker_px)
                 out.extend(batch)
         return out
 
-    async def invalidate_pattern(self, pattern: str, stale_px: int) -> list[str]:
-        """Invalidate every key matching a Redis glob, found with SCAN batches (never KEYS)."""
+    async def invalidate_pattern(self, pattern: str, stale_px: int, marker: str = "", marker_px: int = 0) -> list[str]:
+        """Invalidate every key matching a Redis glob, found with SCAN batches (never KEYS).
+        ``marker`` is recorded first, namespace-wide."""
         out: list[str] = []
+        if marker:
+            with translate(self.url, "mark"):
+                await self._mark([self.keys.pattern_marker], [marker, marker_px])
         seen: set[str] = set()
         cursor = 0
         match = self.keys.scan_pattern(pattern)
@@ -180,7 +214,7 @@ class AsyncRedisL2:
                 cursor, found = await self.admin.scan(cursor, match=match, count=BATCH)
             batch = [k for k in {self.keys.user_key(r) for r in found} if k not in seen]
             if batch:
-                await self.invalidate(batch, stale_px)
+                await self.invalidate(batch, stale_px, marker, marker_px)
                 seen.update(batch)
                 out.extend(batch)
             if cursor == 0:

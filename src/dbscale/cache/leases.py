@@ -26,6 +26,15 @@ Each cache key ``k`` has three Redis keys (see :class:`~dbscale.cache.keys.Redis
    that it calls the loader itself and does not fill (:func:`wait_decision`). In-process
    single-flight sits on top, so one process sends one lease request per key at a time.
 
+6. **Lag-aware fills** (§4.3 "remote markers", with LSNs). An invalidation issued after a write
+   records the write's causal token in a short-lived marker, in the same script that deletes ``v``
+   (:data:`INVALIDATE_SCRIPT`, marker ``m`` of the key), or before it starts (:data:`MARK_SCRIPT`: one
+   marker per tag, one per namespace for patterns). :data:`LEASE_SCRIPT` returns every marker of the
+   key (its own, its tags', the namespace's) with GRANTED or HELD, in the same round trip, and the
+   loader then runs under that token, so it reads from a replica that has replayed the write or from
+   the primary. A filler that missed after the delete sees the marker; one that took its lease
+   before is fenced by step 4.
+
 Times in the scripts come from the caller's clock (``now_ms`` argument), the same clock that writes
 the logical expiry in the entry header. On Redis Cluster the three keys of ``k`` share a hash slot;
 tag sets live in their own slots, which :data:`LEASE_SCRIPT` would then have to update separately.
@@ -41,6 +50,7 @@ __all__ = [
     "FILL_SCRIPT",
     "INVALIDATE_SCRIPT",
     "LEASE_SCRIPT",
+    "MARK_SCRIPT",
     "RELEASE_SCRIPT",
     "SET_SCRIPT",
     "LeaseReply",
@@ -63,10 +73,24 @@ local function clear_foreign(key, want)
 end
 """
 
-#: KEYS: v, l, s, tag sets...  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key, force ("1" = ignore a fresh v).
-#: Replies {status, entry, holder's PTTL, number of foreign keys it cleared}. A lease this cache did not
-#: write (wrong type, no TTL, or not a 32-hex-digit token) would never be filled or released, so it is
-#: cleared at once and the caller gets the lease.
+# A marker (see "Lag-aware fills" above) holds causal tokens joined by commas (equal groups merge
+# when parsed): an invalidation appends its token unless the marker holds it already; past 2000 bytes
+# the newest token replaces the chain. Either way the marker lives ``px`` from its last write.
+_MARK = """
+local function mark(key, tok, px)
+  local cur = redis.pcall('GET', key)
+  if type(cur) == 'string' and #cur + #tok < 2000 then
+    if string.find(',' .. cur .. ',', ',' .. tok .. ',', 1, true) then tok = cur else tok = cur .. ',' .. tok end
+  end
+  redis.call('SET', key, tok, 'PX', px)
+end
+"""
+
+#: KEYS: v, l, s, m, pm, tag sets (n), tag markers (n).  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key,
+#: force ("1" = ignore a fresh v), n, markers ("1" = read them).
+#: Replies {status, entry, holder's PTTL, number of foreign keys it cleared, markers or false}. A lease this
+#: cache did not write (wrong type, no TTL, or not a 32-hex-digit token) would never be filled or released,
+#: so it is cleared at once and the caller gets the lease. A fresh value (HIT) reads no marker.
 LEASE_SCRIPT = (
     _CLEAR_FOREIGN
     + """
@@ -76,6 +100,18 @@ if v and ARGV[6] ~= '1' then
   local exp = tonumber(string.sub(v, 2, 14))
   if exp and exp > tonumber(ARGV[1]) then return {1, v, 0, fenced} end
 end
+local n = tonumber(ARGV[7])
+local found = {}
+if ARGV[8] == '1' then
+  local function add(key)
+    local m = redis.pcall('GET', key)
+    if type(m) == 'string' then found[#found + 1] = m end
+  end
+  add(KEYS[4])
+  add(KEYS[5])
+  for i = 6 + n, 5 + 2 * n do add(KEYS[i]) end
+end
+local markers = #found > 0 and table.concat(found, ',')
 local stale = v or redis.call('GET', KEYS[3])
 local lt = redis.call('TYPE', KEYS[2])['ok']
 if lt ~= 'none' then
@@ -87,14 +123,14 @@ if lt ~= 'none' then
 end
 if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then
   local tag_ttl = tonumber(ARGV[4])
-  for i = 4, #KEYS do
+  for i = 6, 5 + n do
     fenced = fenced + clear_foreign(KEYS[i], 'set')
     redis.call('SADD', KEYS[i], ARGV[5])
     if redis.call('TTL', KEYS[i]) < tag_ttl then redis.call('EXPIRE', KEYS[i], tag_ttl) end
   end
-  return {2, stale or false, 0, fenced}
+  return {2, stale or false, 0, fenced, markers}
 end
-return {3, stale or false, redis.call('PTTL', KEYS[2]), fenced}
+return {3, stale or false, redis.call('PTTL', KEYS[2]), fenced, markers}
 """
 )
 
@@ -124,14 +160,28 @@ return 1
 """
 )
 
-#: KEYS: v, l, s  ARGV: stale_px (0 = keep no stale copy).  Revokes the lease; returns 1 if a value existed.
-INVALIDATE_SCRIPT = """
+#: KEYS: v, l, s, m  ARGV: stale_px (0 = keep no stale copy), marker token ("" = none), marker_px.
+#: Records the marker, then revokes the lease; returns 1 if a value existed.
+INVALIDATE_SCRIPT = (
+    _MARK
+    + """
+if ARGV[2] ~= '' then mark(KEYS[4], ARGV[2], ARGV[3]) end
 local v = redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1])
 if v and tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[3], v, 'PX', ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 if v then return 1 end
 return 0
 """
+)
+
+#: KEYS: markers  ARGV: token, marker_px.  Records a tag or pattern marker before the invalidation runs.
+MARK_SCRIPT = (
+    _MARK
+    + """
+for i = 1, #KEYS do mark(KEYS[i], ARGV[1], ARGV[2]) end
+return 1
+"""
+)
 
 #: KEYS: l  ARGV: token.  Give a lease back early (the load failed or was interrupted).
 RELEASE_SCRIPT = """
@@ -153,12 +203,14 @@ class LeaseStatus(Enum):
 @dataclass(frozen=True, slots=True)
 class LeaseReply:
     """A decoded lease reply: the status, the fresh entry (HIT) or stale entry (if any), the holder's lease
-    TTL, and how many keys holding something this cache did not write (``foreign``) the script cleared."""
+    TTL, how many keys holding something this cache did not write (``foreign``) the script cleared, and the
+    causal tokens of the markers found (GRANTED and HELD only), joined by commas."""
 
     status: LeaseStatus
     entry: bytes | None
     holder_ttl_ms: int = 0
     foreign: int = 0
+    marker: str | None = None
 
 
 def parse_lease_reply(reply: Any) -> LeaseReply:
@@ -167,7 +219,10 @@ def parse_lease_reply(reply: Any) -> LeaseReply:
     entry = reply[1] if len(reply) > 1 else None
     ttl = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
     foreign = int(reply[3]) if len(reply) > 3 and reply[3] is not None else 0
-    return LeaseReply(status, entry if entry else None, ttl, foreign)
+    marker = reply[4] if len(reply) > 4 and reply[4] else None
+    if isinstance(marker, bytes):
+        marker = marker.decode("ascii", "replace")
+    return LeaseReply(status, entry if entry else None, ttl, foreign, marker)
 
 
 class WaitAction(Enum):

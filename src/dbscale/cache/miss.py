@@ -18,13 +18,17 @@ A request is a tuple ``(op, *args)``:
 =========== ============================================================= =======================
 op          args                                                          result sent back
 =========== ============================================================= =======================
-``LEASE``   key, tags, now_ms, token, lease_ms, tag_ttl, force            :class:`LeaseReply`
+``LEASE``   key, tags, now_ms, token, lease_ms, tag_ttl, force, markers   :class:`LeaseReply`
 ``FILL``    key, token, entry, px                                         bool: stored
 ``RELEASE`` key, token                                                    None
 ``SET``     key, entry, px, tags, tag_ttl                                 None
-``LOAD``    (none)                                                        ``(value, seconds)``
+``LOAD``    (none), or the markers found for the key                      ``(value, seconds)``
 ``SLEEP``   seconds                                                       None
 =========== ============================================================= =======================
+
+A ``LOAD`` that carries markers (lag-aware fills: the lease script found an invalidation's causal
+token for the key) runs the loader inside :meth:`CacheCore.load_scope`, so its reads honour the
+write that invalidated the key.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ def miss_flow(
                 core.lease_ms,
                 core.tag_ttl(opts.ttl),
                 force or current is not MISS,
+                core.markers,
             )
         except CacheUnavailable as exc:
             core.redis_failed("lease", exc)
@@ -134,7 +139,7 @@ def miss_flow(
             force = True
             continue
         if reply.status is LeaseStatus.GRANTED:
-            return (yield from _load_and_fill(core, key, opts, lease_token, token))
+            return (yield from _load_and_fill(core, key, opts, lease_token, token, reply.marker))
         # HELD by someone else
         if current is not MISS:
             return current  # XFetch: another caller is already recomputing; ours is still fresh
@@ -167,15 +172,22 @@ def miss_flow(
             )
         if decision.action is WaitAction.LOAD_WITHOUT_FILL:
             core.stats.lease_timeouts.inc()
-            return (yield (Op.LOAD,))[0]
+            return (yield _load_op(reply.marker))[0]
         yield (Op.SLEEP, decision.sleep)
         attempt += 1
 
 
-def _load_and_fill(core: CacheCore, key: str, opts: Options, lease_token: str, token: int) -> Flow:
-    """We hold the lease: load, then fill if the lease is still ours (else the fill is dropped)."""
+def _load_op(marker: str | None) -> tuple[Any, ...]:
+    """The LOAD request, carrying the key's markers if the lease script found any."""
+    return (Op.LOAD,) if marker is None else (Op.LOAD, marker)
+
+
+def _load_and_fill(
+    core: CacheCore, key: str, opts: Options, lease_token: str, token: int, marker: str | None = None
+) -> Flow:
+    """We hold the lease: load (under the key's markers), then fill if the lease is still ours (else dropped)."""
     try:
-        value, delta = yield (Op.LOAD,)
+        value, delta = yield _load_op(marker)
         entry, px, expires_ms = core.make_entry(value, opts.ttl, delta)
     except GeneratorExit:
         raise  # the driver abandoned us: no more requests can be answered

@@ -5,7 +5,8 @@ Names (``dbscale_`` prefix, counters end in ``_total``): ``cache_hits{tier}``, `
 ``cache_lease_waits``, ``cache_lease_timeouts``, ``cache_stale_served``, ``cache_loader_calls``,
 ``cache_early_recomputes``, ``cache_errors{op}``, ``cache_corrupt_entries`` (data at a key that
 dbscale did not write there: undecodable entries, wrong Redis types, foreign leases), ``cache_bypassed`` (Redis skipped: breaker open),
-``cache_breaker_trips``, ``cache_invalidations{kind}``, ``cache_invalidation_retries``, the gauge
+``cache_breaker_trips``, ``cache_invalidations{kind}``, ``cache_invalidation_retries``, ``cache_markers``, ``cache_marker_failures``,
+``cache_marker_loads`` (lag-aware fills, see :mod:`dbscale.cache.markers`), the gauge
 ``cache_pending_invalidations`` and the histogram ``cache_latency_seconds{op}``.
 
 Hits and misses are counted on every read, so they are not prometheus_client Counters (whose
@@ -114,6 +115,13 @@ class CacheStats:
         self._invalidations = metrics.counter("cache_invalidations", "Invalidations requested", ["kind"])
         self.inval_retries = metrics.counter(
             "cache_invalidation_retries", "Invalidations that failed and were queued for retry"
+        )
+        self.markers = metrics.counter("cache_markers", "Invalidations that recorded a lag-aware fill marker")
+        self.marker_failures = metrics.counter(
+            "cache_marker_failures", "Invalidations run without a marker: the write position could not be read"
+        )
+        self.marker_loads = metrics.counter(
+            "cache_marker_loads", "Loader calls run under a marker's causal token (a miss after an invalidation)"
         )
         self.pending = metrics.gauge("cache_pending_invalidations", "Invalidations waiting for Redis")
         self._latency = metrics.histogram("cache_latency_seconds", "Latency of cache operations", ["op"])

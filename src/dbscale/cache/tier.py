@@ -157,7 +157,7 @@ class Cache(CacheFront, flavour="sync"):
             op = request[0]
             try:
                 if op is Op.LOAD:
-                    result = self._load(func, args, kwargs)
+                    result = self._load(func, args, kwargs, request[1] if len(request) > 1 else None)
                 elif op is Op.SLEEP:
                     time.sleep(request[1])
                 else:
@@ -173,11 +173,14 @@ class Cache(CacheFront, flavour="sync"):
             except BaseException as exc:  # handed to the flow, which decides (fail open, release, re-raise)
                 error = exc
 
-    def _load(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float]:
+    def _load(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], marker: str | None
+    ) -> tuple[Any, float]:
         stats = self.core.stats
         stats.loader_calls.inc()
         t0 = time.perf_counter()
-        value = func(*args, **kwargs)
+        with self.core.load_scope(marker):
+            value = func(*args, **kwargs)
         delta = time.perf_counter() - t0
         stats.lat_load.observe(delta)
         return value, delta
@@ -275,11 +278,12 @@ class Cache(CacheFront, flavour="sync"):
         if l2 is None:
             core.fence_l1(inv)
             return True
+        inv = core.marked(inv)
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
             return False
         try:
-            keys = apply_invalidation(l2, inv, core.stale_px, core.origin)
+            keys = apply_invalidation(l2, inv, core.stale_px, core.origin, core.marker_px)
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False

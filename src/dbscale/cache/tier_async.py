@@ -164,7 +164,7 @@ class AsyncCache(CacheFront, flavour="async"):
             op = request[0]
             try:
                 if op is Op.LOAD:
-                    result = await self._load(func, args, kwargs)
+                    result = await self._load(func, args, kwargs, request[1] if len(request) > 1 else None)
                 elif op is Op.SLEEP:
                     await asyncio.sleep(request[1])
                 else:
@@ -181,12 +181,13 @@ class AsyncCache(CacheFront, flavour="async"):
                 error = exc
 
     async def _load(
-        self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any], marker: str | None
     ) -> tuple[Any, float]:
         stats = self.core.stats
         stats.loader_calls.inc()
         t0 = time.perf_counter()
-        value = await func(*args, **kwargs)
+        with self.core.load_scope(marker):
+            value = await func(*args, **kwargs)
         delta = time.perf_counter() - t0
         stats.lat_load.observe(delta)
         return value, delta
@@ -278,21 +279,23 @@ class AsyncCache(CacheFront, flavour="async"):
         if l2 is None:
             core.fence_l1(inv)
             return True
+        inv = await core.amarked(inv)
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
             return False
         px = core.stale_px if inv.stale else 0
+        mark = (inv.marker, core.marker_px)
         try:
             if inv.kind == "key":
                 keys = list(inv.items)
-                await l2.invalidate(keys, px)
+                await l2.invalidate(keys, px, *mark)
                 await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys))
             elif inv.kind == "tag":
-                keys = await l2.invalidate_tags(list(inv.items), px)
+                keys = await l2.invalidate_tags(list(inv.items), px, *mark)
                 if keys:
                     await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys))
             else:
-                keys = await l2.invalidate_pattern(inv.items[0], px)
+                keys = await l2.invalidate_pattern(inv.items[0], px, *mark)
                 await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys, pattern=inv.items[0]))
         except CacheUnavailable as exc:
             core.queue(inv, exc)

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -42,6 +44,8 @@ from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+#: Sent as one message at the end of a write (see ``AsyncGroupRouter._commit``).
+COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
 
 
@@ -126,9 +130,9 @@ class AsyncGroupRouter(GroupRouterBase):
         return False
 
     # -- reads ------------------------------------------------------------------------------------
-    def read(self, mark: Mark | None) -> AsyncReadConnection:
+    def read(self, mark: Mark | None, *, snapshot: bool = False) -> AsyncReadConnection:
         """A connection chosen by policy, for use in ``async with`` (see :meth:`dbscale.AsyncCluster.read`)."""
-        return AsyncReadConnection(self, mark)
+        return AsyncReadConnection(self, mark, snapshot)
 
     # -- writes -----------------------------------------------------------------------------------
     async def await_writer(self, deadline: float, last: str | None = None) -> str:
@@ -227,33 +231,52 @@ class AsyncGroupRouter(GroupRouterBase):
                     raise
                 raise mapped from exc
             try:
-                await conn.commit()
+                lsn = await self._commit(conn)
             except sa_exc.DBAPIError as exc:
                 raise self._write_failed(writer, target, exc, "COMMIT (outcome unknown)") from exc
             self.write_suspect = False
             self.metrics.writes[writer].inc()
-            await self._after_commit(conn, writer)
+            self._after_commit(lsn)
         finally:
             await asyncio.shield(conn.close())
 
-    async def _after_commit(self, conn: AsyncConnection, writer: str) -> None:
+    async def _commit(self, conn: AsyncConnection) -> int | None:
+        """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
+
+        One simple-protocol message (:data:`COMMIT_SQL`), which the server runs in order: whether the
+        transaction has an xid (wrote anything), ``COMMIT``, then ``pg_current_wal_insert_lsn()`` in
+        an implicit transaction of its own, after the commit record was inserted, so at or past its
+        end. Returns that LSN, or None when the transaction wrote nothing (no token) or the mode
+        needs none. A failed transaction, or one that never reached the server, commits as usual.
+        """
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
+            await conn.commit()
+            return None
+        try:
+            cur = driver.cursor()
+            try:
+                await cur.execute(COMMIT_SQL, prepare=False)
+                wrote = (await cur.fetchone())[0]
+                cur.nextset()  # COMMIT
+                cur.nextset()
+                lsn = (await cur.fetchone())[0]
+            finally:
+                await cur.close()
+        except psycopg.Error as exc:
+            lost = is_connection_error(exc)
+            if lost:
+                await conn.invalidate()
+            raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+        await conn.commit()  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
+        return record_boundary(parse_lsn(lsn)) if wrote else None
+
+    def _after_commit(self, lsn: int | None) -> None:
         mode = self.settings.read_your_writes
         if mode == "delay":
             self._record(self.name, Mark(at=self.wall_clock()))
-        elif mode == "lsn":
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            try:
-                await driver.set_autocommit(True)  # one round trip, no BEGIN/ROLLBACK around it
-                try:
-                    row = await (await driver.execute(INSERT_LSN_SQL)).fetchone()
-                finally:
-                    await driver.set_autocommit(False)
-            except Exception as exc:
-                raise PrimaryUnavailable(
-                    f"group {self.name!r}: the transaction committed on {writer}, but its causal token "
-                    f"could not be read ({describe(exc)})"
-                ) from exc
-            self._record(self.name, Mark(lsn=record_boundary(parse_lsn(row[0]))))
+        elif mode == "lsn" and lsn is not None:
+            self._record(self.name, Mark(lsn=lsn))
 
     # -- ORM ------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -268,7 +291,7 @@ class AsyncGroupRouter(GroupRouterBase):
                 finally:
                     await session.close()
         else:
-            async with self.read(mark) as rc:
+            async with self.read(mark, snapshot=True) as rc:  # one snapshot for everything it loads
                 session = rc.orm_session()
                 try:
                     yield session
@@ -279,15 +302,17 @@ class AsyncGroupRouter(GroupRouterBase):
 class AsyncReadConnection:
     """A routed read connection. Statements run on :attr:`connection` (a SQLAlchemy ``AsyncConnection``).
 
-    The transaction is read-only on every node: on the primary fallback, and on a replica too, which
-    may have been promoted since the monitor last looked at it. Until a statement has returned, a
+    Statements are read-only on every node: on the primary fallback, and on a replica too, which
+    may have been promoted since the monitor last looked at it. Each runs on its own (autocommit),
+    or, with ``snapshot``, all in one ``REPEATABLE READ`` transaction. Until a statement has returned, a
     connection error moves the read to another eligible node once (the failed node is banned);
     after that, errors propagate. ``node`` says where it ran.
     """
 
-    def __init__(self, router: AsyncGroupRouter, mark: Mark | None) -> None:
+    def __init__(self, router: AsyncGroupRouter, mark: Mark | None, snapshot: bool = False) -> None:
         self._router = router
         self._mark = mark
+        self._snapshot = snapshot
         self._conn: AsyncConnection | None = None
         self._node: str | None = None
         self._held: str | None = None
@@ -328,10 +353,14 @@ class AsyncReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = await r.connect(node, read_only=True)  # a pool whose transactions are all read-only
-            self._conn = conn
-            if plan.verify_lsn is not None and not await r.verify(conn, node, plan):
-                await self._swap_to_writer()
+            conn = self._conn = await self._connect(node)
+            if plan.verify_lsn is not None:
+                if not await r.verify(conn, node, plan):
+                    await self._swap_to_writer()
+                elif self._snapshot:
+                    # The check's statement began the transaction, and its snapshot may predate the
+                    # replay position it read: end it, so the caller's snapshot follows the check.
+                    await conn.rollback()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
             kind = failure_kind(exc)
             if kind == "refused":
@@ -372,12 +401,25 @@ class AsyncReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        conn = await r.connect(writer, read_only=True)
-        self._conn = conn
+        self._conn = await self._connect(writer)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
         self._mark = None
+
+    async def _connect(self, node: str) -> AsyncConnection:
+        """A connection from ``node``'s read pool: read-only sessions in autocommit, so a statement is one
+        round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
+        with the first statement; the pool sets autocommit back on checkin, client-side only)."""
+        conn = await self._router.connect(node, read_only=True)
+        if self._snapshot:
+            try:
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            except BaseException:
+                with suppress(sa_exc.SQLAlchemyError):
+                    await asyncio.shield(conn.close())
+                raise
+        return conn
 
     async def _failed(self, exc: BaseException) -> None:
         r = self._router

@@ -108,6 +108,20 @@ def parse_token(token: str) -> dict[str, Mark]:
     return marks
 
 
+def merge_tokens(*tokens: str | None) -> str:
+    """One token naming every position the given tokens name (per group, the later mark wins).
+
+    Parts are parsed one by one, so a long chain of markers joined by commas stays readable;
+    ``None`` and ``""`` are skipped. Raises :class:`InvalidCausalToken` for a malformed part.
+    """
+    marks: dict[str, Mark] = {}
+    for token in tokens:
+        for part in (token or "").split(","):
+            for group, mark in parse_token(part).items():
+                marks[group] = marks[group].merge(mark) if group in marks else mark
+    return format_token(marks)
+
+
 def _shown(part: str) -> str:
     return repr(part if len(part) <= 60 else part[:57] + "...")
 
@@ -139,6 +153,7 @@ __all__ = [
     "Mark",
     "format_lsn",
     "format_token",
+    "merge_tokens",
     "parse_lsn",
     "parse_token",
     "record_boundary",

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
@@ -40,6 +42,8 @@ from dbscale.routing.orm import NODE_KEY, ReadSession
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+#: Sent as one message at the end of a write (see ``GroupRouter._commit``).
+COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
 
 
@@ -124,9 +128,9 @@ class GroupRouter(GroupRouterBase):
         return False
 
     # -- reads ------------------------------------------------------------------------------------
-    def read(self, mark: Mark | None) -> ReadConnection:
+    def read(self, mark: Mark | None, *, snapshot: bool = False) -> ReadConnection:
         """A connection chosen by policy, for use in ``with`` (see :meth:`dbscale.Cluster.read`)."""
-        return ReadConnection(self, mark)
+        return ReadConnection(self, mark, snapshot)
 
     # -- writes -----------------------------------------------------------------------------------
     def await_writer(self, deadline: float, last: str | None = None) -> str:
@@ -225,33 +229,52 @@ class GroupRouter(GroupRouterBase):
                     raise
                 raise mapped from exc
             try:
-                conn.commit()
+                lsn = self._commit(conn)
             except sa_exc.DBAPIError as exc:
                 raise self._write_failed(writer, target, exc, "COMMIT (outcome unknown)") from exc
             self.write_suspect = False
             self.metrics.writes[writer].inc()
-            self._after_commit(conn, writer)
+            self._after_commit(lsn)
         finally:
             conn.close()
 
-    def _after_commit(self, conn: Connection, writer: str) -> None:
+    def _commit(self, conn: Connection) -> int | None:
+        """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
+
+        One simple-protocol message (:data:`COMMIT_SQL`), which the server runs in order: whether the
+        transaction has an xid (wrote anything), ``COMMIT``, then ``pg_current_wal_insert_lsn()`` in
+        an implicit transaction of its own, after the commit record was inserted, so at or past its
+        end. Returns that LSN, or None when the transaction wrote nothing (no token) or the mode
+        needs none. A failed transaction, or one that never reached the server, commits as usual.
+        """
+        driver: Any = conn.connection.driver_connection
+        if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
+            conn.commit()
+            return None
+        try:
+            cur = driver.cursor()
+            try:
+                cur.execute(COMMIT_SQL, prepare=False)
+                wrote = cur.fetchone()[0]
+                cur.nextset()  # COMMIT
+                cur.nextset()
+                lsn = cur.fetchone()[0]
+            finally:
+                cur.close()
+        except psycopg.Error as exc:
+            lost = is_connection_error(exc)
+            if lost:
+                conn.invalidate()
+            raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+        conn.commit()  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
+        return record_boundary(parse_lsn(lsn)) if wrote else None
+
+    def _after_commit(self, lsn: int | None) -> None:
         mode = self.settings.read_your_writes
         if mode == "delay":
             self._record(self.name, Mark(at=self.wall_clock()))
-        elif mode == "lsn":
-            driver: Any = conn.connection.driver_connection
-            try:
-                driver.autocommit = True  # one round trip, no BEGIN/ROLLBACK around it
-                try:
-                    row = driver.execute(INSERT_LSN_SQL).fetchone()
-                finally:
-                    driver.autocommit = False
-            except Exception as exc:
-                raise PrimaryUnavailable(
-                    f"group {self.name!r}: the transaction committed on {writer}, but its causal token "
-                    f"could not be read ({describe(exc)})"
-                ) from exc
-            self._record(self.name, Mark(lsn=record_boundary(parse_lsn(row[0]))))
+        elif mode == "lsn" and lsn is not None:
+            self._record(self.name, Mark(lsn=lsn))
 
     # -- ORM ------------------------------------------------------------------------------------
     @contextmanager
@@ -266,7 +289,7 @@ class GroupRouter(GroupRouterBase):
                 finally:
                     session.close()
         else:
-            with self.read(mark) as rc:
+            with self.read(mark, snapshot=True) as rc:  # one snapshot for everything it loads
                 session = rc.orm_session()
                 try:
                     yield session
@@ -277,15 +300,17 @@ class GroupRouter(GroupRouterBase):
 class ReadConnection:
     """A routed read connection. Statements run on :attr:`connection` (a SQLAlchemy ``Connection``).
 
-    The transaction is read-only on every node: on the primary fallback, and on a replica too, which
-    may have been promoted since the monitor last looked at it. Until a statement has returned, a
+    Statements are read-only on every node: on the primary fallback, and on a replica too, which
+    may have been promoted since the monitor last looked at it. Each runs on its own (autocommit),
+    or, with ``snapshot``, all in one ``REPEATABLE READ`` transaction. Until a statement has returned, a
     connection error moves the read to another eligible node once (the failed node is banned);
     after that, errors propagate. ``node`` says where it ran.
     """
 
-    def __init__(self, router: GroupRouter, mark: Mark | None) -> None:
+    def __init__(self, router: GroupRouter, mark: Mark | None, snapshot: bool = False) -> None:
         self._router = router
         self._mark = mark
+        self._snapshot = snapshot
         self._conn: Connection | None = None
         self._node: str | None = None
         self._held: str | None = None
@@ -326,10 +351,14 @@ class ReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = r.connect(node, read_only=True)  # a pool whose transactions are all read-only
-            self._conn = conn
-            if plan.verify_lsn is not None and not r.verify(conn, node, plan):
-                self._swap_to_writer()
+            conn = self._conn = self._connect(node)
+            if plan.verify_lsn is not None:
+                if not r.verify(conn, node, plan):
+                    self._swap_to_writer()
+                elif self._snapshot:
+                    # The check's statement began the transaction, and its snapshot may predate the
+                    # replay position it read: end it, so the caller's snapshot follows the check.
+                    conn.rollback()
         except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
             kind = failure_kind(exc)
             if kind == "refused":
@@ -370,12 +399,25 @@ class ReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        conn = r.connect(writer, read_only=True)
-        self._conn = conn
+        self._conn = self._connect(writer)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
         self._mark = None
+
+    def _connect(self, node: str) -> Connection:
+        """A connection from ``node``'s read pool: read-only sessions in autocommit, so a statement is one
+        round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
+        with the first statement; the pool sets autocommit back on checkin, client-side only)."""
+        conn = self._router.connect(node, read_only=True)
+        if self._snapshot:
+            try:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            except BaseException:
+                with suppress(sa_exc.SQLAlchemyError):
+                    conn.close()
+                raise
+        return conn
 
     def _failed(self, exc: BaseException) -> None:
         r = self._router

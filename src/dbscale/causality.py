@@ -1,0 +1,145 @@
+"""The cluster's side of lag-aware cache fills: :class:`~dbscale.cache.markers.Causality` for its cache.
+
+An invalidation's marker records the context's own causal token if it wrote; otherwise (another
+service, a script, a projector wrote) the current insert position of each group's primary, one
+``SELECT pg_current_wal_insert_lsn()`` per group in LSN mode, the wall clock in ``delay`` mode.
+Failures raise :class:`~dbscale.errors.MarkerUnavailable`; the cache then invalidates without a
+marker (fail open, counted). A loader runs under the key's markers merged with the caller's marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exc as sa_exc
+
+from dbscale.errors import DbscaleError, MarkerUnavailable
+from dbscale.routing.lsn import InvalidCausalToken, Mark, format_token, merge_tokens, parse_lsn, record_boundary
+from dbscale.units import parse_read_your_writes
+
+if TYPE_CHECKING:
+    from dbscale.cluster import AsyncCluster, Cluster, ClusterBase
+    from dbscale.routing.group import GroupRouterBase
+
+__all__ = ["AsyncClusterCausality", "ClusterCausality"]
+
+log = logging.getLogger("dbscale.cache")
+
+INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+_FAILURES = (DbscaleError, sa_exc.SQLAlchemyError, OSError)
+
+
+class _Base:
+    def __init__(self, cluster: ClusterBase) -> None:
+        self._base = cluster
+
+    def scope(self, token: str) -> AbstractContextManager[object]:
+        """The caller's marks moved forward to ``token`` (a malformed marker is logged and ignored)."""
+        causal = self._base._causal
+        mine = causal.token()
+        try:
+            merged = merge_tokens(mine, token)
+        except InvalidCausalToken as exc:
+            log.warning("cache: ignoring a malformed lag-aware marker %r: %s", token[:80], exc)
+            merged = mine or ""
+        return causal.scope(merged)
+
+    def max_lag(self) -> float:
+        """The largest ``max_lag`` of any group."""
+        return max(g.max_lag for g in self._base.config.groups.values())
+
+    def _lsn_groups(self, marks: dict[str, Mark]) -> list[str]:
+        """Fill ``marks`` for groups in delay mode; return the groups whose primary LSN is needed."""
+        wanted: list[str] = []
+        for name, group in self._base.config.groups.items():
+            mode = parse_read_your_writes(group.read_your_writes)[0]
+            if mode == "delay":
+                marks[name] = Mark(at=time.time())
+            elif mode == "lsn":
+                wanted.append(name)
+        return wanted
+
+    @staticmethod
+    def _writer(router: GroupRouterBase) -> str:
+        writer = router.writer()
+        if writer is None:
+            raise MarkerUnavailable(f"group {router.name!r}: no primary known to read the current WAL position from")
+        return router.write_target(writer)
+
+    @staticmethod
+    def _mark(router: GroupRouterBase, text: Any) -> Mark:
+        return Mark(lsn=record_boundary(parse_lsn(str(text))))
+
+    @staticmethod
+    def _failed(router: GroupRouterBase, exc: BaseException) -> MarkerUnavailable:
+        return MarkerUnavailable(f"group {router.name!r}: the primary's WAL position could not be read: {exc}")
+
+
+class ClusterCausality(_Base):
+    """Causality of a synchronous :class:`~dbscale.Cluster`."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        self._cluster = cluster
+
+    def invalidation_token(self) -> str:
+        """The context's own token, else every group's current primary position."""
+        own = self._cluster.causal_token()
+        if own:
+            return own
+        marks: dict[str, Mark] = {}
+        for name in self._lsn_groups(marks):
+            router = self._cluster.router(name)
+            try:
+                router.ensure_started()
+                with router.connect(self._writer(router)) as conn:
+                    marks[name] = self._mark(router, conn.exec_driver_sql(INSERT_LSN_SQL).scalar_one())
+            except MarkerUnavailable:
+                raise
+            except _FAILURES as exc:
+                raise self._failed(router, exc) from exc
+        return format_token(marks)
+
+    async def ainvalidation_token(self) -> str:
+        """:meth:`invalidation_token` in a worker thread (the sync cache's asyncio twin)."""
+        return await asyncio.to_thread(self.invalidation_token)
+
+
+class AsyncClusterCausality(_Base):
+    """Causality of an :class:`~dbscale.AsyncCluster`."""
+
+    def __init__(self, cluster: AsyncCluster) -> None:
+        super().__init__(cluster)
+        self._cluster = cluster
+
+    def invalidation_token(self) -> str:
+        """The context's own token; without one a sync caller cannot reach the async engines."""
+        own = self._cluster.causal_token()
+        if own:
+            return own
+        marks: dict[str, Mark] = {}
+        if self._lsn_groups(marks):
+            raise MarkerUnavailable("the sync twin of an AsyncCluster's cache cannot read the primary's position")
+        return format_token(marks)
+
+    async def ainvalidation_token(self) -> str:
+        """The context's own token, else every group's current primary position."""
+        own = self._cluster.causal_token()
+        if own:
+            return own
+        marks: dict[str, Mark] = {}
+        for name in self._lsn_groups(marks):
+            router = self._cluster.router(name)
+            try:
+                await router.ensure_started()
+                async with await router.connect(self._writer(router)) as conn:
+                    marks[name] = self._mark(router, (await conn.exec_driver_sql(INSERT_LSN_SQL)).scalar_one())
+            except MarkerUnavailable:
+                raise
+            except _FAILURES as exc:
+                raise self._failed(router, exc) from exc
+        return format_token(marks)
