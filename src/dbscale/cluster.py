@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from dbscale.cache import AsyncCache, Cache
 from dbscale.config import PoolConfig, TopologyConfig, load_config, sqlalchemy_url
+from dbscale.cqrs.log import EventLog
+from dbscale.cqrs.log_aio import AsyncEventLog
 from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
@@ -152,6 +154,7 @@ class Cluster(_ClusterBase):
         self._engines: dict[tuple[str, bool], Engine] = {}
         self._routers: dict[str, GroupRouter] = {}
         self._cache: dict[None, Cache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, EventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -229,6 +232,16 @@ class Cluster(_ClusterBase):
         self._check_open()
         return self._memo(self._cache, None, lambda: Cache(self.config.cache, metrics=self.metrics))
 
+    @property
+    def events(self) -> EventLog:
+        """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: EventLog(self))
+
+    def install(self) -> None:
+        """Create dbscale's tables (the event log, projector checkpoints, dead letters). Idempotent."""
+        self.events.install()
+
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
         with self._lock:
@@ -260,6 +273,7 @@ class AsyncCluster(_ClusterBase):
         self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._routers: dict[str, AsyncGroupRouter] = {}
         self._cache: dict[None, AsyncCache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, AsyncEventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
         """The async SQLAlchemy engine of node ``name``, created on first use (see :meth:`Cluster.engine`)."""
@@ -325,6 +339,16 @@ class AsyncCluster(_ClusterBase):
         """The tiered asyncio cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
         return self._memo(self._cache, None, lambda: AsyncCache(self.config.cache, metrics=self.metrics))
+
+    @property
+    def events(self) -> AsyncEventLog:
+        """The CQRS event log on the default group's primary (see :attr:`Cluster.events`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: AsyncEventLog(self))
+
+    async def install(self) -> None:
+        """Create dbscale's tables (see :meth:`Cluster.install`). Idempotent."""
+        await self.events.install()
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine. Idempotent."""
