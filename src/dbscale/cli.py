@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dbscale.cli_project import register as register_project_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.probe import NodeStatus, probe_topology
@@ -201,6 +202,8 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
 
 for _action in NodeAction:
     node_app.command(_action.value)(_node_command(_action))
+
+register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
 
 
 def main() -> None:

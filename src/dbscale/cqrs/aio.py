@@ -8,6 +8,7 @@ theory of operation is in :mod:`dbscale.cqrs`. This file is written by hand; the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from dbscale.cluster import AsyncCluster
+
+log = logging.getLogger("dbscale.cqrs")
 
 #: ``handler(conn, event)``: apply one event to the read model on ``conn`` (the target transaction).
 AsyncHandler = Callable[["AsyncConnection", Event], Awaitable[None]]
@@ -318,16 +321,21 @@ class AsyncProjector:
                 self._lease = await connect_primary(*self._target())
             cursor = await self._lease.execute("SELECT pg_try_advisory_lock(%s)", (lease_key(self.name),))
             row = await cursor.fetchone()
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            log.warning("projector %s: lease connection failed (%s)", self.name, describe(exc))
             await self._close_connections()
             return False
-        return bool(row and row[0])
+        held = bool(row and row[0])
+        if held:
+            log.info("projector %s: lease acquired", self.name)
+        return held
 
     async def _lease_alive(self) -> bool:
         try:
             assert self._lease is not None
             await self._lease.execute("SELECT 1")
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            log.warning("projector %s: lease lost (%s)", self.name, describe(exc))
             await self._close_connections()
             return False
         return True

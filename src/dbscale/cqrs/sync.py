@@ -8,6 +8,7 @@ theory of operation is in :mod:`dbscale.cqrs`. This file is written by hand; the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from dbscale.cluster import Cluster
+
+log = logging.getLogger("dbscale.cqrs")
 
 #: ``handler(conn, event)``: apply one event to the read model on ``conn`` (the target transaction).
 Handler = Callable[["Connection", Event], None]
@@ -318,16 +321,21 @@ class Projector:
                 self._lease = connect_primary(*self._target())
             cursor = self._lease.execute("SELECT pg_try_advisory_lock(%s)", (lease_key(self.name),))
             row = cursor.fetchone()
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            log.warning("projector %s: lease connection failed (%s)", self.name, describe(exc))
             self._close_connections()
             return False
-        return bool(row and row[0])
+        held = bool(row and row[0])
+        if held:
+            log.info("projector %s: lease acquired", self.name)
+        return held
 
     def _lease_alive(self) -> bool:
         try:
             assert self._lease is not None
             self._lease.execute("SELECT 1")
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            log.warning("projector %s: lease lost (%s)", self.name, describe(exc))
             self._close_connections()
             return False
         return True
