@@ -132,9 +132,10 @@ def rebuild_schema(name: str) -> str:
     return f"dbscale_rebuild_{check_name(name)}"[:63]
 
 
-def search_path_sql(schema: str, current: str) -> str:
-    """``SET LOCAL search_path`` putting ``schema`` first: unqualified table names resolve to the fresh tables."""
-    return f"SET LOCAL search_path = {quote_ident(schema)}, {current}"
+def search_path_sql(schema: str, current: str | None = None) -> str:
+    """``SET LOCAL search_path`` putting ``schema`` first (before ``current``, if given): unqualified
+    table names resolve to the fresh tables."""
+    return f"SET LOCAL search_path = {quote_ident(schema)}" + (f", {current}" if current else "")
 
 
 def quote_ident(name: str) -> str:

@@ -254,7 +254,8 @@ class Projector:
                 ) from failed.error
             if failed is not None:
                 self._count("dead_letters")
-            return Batch(tuple(done), position, batch.held_back and len(done) == len(batch.events), batch.fetched)
+            rest = len(done) < len(batch.events)  # stopped early at a dead letter: the rest is due at once
+            return Batch(tuple(done), position, batch.held_back or rest, batch.fetched)
 
     def _count(self, what: str, n: int = 1) -> None:
         metrics = self._source().metrics
@@ -285,7 +286,7 @@ class Projector:
 
     # -- running ------------------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Catch up with the log in batches and return how many events were applied.
+        """Catch up with the log in batches; returns how many events it passed (those without a handler too).
 
         Events behind a still-open older transaction are left for the next call.
         """
@@ -469,7 +470,7 @@ class Projector:
                     f"(LIKE {quote_ident(live)}.{quote_ident(table)} INCLUDING ALL)"
                 )
             return
-        _enter_schema(conn, schema)
+        conn.exec_driver_sql(search_path_sql(schema))  # only the fresh schema: "does it exist?" checks look there
         self.setup(conn)
         for table in self.tables:
             result = conn.execute(text("SELECT to_regclass(:name)"), {"name": f"{schema}.{table}"})
