@@ -274,7 +274,7 @@ def test_read_model_on_another_group(cluster: Cluster) -> None:
         cluster.events.append(conn, kind, {}, aggregate_id="x")
     projector = Projector(kind, cluster, target="shard0")
     projector.on(kind)(lambda conn, e: conn.execute(text(f"INSERT INTO {kind} VALUES (:a)"), {"a": e.aggregate_id}))
-    assert projector.run_once() == 1
+    assert projector.run_once() >= 1
     with cluster.write("shard0") as conn:
         assert conn.execute(text(f"SELECT agg FROM {kind}")).all() == [("x",)]
         assert conn.execute(text("SELECT last_id > 0 FROM dbscale_projections WHERE name = :n"), {"n": kind}).scalar()
