@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from dbscale.cluster import Cluster
 
 
+_APPEND_NEW = text(append_sql(None))
+_APPEND_AT_ZERO = text(append_sql(0))
+_APPEND_AT = text(append_sql(1))
+
+
 class Appended(NamedTuple):
     """What :meth:`EventLog.append` wrote: the event's id and its aggregate's new version."""
 
@@ -122,7 +127,13 @@ class EventLog:
             "payload": orjson.dumps(payload).decode(),
             "expected": expected_version,
         }
-        result = conn.execute(text(append_sql(expected_version)), params)
+        if expected_version is None:
+            statement = _APPEND_NEW
+        elif expected_version > 0:
+            statement = _APPEND_AT
+        else:
+            statement = _APPEND_AT_ZERO if expected_version == 0 else text(append_sql(expected_version))
+        result = conn.execute(statement, params)
         row = result.first()
         if row is None:
             assert expected_version is not None

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from dbscale.cluster import AsyncCluster
 
 
+_APPEND_NEW = text(append_sql(None))
+_APPEND_AT_ZERO = text(append_sql(0))
+_APPEND_AT = text(append_sql(1))
+
+
 class Appended(NamedTuple):
     """What :meth:`AsyncEventLog.append` wrote: the event's id and its aggregate's new version."""
 
@@ -121,7 +126,13 @@ class AsyncEventLog:
             "payload": orjson.dumps(payload).decode(),
             "expected": expected_version,
         }
-        result = await conn.execute(text(append_sql(expected_version)), params)
+        if expected_version is None:
+            statement = _APPEND_NEW
+        elif expected_version > 0:
+            statement = _APPEND_AT
+        else:
+            statement = _APPEND_AT_ZERO if expected_version == 0 else text(append_sql(expected_version))
+        result = await conn.execute(statement, params)
         row = result.first()
         if row is None:
             assert expected_version is not None

@@ -217,7 +217,7 @@ class Projector:
                     done = self._apply(conn, batch.events, failed)
                     position = done[-1].position if done else checkpoint
                     stopped = failed is not None and self.on_error == "stop"
-                    if start is None:
+                    if start is None and (done or stopped):  # an empty round writes nothing
                         conn.execute(
                             text(CHECKPOINT_SAVE_SQL),
                             {
