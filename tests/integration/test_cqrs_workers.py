@@ -6,6 +6,7 @@ not the next version of its aggregate, so a batch applied twice or a skipped eve
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -154,3 +155,11 @@ def test_standby_worker_takes_over_after_sigkill(cluster: Cluster, topology_conf
     assert took_over < 5.0
     assert "lease acquired" in log, log
     assert read_model(cluster, name) == {**fold, **extra}
+    shown = subprocess.run(
+        [DBSCALE, "project", "status", "--config", str(topology_config_path), "--json"],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    status = {p["name"]: p for p in json.loads(shown.stdout)["projectors"]}[name]
+    assert status["applied"] >= 55 and status["error"] is None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from dbscale.cqrs.core import (
@@ -46,7 +47,7 @@ from dbscale.cqrs.log_aio import (
     primary_engine,
     status_from_row,
 )
-from dbscale.errors import CqrsError, ProjectionError
+from dbscale.errors import CqrsError, NodeUnavailable, ProjectionError
 from dbscale.routing.errors import describe, is_connection_error
 
 if TYPE_CHECKING:
@@ -303,16 +304,25 @@ class AsyncProjector:
 
         Several workers may run one projector; one holds the lease (a session advisory lock on the
         target's primary) and the others retry every ``lease_retry`` seconds, taking over when the
-        holder's connection ends (a crash included).
+        holder's connection ends (a crash included). While the database is unreachable it logs,
+        waits ``poll_interval`` and tries again; a failing handler ends it (:class:`~dbscale.ProjectionError`).
         """
         self._stopping = False
         await self.install()
         try:
             while not self._stopping:
-                if await self._acquire_lease():
-                    await self._serve()
-                else:
+                if not await self._acquire_lease():
                     await self._sleep(self.lease_retry)
+                    continue
+                try:
+                    await self._serve()
+                except (NodeUnavailable, sa_exc.DBAPIError) as exc:
+                    if isinstance(exc, sa_exc.DBAPIError) and not is_connection_error(exc):
+                        raise
+                    # the database is unreachable: keep the worker, let go of the lease, try again
+                    log.warning("projector %s: %s; retrying in %.1f s", self.name, describe(exc), self.poll_interval)
+                    await self._close_connections()
+                    await self._sleep(self.poll_interval)
         finally:
             await self._close_connections()
 
