@@ -231,10 +231,10 @@ def test_async_append_and_projector(topology_config_path: Path) -> None:
             async with acl.write() as conn:
                 await conn.exec_driver_sql(f"CREATE TABLE {kind} (agg text, version bigint)")
                 for i in range(5):
-                    await acl.events.append(conn, kind, {"i": i}, aggregate_id="a1", expected_version=i)
+                    await acl.events.append(conn, kind, {"i": i}, aggregate_id=kind, expected_version=i)
             async with acl.write() as conn:
                 with pytest.raises(ConcurrencyError):
-                    await acl.events.append(conn, kind, {}, aggregate_id="a1", expected_version=2)
+                    await acl.events.append(conn, kind, {}, aggregate_id=kind, expected_version=2)
             projector = AsyncProjector(kind, acl)
 
             @projector.on(kind)
@@ -247,7 +247,7 @@ def test_async_append_and_projector(topology_config_path: Path) -> None:
             task = asyncio.create_task(projector.run())
             await asyncio.sleep(0.5)
             async with acl.write() as conn:
-                await acl.events.append(conn, kind, {"i": 5}, aggregate_id="a1")
+                await acl.events.append(conn, kind, {"i": 5}, aggregate_id=kind)
             for _ in range(200):
                 if (await projector.status()).lag_events == 0:
                     break
@@ -271,10 +271,10 @@ def test_read_model_on_another_group(cluster: Cluster) -> None:
     with cluster.write("shard0") as conn:
         conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {kind} (agg text PRIMARY KEY)")
     with cluster.write() as conn:
-        cluster.events.append(conn, kind, {}, aggregate_id="x")
+        cluster.events.append(conn, kind, {}, aggregate_id=kind)
     projector = Projector(kind, cluster, target="shard0")
     projector.on(kind)(lambda conn, e: conn.execute(text(f"INSERT INTO {kind} VALUES (:a)"), {"a": e.aggregate_id}))
     assert projector.run_once() >= 1
     with cluster.write("shard0") as conn:
-        assert conn.execute(text(f"SELECT agg FROM {kind}")).all() == [("x",)]
+        assert conn.execute(text(f"SELECT agg FROM {kind}")).all() == [(kind,)]
         assert conn.execute(text("SELECT last_id > 0 FROM dbscale_projections WHERE name = :n"), {"n": kind}).scalar()

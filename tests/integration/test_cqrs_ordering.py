@@ -85,7 +85,7 @@ def run_ordering(cluster: Cluster, total: int) -> None:
                 with cluster.write() as conn:
                     conn.exec_driver_sql("SELECT pg_current_xact_id()")  # take the xid now, append later
                     time.sleep(rng.uniform(0, 0.005))
-                    agg = f"a{rng.randrange(AGGREGATES)}"
+                    agg = f"{kind}-{rng.randrange(AGGREGATES)}"
                     result = cluster.events.append(conn, kind, {"n": 1}, aggregate_id=agg)
                     time.sleep(rng.uniform(0, 0.020))
                 with lock:
@@ -93,7 +93,13 @@ def run_ordering(cluster: Cluster, total: int) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    runner = threading.Thread(target=projector.run, daemon=True)
+    def run() -> None:
+        try:
+            projector.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
     seen: set[int] = set()
     done = threading.Event()
     control = threading.Thread(target=control_reader, args=(cluster, kind, seen, done), daemon=True)
@@ -114,6 +120,7 @@ def run_ordering(cluster: Cluster, total: int) -> None:
     projector.stop()
     runner.join(10)
     assert not runner.is_alive()
+    assert not errors, errors
 
     with cluster.write() as conn:
         applied = [r[0] for r in conn.execute(text(f"SELECT event_id FROM {kind} ORDER BY event_id"))]
