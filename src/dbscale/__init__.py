@@ -1,16 +1,20 @@
 """dbscale: scale a PostgreSQL-backed application without rewriting its data layer."""
 
+from dbscale import cqrs
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
     CacheError,
+    ConcurrencyError,
     ConfigError,
+    CqrsError,
     DbscaleError,
     LocalTopologyError,
     MissingBinaryError,
     NodeUnavailable,
     NoReplicaAvailable,
     PrimaryUnavailable,
+    ProjectionError,
     SerializationError,
 )
 from dbscale.metrics import Metrics
@@ -24,7 +28,9 @@ __all__ = [
     "CacheConfig",
     "CacheError",
     "Cluster",
+    "ConcurrencyError",
     "ConfigError",
+    "CqrsError",
     "DbscaleError",
     "GroupConfig",
     "InvalidCausalToken",
@@ -36,9 +42,11 @@ __all__ = [
     "PoolConfig",
     "PoolTimeout",
     "PrimaryUnavailable",
+    "ProjectionError",
     "ReadConnection",
     "SerializationError",
     "TopologyConfig",
     "__version__",
+    "cqrs",
     "load_config",
 ]
