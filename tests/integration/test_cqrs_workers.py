@@ -118,6 +118,18 @@ def crash_run(cluster: Cluster, config: Path, total: int) -> None:
         log = stop(worker)
     assert "Traceback" not in log, log
     assert read_model(cluster, name) == fold
+    # and a rebuild from the whole log (the CLI, with its progress bar) gives the same read model
+    rebuilt = subprocess.run(
+        [DBSCALE, "project", "rebuild", "tests.integration.cqrs_app:make_tally", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, "CQRS_TALLY": name},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"{name}: rebuilt from" in rebuilt.stdout
+    assert read_model(cluster, name) == fold
 
 
 def test_worker_sigkilled_three_times_during_catch_up(cluster: Cluster, topology_config_path: Path) -> None:
