@@ -215,6 +215,8 @@ class Projector:
                         _enter_schema(conn, schema)
                     checkpoint = start if start is not None else self._lock_checkpoint(conn)
                     batch = fetch_after(self._source(), self.group, checkpoint, limit)
+                    if failed is not None and all(e.id != failed.event.id for e in batch.events):
+                        failed = None  # another instance got past it meanwhile: nothing to stop at
                     done = self._apply(conn, batch.events, failed)
                     position = done[-1].position if done else checkpoint
                     stopped = failed is not None and self.on_error == "stop"
