@@ -278,3 +278,51 @@ def test_read_model_on_another_group(cluster: Cluster) -> None:
     with cluster.write("shard0") as conn:
         assert conn.execute(text(f"SELECT agg FROM {kind}")).all() == [(kind,)]
         assert conn.execute(text("SELECT last_id > 0 FROM dbscale_projections WHERE name = :n"), {"n": kind}).scalar()
+
+
+def test_rebuild_while_the_live_projector_runs_and_commands_append(cluster: Cluster) -> None:
+    projector, ids = users_fixture(cluster)
+    expected = {user: f"n{i}" for i, user in enumerate(ids)}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def commands() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                user = ids[i % 3]
+                with cluster.write() as conn:
+                    cluster.events.append(conn, "user_updated", {"name": f"v{i}"}, aggregate_id=user)
+                expected[user] = f"v{i}"
+                i += 1
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def live() -> None:
+        try:
+            projector.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=commands), threading.Thread(target=live)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    rebuilder = users_projector(cluster)  # a second instance, as `dbscale project rebuild` would be
+    rebuilder.rebuild()
+    time.sleep(0.5)
+    stop.set()
+    threads[0].join()
+    deadline = time.monotonic() + 10
+    while projector.status().lag_events:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    projector.stop()
+    threads[1].join(5)
+    assert not errors, errors
+    got = dict(rows(cluster, "SELECT id, name FROM users_read"))
+    assert {u: got[u] for u in ids} == expected
+    versions = dict(rows(cluster, "SELECT aggregate_id, max(version) FROM dbscale_events GROUP BY 1"))
+    got_versions = dict(rows(cluster, "SELECT id, version FROM users_read"))  # earlier tests' users are in the log too
+    assert {u: got_versions[u] for u in ids} == {u: versions[u] for u in ids}
