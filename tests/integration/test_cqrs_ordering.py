@@ -143,5 +143,6 @@ def test_projector_never_skips_while_commits_land_out_of_order(cluster: Cluster)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_projector_never_skips_20000_events(cluster: Cluster) -> None:
     run_ordering(cluster, 20_000)
