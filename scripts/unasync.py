@@ -1,7 +1,7 @@
-"""Generate the synchronous router from the asyncio one (in the manner of httpcore's ``scripts/unasync.py``).
+"""Generate the synchronous twins of the asyncio sources (in the manner of httpcore's ``scripts/unasync.py``).
 
-``src/dbscale/routing/aio.py`` is the hand-written source; ``src/dbscale/routing/router.py`` is its
-blocking twin, produced by the ordered regex substitutions in ``RULES`` (applied line by line, in
+Each hand-written asyncio source in ``FILES`` (e.g. ``src/dbscale/routing/aio.py``) has a generated
+blocking twin (``router.py``), produced by the ordered regex substitutions in ``RULES`` (applied line by line, in
 order), stamped as generated and passed through ``ruff format``. Where the two APIs differ by more
 than a name, the async source is written so a substitution yields exactly the sync code.
 
@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = [
     (Path("src/dbscale/routing/aio.py"), Path("src/dbscale/routing/router.py")),
     (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
+    (Path("src/dbscale/cqrs/log_aio.py"), Path("src/dbscale/cqrs/log.py")),
+    (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
 ]
-STAMP = "# auto-generated from aio.py by scripts/unasync.py — do not edit\n"
+STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
 # (pattern, replacement), applied in this order to each line (newline included). A pattern is a
 # regular expression; names are matched as whole words.
@@ -45,12 +47,21 @@ RULES: list[tuple[str, str]] = [
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
+    (r"^from collections\.abc import Awaitable, Callable, Sequence$", "from collections.abc import Callable, Sequence"),
+    (
+        r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine$",
+        "    from sqlalchemy import Connection, Engine",
+    ),
+    (r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection$", "    from sqlalchemy import Connection"),
+    (r"\bdbscale\.cqrs\.log_aio\b", "dbscale.cqrs.log"),
+    (r"\bThe asyncio (event log|projector)\b", r"The synchronous \1"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
     (r"\bawait asyncio\.shield\((.*)\)$", r"\1"),  # a close that a cancellation must not cut short
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
+    (r"\basync for\b", "for"),
     (r"\bawait ", ""),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
@@ -58,11 +69,13 @@ RULES: list[tuple[str, str]] = [
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAwaitable\[Any\]", "Any"),
+    (r"\bAwaitable\[None\]", "None"),
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
     (r"\bAsyncCluster\b", "Cluster"),
+    (r"\bAsync(EventLog|Projector|Handler|Setup)\b", r"\1"),
     # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
     (r"\bAsyncSession\((.*), sync_session_class=(\w+)\)", r"\2(\1)"),
     (r"\bAsyncSession\b", "Session"),
@@ -105,7 +118,7 @@ def ruff_format(text: str, path: Path) -> str:
 
 def generate(src: Path, used: set[int]) -> str:
     """The formatted, stamped sync twin of ``src`` (a path relative to the repository root)."""
-    return ruff_format(STAMP + unasync((ROOT / src).read_text(), used), src)
+    return ruff_format(STAMP.format(name=src.name) + unasync((ROOT / src).read_text(), used), src)
 
 
 def main(argv: list[str] | None = None) -> int:

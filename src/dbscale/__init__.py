@@ -1,18 +1,22 @@
 """dbscale: scale a PostgreSQL-backed application without rewriting its data layer."""
 
+from dbscale import cqrs
 from dbscale.advisor import Advice, advise, advise_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
     AuthenticationFailed,
     CacheError,
+    ConcurrencyError,
     ConfigError,
+    CqrsError,
     DbscaleError,
     LocalTopologyError,
     MissingBinaryError,
     NodeUnavailable,
     NoReplicaAvailable,
     PrimaryUnavailable,
+    ProjectionError,
     SerializationError,
 )
 from dbscale.metrics import Metrics
@@ -28,7 +32,9 @@ __all__ = [
     "CacheConfig",
     "CacheError",
     "Cluster",
+    "ConcurrencyError",
     "ConfigError",
+    "CqrsError",
     "DbscaleError",
     "GroupConfig",
     "InvalidCausalToken",
@@ -40,11 +46,13 @@ __all__ = [
     "PoolConfig",
     "PoolTimeout",
     "PrimaryUnavailable",
+    "ProjectionError",
     "ReadConnection",
     "SerializationError",
     "TopologyConfig",
     "__version__",
     "advise",
     "advise_async",
+    "cqrs",
     "load_config",
 ]

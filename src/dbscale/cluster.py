@@ -23,6 +23,8 @@ from dbscale.cache import AsyncCache, Cache
 from dbscale.cache.core import CacheCore
 from dbscale.causality import AsyncClusterCausality, ClusterCausality
 from dbscale.config import PoolConfig, TopologyConfig, load_config, sqlalchemy_url
+from dbscale.cqrs.log import EventLog
+from dbscale.cqrs.log_aio import AsyncEventLog
 from dbscale.errors import ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
@@ -186,6 +188,7 @@ class Cluster(_ClusterBase):
         self._engines: dict[tuple[str, bool], Engine] = {}
         self._routers: dict[str, GroupRouter] = {}
         self._cache: dict[None, Cache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, EventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -272,6 +275,16 @@ class Cluster(_ClusterBase):
             lambda: Cache(core=CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))),
         )
 
+    @property
+    def events(self) -> EventLog:
+        """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: EventLog(self))
+
+    def install(self) -> None:
+        """Create dbscale's tables (the event log, projector checkpoints, dead letters). Idempotent."""
+        self.events.install()
+
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
         with self._lock:
@@ -303,6 +316,7 @@ class AsyncCluster(_ClusterBase):
         self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._routers: dict[str, AsyncGroupRouter] = {}
         self._cache: dict[None, AsyncCache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, AsyncEventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
         """The async SQLAlchemy engine of node ``name``, created on first use (see :meth:`Cluster.engine`)."""
@@ -373,6 +387,16 @@ class AsyncCluster(_ClusterBase):
             None,
             lambda: AsyncCache(core=CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))),
         )
+
+    @property
+    def events(self) -> AsyncEventLog:
+        """The CQRS event log on the default group's primary (see :attr:`Cluster.events`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: AsyncEventLog(self))
+
+    async def install(self) -> None:
+        """Create dbscale's tables (see :meth:`Cluster.install`). Idempotent."""
+        await self.events.install()
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine. Idempotent."""
