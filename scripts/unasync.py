@@ -42,8 +42,6 @@ RULES: list[tuple[str, str]] = [
     (r"^from sqlalchemy import Executable, event$", "from sqlalchemy import Connection, Engine, Executable, event"),
     (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession\n", ""),
     (r"^from sqlalchemy\.util import await_only\n", ""),
-    (r"^from sqlalchemy import text$", "from sqlalchemy import Connection, text"),
-    (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection\n", ""),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),

@@ -60,7 +60,7 @@ def primary_engine(cluster: Cluster, group: str | None) -> Engine:
     """The engine of ``group``'s current writer, connected directly (never through PgBouncer)."""
     router = cluster.router(group)
     router.ensure_started()
-    writer = router.await_writer()
+    writer = router.await_writer(router.clock() + router.write_timeout)
     return cluster.engine(writer)
 
 
@@ -68,7 +68,7 @@ def connect_primary(cluster: Cluster, group: str | None) -> psycopg.Connection[A
     """A dedicated autocommit psycopg connection to ``group``'s writer (for LISTEN and session locks)."""
     router = cluster.router(group)
     router.ensure_started()
-    writer = router.await_writer()
+    writer = router.await_writer(router.clock() + router.write_timeout)
     url = libpq_conninfo(cluster.node(writer).url)
     return psycopg.Connection.connect(url, autocommit=True, connect_timeout=5)
 

@@ -59,7 +59,7 @@ async def primary_engine(cluster: AsyncCluster, group: str | None) -> AsyncEngin
     """The engine of ``group``'s current writer, connected directly (never through PgBouncer)."""
     router = cluster.router(group)
     await router.ensure_started()
-    writer = await router.await_writer()
+    writer = await router.await_writer(router.clock() + router.write_timeout)
     return cluster.engine(writer)
 
 
@@ -67,7 +67,7 @@ async def connect_primary(cluster: AsyncCluster, group: str | None) -> psycopg.A
     """A dedicated autocommit psycopg connection to ``group``'s writer (for LISTEN and session locks)."""
     router = cluster.router(group)
     await router.ensure_started()
-    writer = await router.await_writer()
+    writer = await router.await_writer(router.clock() + router.write_timeout)
     url = libpq_conninfo(cluster.node(writer).url)
     return await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5)
 
