@@ -29,6 +29,8 @@ FILES = [
     (Path("src/dbscale/routing/monitor_aio.py"), Path("src/dbscale/routing/monitor.py")),
     (Path("src/dbscale/cluster_aio.py"), Path("src/dbscale/cluster_sync.py")),
     (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
+    (Path("src/dbscale/cqrs/log_aio.py"), Path("src/dbscale/cqrs/log.py")),
+    (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -68,18 +70,24 @@ RULES: list[tuple[str, str]] = [
     # dbscale._compat: each asyncio primitive has a blocking namesake
     (r"\bA(Event|Lock|Runner|Workers)\b", r"\1"),
     (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire)\b", r"\1"),
-    # the index advisor
-    (r"^from sqlalchemy import text$", "from sqlalchemy import Connection, text"),
-    (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection\n", ""),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
+    (r"^from collections\.abc import Awaitable, Callable, Sequence$", "from collections.abc import Callable, Sequence"),
+    (
+        r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine$",
+        "    from sqlalchemy import Connection, Engine",
+    ),
+    (r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection$", "    from sqlalchemy import Connection"),
+    (r"\bdbscale\.cqrs\.log_aio\b", "dbscale.cqrs.log"),
+    (r"\bThe asyncio (event log|projector)\b", r"The synchronous \1"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
     (r"\bawait asyncio\.shield\((.*)\)$", r"\1"),  # a close that a cancellation must not cut short
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
+    (r"\basync for\b", "for"),
     (r"\bawait ", ""),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
@@ -87,6 +95,7 @@ RULES: list[tuple[str, str]] = [
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAwaitable\[Any\]", "Any"),
+    (r"\bAwaitable\[None\]", "None"),
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
@@ -94,6 +103,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),
     (r"\bAsyncCluster\b", "Cluster"),
+    (r"\bAsync(EventLog|Projector|Handler|Setup)\b", r"\1"),
     # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
     (r"\bAsyncSession\((.*), sync_session_class=(\w+)\)", r"\2(\1)"),
     (r"\bAsyncSession\b", "Session"),

@@ -2,6 +2,7 @@
 
 from importlib import metadata
 
+from dbscale import cqrs
 from dbscale.advisor import Advice, advise, advise_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
@@ -10,13 +11,16 @@ from dbscale.errors import (
     CacheError,
     CacheUnavailable,
     ClusterClosed,
+    ConcurrencyError,
     ConfigError,
+    CqrsError,
     DbscaleError,
     LocalTopologyError,
     MissingBinaryError,
     NodeUnavailable,
     NoReplicaAvailable,
     PrimaryUnavailable,
+    ProjectionError,
     SerializationError,
 )
 from dbscale.metrics import Metrics
@@ -37,7 +41,9 @@ __all__ = [
     "CacheUnavailable",
     "Cluster",
     "ClusterClosed",
+    "ConcurrencyError",
     "ConfigError",
+    "CqrsError",
     "DbscaleError",
     "GroupConfig",
     "InvalidCausalToken",
@@ -49,11 +55,13 @@ __all__ = [
     "PoolConfig",
     "PoolTimeout",
     "PrimaryUnavailable",
+    "ProjectionError",
     "ReadConnection",
     "SerializationError",
     "TopologyConfig",
     "__version__",
     "advise",
     "advise_async",
+    "cqrs",
     "load_config",
 ]

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
+from dbscale.cli_project import register as register_project_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -205,6 +206,7 @@ for _action in NodeAction:
     node_app.command(_action.value)(_node_command(_action))
 
 app.command("advise")(advise_command)
+register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
 
 
 def main() -> None:

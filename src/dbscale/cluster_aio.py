@@ -18,6 +18,7 @@ from dbscale.cache.core import CacheCore
 from dbscale.causality import AsyncClusterCausality
 from dbscale.cluster_base import ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.cqrs.log_aio import AsyncEventLog
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.settings import instrument_engine
 
@@ -33,6 +34,7 @@ class AsyncCluster(ClusterBase):
         self._engines: dict[tuple[str, bool], AsyncEngine] = {}
         self._routers: dict[str, AsyncGroupRouter] = {}
         self._cache: dict[None, AsyncCache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, AsyncEventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> AsyncEngine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -121,6 +123,16 @@ class AsyncCluster(ClusterBase):
             None,
             lambda: AsyncCache(core=CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))),
         )
+
+    @property
+    def events(self) -> AsyncEventLog:
+        """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: AsyncEventLog(self))
+
+    async def install(self) -> None:
+        """Create dbscale's tables (the event log, projector checkpoints, dead letters). Idempotent."""
+        await self.events.install()
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

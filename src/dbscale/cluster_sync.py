@@ -20,6 +20,7 @@ from dbscale.cache.core import CacheCore
 from dbscale.causality import ClusterCausality
 from dbscale.cluster_base import ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.cqrs.log import EventLog
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine
 
@@ -35,6 +36,7 @@ class Cluster(ClusterBase):
         self._engines: dict[tuple[str, bool], Engine] = {}
         self._routers: dict[str, GroupRouter] = {}
         self._cache: dict[None, Cache] = {}  # at most one, made on first use (a dict for _memo)
+        self._events: dict[None, EventLog] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -121,6 +123,16 @@ class Cluster(ClusterBase):
             None,
             lambda: Cache(core=CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))),
         )
+
+    @property
+    def events(self) -> EventLog:
+        """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
+        self._check_open()
+        return self._memo(self._events, None, lambda: EventLog(self))
+
+    def install(self) -> None:
+        """Create dbscale's tables (the event log, projector checkpoints, dead letters). Idempotent."""
+        self.events.install()
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

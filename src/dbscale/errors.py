@@ -133,6 +133,38 @@ class FanoutPlanError(ShardingError, ValueError):
     """A scatter-gather plan is invalid (bad ORDER BY spec, LIMIT, aggregate), or rows lack a column it needs."""
 
 
+class CqrsError(DbscaleError):
+    """Root of the CQRS errors: the event log and projectors (:mod:`dbscale.cqrs`)."""
+
+
+class ConcurrencyError(CqrsError):
+    """``append(..., expected_version=N)`` found the aggregate at another version.
+
+    Another command changed the aggregate since it was loaded: reload it, re-run the command and
+    append again (the caller's transaction is still usable; roll it back or retry it).
+    """
+
+    def __init__(self, message: str, *, aggregate_id: str, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+
+
+class ProjectionError(CqrsError):
+    """A projector's handler failed on an event; the projector stopped before it (nothing after it was applied).
+
+    Fix the handler (or the data) and run the projector again, or construct it with
+    ``on_error="dead_letter"`` to record such events in ``dbscale_dead_letters`` and go on.
+    """
+
+    def __init__(self, message: str, *, projector: str, event_id: int, error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.projector = projector
+        self.event_id = event_id
+        self.error = error
+
+
 __all__ = [
     "AdvisorError",
     "AdvisorQueryError",
@@ -142,7 +174,9 @@ __all__ = [
     "CacheKeyError",
     "CacheUnavailable",
     "ClusterClosed",
+    "ConcurrencyError",
     "ConfigError",
+    "CqrsError",
     "DbscaleError",
     "FanoutPlanError",
     "GlobalIdError",
@@ -156,6 +190,7 @@ __all__ = [
     "PlacementError",
     "PoolTimeout",
     "PrimaryUnavailable",
+    "ProjectionError",
     "SerializationError",
     "ShardingError",
     "UnsupportedKeyError",

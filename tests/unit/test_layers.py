@@ -75,8 +75,20 @@ ROOMS: dict[str, tuple[str, ...]] = {
     # the cache's view of routing's causal tokens (lag-aware fills), wired in by the cluster
     "dbscale.causality": ("dbscale.routing",),
     "dbscale.cluster_base": ("dbscale.routing",),
-    "dbscale.cluster_aio": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache", "dbscale.causality"),
-    "dbscale.cluster_sync": ("dbscale.cluster_base", "dbscale.routing", "dbscale.cache", "dbscale.causality"),
+    "dbscale.cluster_aio": (
+        "dbscale.cluster_base",
+        "dbscale.routing",
+        "dbscale.cache",
+        "dbscale.causality",
+        "dbscale.cqrs",
+    ),
+    "dbscale.cluster_sync": (
+        "dbscale.cluster_base",
+        "dbscale.routing",
+        "dbscale.cache",
+        "dbscale.causality",
+        "dbscale.cqrs",
+    ),
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbscale.advisor import candidates as cand
 from dbscale.advisor import select
@@ -35,6 +34,9 @@ from dbscale.advisor.model import (
 from dbscale.cluster import AsyncCluster
 from dbscale.errors import AdvisorQueryError, MissingExtensionError
 from dbscale.topology import primary_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 HYPOPG_HELP = (
     "HypoPG is not available in database {db}: install it on the server (Debian/Ubuntu: "

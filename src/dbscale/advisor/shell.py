@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from dbscale.advisor import candidates as cand
@@ -35,6 +35,9 @@ from dbscale.advisor.model import (
 from dbscale.cluster import Cluster
 from dbscale.errors import AdvisorQueryError, MissingExtensionError
 from dbscale.topology import primary_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 HYPOPG_HELP = (
     "HypoPG is not available in database {db}: install it on the server (Debian/Ubuntu: "
