@@ -38,20 +38,31 @@ def test_async_cancelled_leader_hands_the_load_to_a_follower() -> None:
     flight = AsyncSingleFlight()
     calls: list[str] = []
 
-    def loader(name: str):  # type: ignore[no-untyped-def]
-        async def load() -> str:
-            calls.append(name)
-            await asyncio.sleep(0.02)
-            return name
-
-        return load
-
     async def main() -> None:
+        leader_started = asyncio.Event()
+        never = asyncio.Event()  # the leader's load only ends by cancellation: no timing involved
+        go = asyncio.Event()
+
+        def loader(name: str):  # type: ignore[no-untyped-def]
+            async def load() -> str:
+                calls.append(name)
+                if name == "leader":
+                    leader_started.set()
+                    await never.wait()
+                await go.wait()  # the new leader holds the flight until every follower has rejoined
+                return name
+
+            return load
+
         leader = asyncio.create_task(flight.run("k", loader("leader")))
-        await asyncio.sleep(0.005)
+        await leader_started.wait()
         followers = [asyncio.create_task(flight.run("k", loader(f"f{i}"))) for i in range(3)]
-        await asyncio.sleep(0.005)
+        for _ in range(5):  # let every follower reach the flight and wait on it
+            await asyncio.sleep(0)
         leader.cancel()
+        for _ in range(10):  # the followers see the hand-over; one leads, the others join it
+            await asyncio.sleep(0)
+        go.set()
         outcomes = await asyncio.gather(*followers, return_exceptions=True)
         assert outcomes == ["f0", "f0", "f0"]  # the first follower led; none saw CancelledError
         with pytest.raises(asyncio.CancelledError):
