@@ -29,6 +29,7 @@ from dbscale.cache.leases import (
     RELEASE_SCRIPT,
     SET_SCRIPT,
     LeaseReply,
+    lease_request,
     parse_lease_reply,
 )
 from dbscale.errors import CacheEntryError
@@ -127,18 +128,7 @@ class AsyncRedisL2:
         markers: bool = False,
     ) -> LeaseReply:
         """Run the lease script (see :mod:`dbscale.cache.leases`); ``markers`` reads the key's lag-aware fill markers."""
-        k = self.keys
-        keys = [*k.triple(key), k.marker(key), k.pattern_marker, *map(k.tag, tags), *map(k.tag_marker, tags)]
-        argv: list[str | int] = [
-            now_ms,
-            token,
-            lease_ms,
-            tag_ttl,
-            key,
-            "1" if force else "0",
-            len(tags),
-            "1" if markers else "0",
-        ]
+        keys, argv = lease_request(self.keys, key, tags, now_ms, token, lease_ms, tag_ttl, force, markers)
         with translate(self.url, "lease"):
             reply = await self._lease(keys, argv)
         return parse_lease_reply(reply)

@@ -42,9 +42,13 @@ tag sets live in their own slots, which :data:`LEASE_SCRIPT` would then have to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dbscale.cache.keys import RedisKeys
 
 __all__ = [
     "FILL_SCRIPT",
@@ -56,6 +60,7 @@ __all__ = [
     "LeaseReply",
     "LeaseStatus",
     "WaitAction",
+    "lease_request",
     "parse_lease_reply",
     "wait_decision",
 ]
@@ -211,6 +216,38 @@ class LeaseReply:
     holder_ttl_ms: int = 0
     foreign: int = 0
     marker: str | None = None
+
+
+def lease_request(
+    keys: RedisKeys,
+    key: str,
+    tags: Sequence[str],
+    now_ms: int,
+    token: str,
+    lease_ms: int,
+    tag_ttl: int,
+    force: bool,
+    markers: bool,
+) -> tuple[list[str], list[str | int]]:
+    """The KEYS and ARGV of one :data:`LEASE_SCRIPT` call, laid out once for the sync and the asyncio client."""
+    names = [
+        *keys.triple(key),
+        keys.marker(key),
+        keys.pattern_marker,
+        *map(keys.tag, tags),
+        *map(keys.tag_marker, tags),
+    ]
+    argv: list[str | int] = [
+        now_ms,
+        token,
+        lease_ms,
+        tag_ttl,
+        key,
+        "1" if force else "0",
+        len(tags),
+        "1" if markers else "0",
+    ]
+    return names, argv
 
 
 def parse_lease_reply(reply: Any) -> LeaseReply:
