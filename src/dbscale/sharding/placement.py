@@ -99,14 +99,16 @@ class Move(NamedTuple):
 
 
 class Placement(ABC):
-    """A shard map: a pure function from shard key to node name."""
+    """A shard map: a pure function from shard key to node name, over the node tuple ``_nodes``."""
 
-    __slots__ = ()
+    __slots__ = ("_nodes",)
+
+    _nodes: tuple[str, ...]
 
     @property
-    @abstractmethod
     def nodes(self) -> tuple[str, ...]:
         """Every node that can receive keys, in configuration order."""
+        return self._nodes
 
     @abstractmethod
     def node_for(self, key: Key) -> str:
@@ -136,14 +138,10 @@ class HashMod(Placement):
     all keys; prefer :class:`JumpHash` or :class:`~dbscale.sharding.ring.HashRing` for new data.
     """
 
-    __slots__ = ("_nodes",)
+    __slots__ = ()
 
     def __init__(self, nodes: Sequence[str]) -> None:
         self._nodes = validate_nodes(nodes)
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        return self._nodes
 
     def node_for(self, key: Key) -> str:
         data = key.encode("utf-8") if type(key) is str else encode_key(key)
@@ -174,14 +172,10 @@ class JumpHash(Placement):
     (:meth:`with_node`); removing or reordering a node other than the last moves far more keys.
     """
 
-    __slots__ = ("_nodes",)
+    __slots__ = ()
 
     def __init__(self, nodes: Sequence[str]) -> None:
         self._nodes = validate_nodes(nodes)
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        return self._nodes
 
     def node_for(self, key: Key) -> str:
         return self._nodes[jump_bucket(hash64(key), len(self._nodes))]

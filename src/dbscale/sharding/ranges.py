@@ -43,7 +43,7 @@ def _kind(value: object, where: str) -> type:
 class Range(Placement):
     """Placement by key ranges (see the module docstring); ``default`` receives keys outside every range."""
 
-    __slots__ = ("_default", "_highs", "_kind", "_lo", "_lows", "_nodes", "_owners")
+    __slots__ = ("_default", "_highs", "_kind", "_lo", "_lows", "_owners")
 
     def __init__(self, bounds: Iterable[Bound], default: str | None = None) -> None:
         ranges = [tuple(b) for b in bounds]
@@ -98,10 +98,6 @@ class Range(Placement):
         if default is not None:
             nodes.setdefault(default)
         self._nodes = tuple(nodes)
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        return self._nodes
 
     @property
     def default(self) -> str | None:

@@ -69,9 +69,8 @@ class HashRing(Placement):
     ``ketama=True`` places keys exactly as uhashring's ketama mode (see the module docstring).
     """
 
-    __slots__ = ("_claims", "_counts", "_ketama", "_lookup", "_nodes", "_points", "_vnodes", "_weights")
+    __slots__ = ("_claims", "_counts", "_ketama", "_lookup", "_points", "_vnodes", "_weights")
 
-    _nodes: tuple[str, ...]
     _weights: dict[str, float]
     _vnodes: int
     _ketama: bool
@@ -153,10 +152,6 @@ class HashRing(Placement):
         return min(claimants)
 
     # --- public API -----------------------------------------------------------------------
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        return self._nodes
 
     @property
     def weights(self) -> Mapping[str, float]:
