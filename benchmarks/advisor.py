@@ -14,16 +14,14 @@ every workload query timed with EXPLAIN ANALYZE (best of 3 after a warm-up), bef
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from _topology import bench_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the workload and its loader live with the integration tests
@@ -93,27 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="dbscale.toml of a running topology (default: start one)")
     args = parser.parse_args(argv)
-    state_dir: Path | None = None
-    topology = None
-    if args.config is None:
-        from dbscale.local import LocalTopology
-
-        state_dir = Path(tempfile.mkdtemp(prefix="dbscale-bench-advisor-", dir="/tmp"))
-        os.chmod(state_dir, 0o755)
-        topology = LocalTopology(state_dir)
-        topology.up(replicas=0, shards=0, pgbouncer=False)
-        config = topology.config_path
-    else:
-        config = args.config
-    try:
+    with bench_config(args.config, "advisor") as config:
         base = str(load_config(config).group("main").primary)
         ours = run_one(base, "dbscale", cand.candidates, 0.3)
         dexter = run_one(base, "dexter", dexter_candidates, 0.5)
-    finally:
-        if topology is not None:
-            topology.down(purge=True)
-        if state_dir is not None:
-            shutil.rmtree(state_dir, ignore_errors=True)
 
     for label, (advice, _b, _a, size) in (("dbscale", ours), ("Dexter-style", dexter)):
         print(f"{label}: {len(advice.indexes)} indexes, {size // 1024} kB")

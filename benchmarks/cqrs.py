@@ -15,17 +15,15 @@ topology), one UPSERT per event. Lag: a running projector
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from _topology import bench_config
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from sqlalchemy import Connection, text
@@ -185,35 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2_000, help="appends per library per round and writer count")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    state_dir: Path | None = None
-    topology = None
-    if args.config is None:
-        from dbscale.local import LocalTopology
-
-        state_dir = Path(tempfile.mkdtemp(prefix="dbscale-bench-cqrs-", dir="/tmp"))
-        os.chmod(state_dir, 0o755)
-        topology = LocalTopology(state_dir)
-        topology.up(replicas=0, shards=0, pgbouncer=False)
-        config = topology.config_path
-    else:
-        config = args.config
-    try:
-        with Cluster.from_config(config) as cluster:
-            cluster.install()
-            proj = statistics.median(projection(cluster, args.events * 2, args.rounds))  # first: the log is empty
-            rows = []
-            for writers in (1, 4):
-                res = appends(cluster, config, writers, args.events, args.rounds)
-                base = statistics.median(res["eventsourcing"])
-                for name in ("eventsourcing", "dbscale", "dbscale-raw"):
-                    rate = statistics.median(res[name])
-                    rows.append((f"append, {writers} writer(s)", name, rate, rate / base))
-            lags = lag(cluster, 300)
-    finally:
-        if topology is not None:
-            topology.down(purge=True)
-        if state_dir is not None:
-            shutil.rmtree(state_dir, ignore_errors=True)
+    with bench_config(args.config, "cqrs") as config, Cluster.from_config(config) as cluster:
+        cluster.install()
+        proj = statistics.median(projection(cluster, args.events * 2, args.rounds))  # first: the log is empty
+        rows = []
+        for writers in (1, 4):
+            res = appends(cluster, config, writers, args.events, args.rounds)
+            base = statistics.median(res["eventsourcing"])
+            for name in ("eventsourcing", "dbscale", "dbscale-raw"):
+                rate = statistics.median(res[name])
+                rows.append((f"append, {writers} writer(s)", name, rate, rate / base))
+        lags = lag(cluster, 300)
     print(f"One event per transaction, {args.events} per round, {args.rounds} alternating rounds, medians\n")
     print("| benchmark | library | events/s | ratio vs eventsourcing |")
     print("|---|---|---:|---:|")

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from _topology import bench_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -245,25 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="dbscale.toml of a running topology (default: start one)")
     parser.add_argument("--iterations", type=int, default=5_000)
     args = parser.parse_args(argv)
-    state_dir: Path | None = None
-    topology = None
-    if args.config is None:
-        from dbscale.local import LocalTopology
-
-        state_dir = Path(tempfile.mkdtemp(prefix="dbscale-bench-routing-", dir="/tmp"))
-        os.chmod(state_dir, 0o755)
-        topology = LocalTopology(state_dir)
-        topology.up(replicas=1, shards=0, pgbouncer=False)
-        config = topology.config_path
-    else:
-        config = args.config
-    try:
+    with bench_config(args.config, "routing", replicas=1) as config:
         rows = run(config, args.iterations)
-    finally:
-        if topology is not None:
-            topology.down(purge=True)
-        if state_dir is not None:
-            shutil.rmtree(state_dir, ignore_errors=True)
     print(f"Routed hot path vs raw psycopg on the same server, {args.iterations} interleaved iterations per path\n")
     print("| flavour | operation | path | median µs | p90 µs | ratio vs raw psycopg |")
     print("|---|---|---|---:|---:|---:|")
