@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exc as sa_exc
 
 from dbscale.errors import DbscaleError, MarkerUnavailable
-from dbscale.routing.lsn import InvalidCausalToken, Mark, format_token, merge_tokens, parse_lsn, record_boundary
+from dbscale.routing.lsn import Mark, format_token, merge_marker, parse_lsn, record_boundary
 from dbscale.units import parse_read_your_writes
 
 if TYPE_CHECKING:
@@ -38,14 +38,11 @@ class _Base:
         self._base = cluster
 
     def scope(self, token: str) -> AbstractContextManager[object]:
-        """The caller's marks moved forward to ``token`` (a malformed marker is logged and ignored)."""
+        """The caller's marks moved forward to ``token`` (malformed parts of the marker are logged and skipped)."""
         causal = self._base._causal
-        mine = causal.token()
-        try:
-            merged = merge_tokens(mine, token)
-        except InvalidCausalToken as exc:
-            log.warning("cache: ignoring a malformed lag-aware marker %r: %s", token[:80], exc)
-            merged = mine or ""
+        merged, bad = merge_marker(token, causal.token())
+        if bad:
+            log.warning("cache: ignoring %d malformed part(s) of a lag-aware marker, e.g. %r", len(bad), bad[0][:80])
         return causal.scope(merged)
 
     def max_lag(self) -> float:

@@ -12,6 +12,7 @@ from dbscale.routing.lsn import (
     Mark,
     format_lsn,
     format_token,
+    merge_marker,
     merge_tokens,
     parse_lsn,
     parse_token,
@@ -136,3 +137,15 @@ def test_merge_tokens_reads_long_marker_chains_part_by_part() -> None:
     assert merge_tokens(None, "") == ""
     with pytest.raises(InvalidCausalToken):
         merge_tokens("main/0/1,garbage")
+
+
+def test_merge_marker_skips_foreign_parts_and_keeps_the_valid_positions() -> None:
+    good_a = format_token({"main": Mark(lsn=0x3000060)})
+    good_b = format_token({"shard0": Mark(lsn=0x1000)})
+    mine = format_token({"main": Mark(lsn=0x10)})
+    chain = ",".join([good_a, "\x00junk", good_b, "main/zz"])
+    merged, bad = merge_marker(chain, mine)
+    assert parse_token(merged) == {"main": Mark(lsn=0x3000060), "shard0": Mark(lsn=0x1000)}
+    assert bad == ["\x00junk", "main/zz"]
+    with pytest.raises(InvalidCausalToken):  # the strict merge voids the whole chain: why markers use this one
+        merge_tokens(mine, chain)

@@ -122,6 +122,23 @@ def merge_tokens(*tokens: str | None) -> str:
     return format_token(marks)
 
 
+def merge_marker(chain: str, *tokens: str | None) -> tuple[str, list[str]]:
+    """Like :func:`merge_tokens` over ``tokens`` and the comma-joined ``chain``, skipping malformed parts.
+
+    A marker chain lives in Redis, where anything may have written; one foreign part must not void the
+    valid positions beside it (an invalidation appends to the chain, so a voided chain would stay voided).
+    Returns the merged token and the malformed parts that were skipped.
+    """
+    merged = merge_tokens(*tokens)
+    bad: list[str] = []
+    for part in chain.split(","):
+        try:
+            merged = merge_tokens(merged, part)
+        except InvalidCausalToken:
+            bad.append(part)
+    return merged, bad
+
+
 def _shown(part: str) -> str:
     return repr(part if len(part) <= 60 else part[:57] + "...")
 
@@ -153,6 +170,7 @@ __all__ = [
     "Mark",
     "format_lsn",
     "format_token",
+    "merge_marker",
     "merge_tokens",
     "parse_lsn",
     "parse_token",
