@@ -33,7 +33,7 @@ def create_app(cluster: dbscale.AsyncCluster) -> FastAPI:
 
     @app.get("/users/{user_id}")
     async def get_user(user_id: int) -> dict[str, Any]:
-        user = await load_user(user_id)
+        user: dict[str, Any] | None = await load_user(user_id)
         if user is None:
             raise HTTPException(404, f"no user {user_id}")
         return user
