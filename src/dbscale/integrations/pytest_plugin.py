@@ -94,7 +94,7 @@ def dbscale_topology(request: pytest.FixtureRequest) -> Iterator[DbscaleTopology
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _isolated(path: Path) -> dict[str, object]:
+def _isolated() -> dict[str, object]:
     return {"cache": {"namespace": f"test-{uuid.uuid4().hex[:12]}"}}
 
 
@@ -103,7 +103,7 @@ def dbscale_cluster(dbscale_topology: DbscaleTopology) -> Iterator[Cluster]:
     """A :class:`~dbscale.Cluster` on the session topology with a cache namespace of its own; closed after the test."""
     from dbscale.cluster import Cluster
 
-    cluster = Cluster.from_config(dbscale_topology.config_path, **_isolated(dbscale_topology.config_path))
+    cluster = Cluster.from_config(dbscale_topology.config_path, **_isolated())
     try:
         yield cluster
     finally:
@@ -115,7 +115,7 @@ def dbscale_async_cluster(dbscale_topology: DbscaleTopology) -> Iterator[AsyncCl
     """An :class:`~dbscale.AsyncCluster` on the session topology with its own cache namespace; closed after the test."""
     from dbscale.cluster import AsyncCluster
 
-    cluster = AsyncCluster.from_config(dbscale_topology.config_path, **_isolated(dbscale_topology.config_path))
+    cluster = AsyncCluster.from_config(dbscale_topology.config_path, **_isolated())
     try:
         yield cluster
     finally:
