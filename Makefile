@@ -17,8 +17,8 @@ test: bootstrap
 	$(VENV)/bin/pytest -q
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python scripts/unasync.py --check
 

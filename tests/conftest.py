@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dbscale.integrations.pytest_plugin import DbscaleTopology
 from dbscale.local import LocalTopology
 
 
@@ -67,3 +68,9 @@ def make_topology() -> Iterator[Callable[[], LocalTopology]]:
     for topology in created:
         topology.down(purge=True)
         shutil.rmtree(topology.state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dbscale_topology(local_topology: LocalTopology) -> DbscaleTopology:
+    """The pytest plugin's topology fixture, pointed at the session topology (no second one is started)."""
+    return DbscaleTopology(local_topology.config_path, local_topology)

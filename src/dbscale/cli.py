@@ -1,7 +1,15 @@
 """The ``dbscale`` command line: local topology, status, fault injection.
 
-Errors the user can fix print one line on stderr (``dbscale: error: ...``) and exit 2 for bad
-configuration or arguments, 1 for anything else dbscale reports; no traceback.
+Exit codes, the same for every command (README "CLI"):
+
+* 0 — done; for ``status`` and ``up``: every node healthy;
+* 1 — degraded or failed: a node is down (``status``, ``up``), a guarantee did not hold (``demo``),
+  an operation dbscale attempted failed (a server did not start, a node is unreachable);
+* 2 — usage or configuration: bad arguments or options, an invalid config, no topology where one
+  was named, an unknown node, a state dir that is a file;
+* 130 — interrupted (Ctrl-C); ``up`` first stops what it had started, and says so.
+
+Errors print one line on stderr (``dbscale: error: ...``); no traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -41,16 +50,32 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 DEFAULT_STATE_DIR = Path(LOCAL_STATE_DIR)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def fail(message: str, code: int = EXIT_DEGRADED) -> NoReturn:
     """Print one line on stderr and exit."""
     print(f"dbscale: error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def _local(state_dir: Path) -> Any:
+def _local(state_dir: Path, *, must_exist: bool = False) -> Any:
     from dbscale.local import LocalTopology
 
-    return LocalTopology(state_dir=state_dir)
+    if state_dir.exists() and not state_dir.is_dir():
+        fail(f"--state-dir {state_dir} is a file, not a directory; name a directory (it is created if missing)", 2)
+    topology = LocalTopology(state_dir=state_dir)
+    if must_exist and not topology.exists():
+        fail(f"no topology in {state_dir} (run `dbscale up --state-dir {state_dir}` first)", EXIT_USAGE)
+    return topology
+
+
+def _exit_for(statuses: list[NodeStatus]) -> None:
+    """Exit 1 (degraded) when a node is down, after the table was printed."""
+    down = [s.name for s in statuses if not s.healthy]
+    if down:
+        print(f"dbscale: degraded: {len(down)} node(s) down: {', '.join(down)}", file=sys.stderr)
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 def _fmt_lag(status: NodeStatus) -> str:
@@ -81,7 +106,10 @@ def _config_path(state_dir: Path | None, config: Path | None) -> Path:
     if config is None:
         config = (state_dir or DEFAULT_STATE_DIR) / "dbscale.toml"
         if not config.exists():
-            fail(f"no topology in {state_dir or DEFAULT_STATE_DIR} (run `dbscale up` first, or pass --config FILE)")
+            fail(
+                f"no topology in {state_dir or DEFAULT_STATE_DIR} (run `dbscale up` first, or pass --config FILE)",
+                EXIT_USAGE,
+            )
     return config
 
 
@@ -99,10 +127,15 @@ def up(
 ) -> None:
     """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
     topology = _local(state_dir)
-    topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
+    try:
+        topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
+    except KeyboardInterrupt as exc:
+        fail(f"interrupted: {exc or 'nothing had been started'}", EXIT_INTERRUPTED)
     if not as_json:
         out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
-    _print_status(probe_topology(load_config(topology.config_path)), as_json)
+    statuses = probe_topology(load_config(topology.config_path))
+    _print_status(statuses, as_json)
+    _exit_for(statuses)
 
 
 @app.command()
@@ -125,7 +158,13 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also delete the state dir (data, configs, logs).")] = False,
 ) -> None:
     """Stop every process of the local topology (and with --purge delete its state dir)."""
-    _local(state_dir).down(purge=purge)
+    topology = _local(state_dir)
+    if not topology.exists():
+        if purge and state_dir.exists():
+            fail(f"{state_dir} holds no dbscale topology (no state.json); nothing stopped, nothing deleted", EXIT_USAGE)
+        out.print(f"no topology in {state_dir}; nothing to stop")
+        return
+    topology.down(purge=purge)
     out.print(f"topology in {state_dir} stopped" + (" and purged" if purge else ""))
 
 
@@ -137,8 +176,12 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
-    _print_status(probe_topology(load_config(_config_path(state_dir, config))), as_json)
+    """Show every node: group, role, port, health, replay lag, the router's verdict. Exit 1 if any node is down."""
+    if state_dir is not None:
+        _local(state_dir)  # a file is a usage error
+    statuses = probe_topology(load_config(_config_path(state_dir, config)))
+    _print_status(statuses, as_json)
+    _exit_for(statuses)
 
 
 @app.command("pgbouncer-config")
@@ -187,7 +230,10 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
         name: Annotated[str, typer.Argument(help="Node name, e.g. main-replica1 (see `dbscale status`).")],
         state_dir: StateDir = DEFAULT_STATE_DIR,
     ) -> None:
-        topology = _local(state_dir)
+        topology = _local(state_dir, must_exist=True)
+        known = [n.name for n in topology.nodes()]
+        if name not in known:
+            fail(f"unknown node {name!r}; known nodes: {', '.join(known)}", EXIT_USAGE)
         getattr(topology, action.name)(name)
         out.print(f"{action.value}: {name} done")
 
@@ -205,20 +251,67 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
 for _action in NodeAction:
     node_app.command(_action.value)(_node_command(_action))
 
+metrics_app = typer.Typer(help="Prometheus metrics of a topology.", no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("serve")
+def metrics_serve(
+    port: Annotated[int, typer.Option("--port", help="Port to serve /metrics on.", min=0, max=65535)] = 9187,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to monitor instead.")] = None,
+) -> None:
+    """A standalone exporter: health-check the topology and serve its metrics (Prometheus text) until Ctrl-C."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from dbscale.cluster import Cluster
+    from dbscale.metrics import wsgi_app
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # one line per scrape is noise
+            pass
+
+    cluster = Cluster(load_config(_config_path(state_dir, config)))
+    try:
+        cluster.start()
+        try:
+            server = make_server(host, port, wsgi_app(cluster.metrics), handler_class=_Quiet)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port", EXIT_USAGE)
+        out.print(f"serving metrics on http://{host}:{server.server_port}/metrics (Ctrl-C stops)")
+        with server:
+            server.serve_forever()
+    except KeyboardInterrupt:
+        out.print("stopped")
+    finally:
+        cluster.close()
+
+
 app.command("advise")(advise_command)
 register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    print(f"dbscale: warning: {str(message).removeprefix('dbscale: ')}", file=sys.stderr)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning dbscale errors into one line on stderr."""
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except ConfigError as exc:
         print(f"dbscale: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except DbscaleError as exc:
         print(f"dbscale: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_DEGRADED)
+    except KeyboardInterrupt:
+        print("dbscale: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@ path and the fix. Passwords are masked in errors and in ``repr``.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +33,10 @@ from sqlalchemy.exc import ArgumentError
 from dbscale.errors import ConfigError
 from dbscale.names import Fallback, Policy
 from dbscale.units import parse_duration, parse_read_your_writes, parse_size
+
+# The library's loggers are silent until the application configures logging (the logging HOWTO's
+# rule for libraries); README "Logging" says how to turn them up.
+logging.getLogger("dbscale").addHandler(logging.NullHandler())
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
@@ -208,6 +215,99 @@ class TopologyConfig(_Model):
                 raise ValueError(f"groups.{name}: group names must match {_NAME.pattern}")
 
 
+#: ``DBSCALE_*`` variables that are not settings but are read by dbscale's tools (``from_env``, the
+#: pytest plugin); any other ``DBSCALE_*`` name that is not a setting gets a warning naming the close match.
+TOOL_VARIABLES: set[str] = {"DBSCALE_CONFIG", "DBSCALE_TEST_CONFIG"}
+_SHORTCUTS = {
+    "DBSCALE_PRIMARY_URL": ("groups", "main", "primary"),
+    "DBSCALE_REPLICA_URLS": ("groups", "main", "replicas"),
+    "DBSCALE_REDIS_URL": ("cache", "redis_url"),
+}
+_warned: set[str] = set()
+
+
+def close_match(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, or ``""`` when nothing is close."""
+    match = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def top_level_keys() -> list[str]:
+    """The tables a topology file may have (read from :class:`TopologyConfig`, so a new table needs no list)."""
+    return list(TopologyConfig.model_fields)
+
+
+def _check_top_level(data: Mapping[str, Any], source: str | None) -> None:
+    known = top_level_keys()
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            (f"{source}: " if source else "")
+            + f"{key}: unknown table{close_match(key, known)}; known tables: {', '.join(known)}"
+        )
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The settings model reached by ``path`` (group names skipped), or None where there is none."""
+    model: type[BaseModel] = TopologyConfig
+    parts = list(path)
+    while parts:
+        part = parts.pop(0)
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        if part == "groups":
+            if not parts:
+                return None
+            parts.pop(0)  # the group's name
+            model = GroupConfig
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def _env_names() -> list[str]:
+    names = [*_SHORTCUTS, *TOOL_VARIABLES]
+    for field in TopologyConfig.model_fields:
+        model = _model_at((field,) if field != "groups" else ("groups", "main"))
+        head = "DBSCALE_GROUPS__MAIN__" if field == "groups" else f"DBSCALE_{field.upper()}__"
+        if model is not None:
+            names.extend(head + name.upper() for name in model.model_fields)
+    return names
+
+
+def _unknown_env(name: str) -> str | None:
+    """Why ``name`` (a ``DBSCALE_*`` variable) is no setting, or None if it is one."""
+    if name in _SHORTCUTS or name in TOOL_VARIABLES:
+        return None
+    parts = name.removeprefix("DBSCALE_").split("__")
+    if len(parts) > 1:
+        lowered = tuple(p.lower() for p in parts)
+        model = _model_at(lowered[:-1]) if lowered[0] in top_level_keys() else None
+        if model is not None and lowered[-1] in model.model_fields:
+            return None
+    # compare with group "main" spelled the same way as the variable's group
+    candidates = _env_names()
+    if len(parts) > 2 and parts[0].lower() == "groups":
+        candidates = [c.replace("__MAIN__", f"__{parts[1]}__", 1) for c in candidates]
+    return f"unknown dbscale setting{close_match(name, candidates)}; it is ignored"
+
+
+def warn_unknown_env(environ: Mapping[str, str]) -> None:
+    """Warn (``UserWarning``, once per process) about each ``DBSCALE_*`` variable that is no setting."""
+    for name in sorted(environ):
+        if name.startswith("DBSCALE_") and name not in _warned:
+            why = _unknown_env(name)
+            if why is not None:
+                _warned.add(name)
+                warnings.warn(f"dbscale: environment variable {name}: {why}", UserWarning, stacklevel=3)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -226,7 +326,10 @@ def _friendly(error: Mapping[str, Any]) -> str:
     msg = str(error.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "extra_forbidden":
-        msg = "unknown setting; remove it or check its spelling"
+        path = tuple(str(p) for p in error.get("loc", ()))
+        parent = _model_at(path[:-1]) if path else None
+        hint = close_match(path[-1], parent.model_fields) if parent is not None else ""
+        msg = f"unknown setting{hint}; remove it or check its spelling"
     elif kind == "missing":
         msg = "required setting is missing"
     return f"{loc}: {msg}" if loc else msg
@@ -271,16 +374,11 @@ _LIST_KEYS = {"replicas"}
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Read ``DBSCALE_*`` variables into a nested dict of settings."""
     data: dict[str, Any] = {}
-    shortcuts = {
-        "DBSCALE_PRIMARY_URL": ("groups", "main", "primary"),
-        "DBSCALE_REPLICA_URLS": ("groups", "main", "replicas"),
-        "DBSCALE_REDIS_URL": ("cache", "redis_url"),
-    }
     for name, raw in sorted(environ.items()):
-        if not name.startswith("DBSCALE_") or name == "DBSCALE_CONFIG":
+        if not name.startswith("DBSCALE_") or name in TOOL_VARIABLES:
             continue
-        if name in shortcuts:
-            path: tuple[str, ...] = shortcuts[name]
+        if name in _SHORTCUTS:
+            path: tuple[str, ...] = _SHORTCUTS[name]
         elif "__" in name:
             path = tuple(part.lower() for part in name.removeprefix("DBSCALE_").split("__"))
             if path[0] == "groups" and len(path) > 1:
@@ -288,6 +386,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 path = ("groups", name.removeprefix("DBSCALE_").split("__")[1], *path[2:])
         else:
             continue
+        if _unknown_env(name) is not None:
+            continue  # no setting (warn_unknown_env says so)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -343,8 +443,11 @@ def load_config(
     if path is not None:
         source = str(path)
         data = read_toml(path)
+        _check_top_level(data, source)
+    warn_unknown_env(env)
     data = _deep_merge(data, env_overrides(env))
     data = _deep_merge(data, _shortcut_kwargs(dict(overrides)))
+    _check_top_level(data, None)
     if "groups" not in data:
         raise ConfigError(
             (f"{source}: " if source else "")
@@ -370,15 +473,19 @@ def libpq_conninfo(url: str) -> str:
 
 
 __all__ = [
+    "TOOL_VARIABLES",
     "CacheConfig",
     "GroupConfig",
     "PoolConfig",
     "SecretURL",
     "TopologyConfig",
+    "close_match",
     "env_overrides",
     "libpq_conninfo",
     "load_config",
     "mask_url",
     "read_toml",
     "sqlalchemy_url",
+    "top_level_keys",
+    "warn_unknown_env",
 ]

@@ -7,13 +7,18 @@ central list. Names are prefixed with ``dbscale_``.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 _M = TypeVar("_M", Counter, Gauge, Histogram)
+
+#: The ``Content-Type`` of :meth:`Metrics.exposition` (the Prometheus text format of the installed prometheus_client).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Latency buckets in seconds, from 50 µs (an L1/L2 hit) to 10 s (a slow query).
 LATENCY_BUCKETS = (
@@ -89,5 +94,39 @@ class Metrics:
         return 0.0 if value is None else float(value)
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format, for a ``/metrics`` endpoint."""
-        return generate_latest(self.registry)
+        """The registry in Prometheus text format, for a ``/metrics`` endpoint (serve it as :data:`CONTENT_TYPE`).
+
+        Without the ``_created`` series prometheus_client adds to every counter and histogram (a
+        timestamp per series that never moves, doubling the page): it is the one registry's view
+        that leaves them out, the process-wide ``disable_created_metrics()`` is not touched.
+        """
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+def wsgi_app(metrics: Metrics) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+    """A WSGI app serving ``metrics`` at any path (``dbscale metrics serve`` runs it), e.g. under wsgiref."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = metrics.exposition()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _WithoutCreated:
+    """A collector view of a registry without its ``*_created`` samples (what generate_latest reads)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if not s.name.endswith("_created")]
+            if len(samples) != len(family.samples):
+                family = copy.copy(family)
+                family.samples = samples
+            yield family
+
+
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "wsgi_app"]

@@ -159,8 +159,9 @@ def status_json(config_path: Path, tmp_path: Path, max_lag: float) -> dict[str, 
     path.write_text(tomli_w.dumps(doc))
     out = subprocess.run(
         [sys.executable, "-m", "dbscale.cli", "status", "--json", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+    assert out.returncode in (0, 1), out.stderr  # 1: degraded (a node is down), the JSON is printed all the same
     return {n["name"]: n for n in json.loads(out.stdout)["nodes"]}
 
 

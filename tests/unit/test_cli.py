@@ -39,7 +39,7 @@ def test_invalid_url_names_field_and_hides_password(tmp_path: Path) -> None:
 
 def test_status_without_topology_says_what_to_do(tmp_path: Path) -> None:
     result = run_cli("status", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage: no topology where one was named
     assert "run `dbscale up` first" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -48,7 +48,7 @@ def test_status_of_unreachable_config_reports_down_as_json(tmp_path: Path) -> No
     cfg = tmp_path / "dbscale.toml"
     cfg.write_text('[groups.main]\nprimary = "postgresql://u:hunter2@127.0.0.1:1/d"\n')
     result = run_cli("status", "--config", str(cfg), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # degraded: a node is down
     nodes = json.loads(result.stdout)["nodes"]
     assert [(n["name"], n["healthy"], n["port"]) for n in nodes] == [("main-primary", False, 1)]
     assert "hunter2" not in result.stdout
@@ -78,3 +78,43 @@ def test_pgbouncer_config_prints_transaction_mode_and_writes_private_userlist(tm
     assert "listen_port = 7432" in (out_dir / "pgbouncer.ini").read_text()
     assert (out_dir / "userlist.txt").read_text() == '"app" "pw1"\n'
     assert (out_dir / "userlist.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_state_dir_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for command in (("up",), ("down",), ("down", "--purge"), ("status",), ("node", "stop", "main-replica1")):
+        result = run_cli(*command, "--state-dir", str(a_file))
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == (
+            f"dbscale: error: --state-dir {a_file} is a file, not a directory; name a directory (it is created if missing)\n"
+        )
+
+
+def test_down_on_a_directory_that_is_no_topology_says_so(tmp_path: Path) -> None:
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    result = run_cli("down", "--purge", "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"dbscale: error: {tmp_path} holds no dbscale topology (no state.json); nothing stopped, nothing deleted\n"
+    )
+    assert keep.read_text() == "mine"
+    result = run_cli("down", "--state-dir", str(tmp_path / "missing"))
+    assert result.returncode == 0
+    assert "nothing to stop" in result.stdout
+
+
+def test_node_command_without_topology_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("node", "stop", "main-replica1", "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "run `dbscale up" in result.stderr
+
+
+def test_unknown_table_in_config_is_exit_2_naming_the_close_match(tmp_path: Path) -> None:
+    cfg = tmp_path / "dbscale.toml"
+    cfg.write_text('[group.main]\nprimary = "postgresql://a@h/d"\n')
+    result = run_cli("status", "--config", str(cfg))
+    assert result.returncode == 2
+    assert "group: unknown table (did you mean 'groups'?)" in result.stderr
+    assert result.stderr.count("\n") == 1

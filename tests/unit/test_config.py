@@ -120,7 +120,9 @@ class TestErrors:
 
     def test_unknown_setting_is_named(self) -> None:
         message = error_of(primary=PG, pool={"pool_sise": 3})
-        assert message == "groups.main.pool.pool_sise: unknown setting; remove it or check its spelling"
+        assert message == (
+            "groups.main.pool.pool_sise: unknown setting (did you mean 'pool_size'?); remove it or check its spelling"
+        )
 
     def test_out_of_range(self) -> None:
         assert error_of(primary=PG, pool={"pool_size": 0}).startswith("groups.main.pool.pool_size:")
@@ -224,3 +226,40 @@ def test_load_balancing_accepts_hyphenated_names() -> None:
     group = load_config(environ={}, groups={"main": {"primary": PG, "load_balancing": "round-robin"}}).group("main")
     assert group.load_balancing == "round_robin"
     assert "load_balancing" in error_of(groups={"main": {"primary": PG, "load_balancing": "fastest"}})
+
+
+class TestUnknownNames:
+    def test_unknown_top_level_table_names_the_close_match(self, tmp_path: Path) -> None:
+        path = tmp_path / "dbscale.toml"
+        path.write_text('[group.main]\nprimary = "postgresql://a@h/d"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path, environ={})
+        assert str(info.value) == f"{path}: group: unknown table (did you mean 'groups'?); known tables: groups, cache"
+
+    def test_known_tables_come_from_the_model(self) -> None:
+        from dbscale.config import TopologyConfig, top_level_keys
+
+        assert top_level_keys() == list(TopologyConfig.model_fields)
+
+    def test_misspelled_variable_warns_with_the_close_match_and_is_ignored(self) -> None:
+        env = {"DBSCALE_PRIMRY_URL": PG, "DBSCALE_PRIMARY_URL": PG, "DBSCALE_GROUPS__main__MAX_LAGG": "2s"}
+        with pytest.warns(UserWarning) as record:
+            config = load_config(environ=env)
+        messages = sorted(str(w.message) for w in record)
+        assert (
+            "DBSCALE_GROUPS__main__MAX_LAGG: unknown dbscale setting (did you mean 'DBSCALE_GROUPS__main__MAX_LAG'?)"
+            in messages[0]
+        )
+        assert "DBSCALE_PRIMRY_URL: unknown dbscale setting (did you mean 'DBSCALE_PRIMARY_URL'?)" in messages[1]
+        assert config.groups["main"].max_lag == 10.0
+
+    def test_real_settings_do_not_warn(self, recwarn: pytest.WarningsRecorder) -> None:
+        env = {
+            "DBSCALE_PRIMARY_URL": PG,
+            "DBSCALE_GROUPS__main__POOL__POOL_SIZE": "3",
+            "DBSCALE_CACHE__NAMESPACE": "app",
+            "DBSCALE_CONFIG": "",
+        }
+        config = load_config(environ=env)
+        assert config.groups["main"].pool.pool_size == 3
+        assert not [w for w in recwarn if "dbscale" in str(w.message)]

@@ -92,13 +92,23 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),
+    # web framework glue: the cluster and its causal tokens
+    "dbscale.integrations": ("dbscale.routing", "dbscale.cluster"),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
     "dbscale.cli": ("dbscale",),
+    "dbscale.integrations.pytest_plugin": ("dbscale",),
 }
 #: Rooms nothing outside them (and the tools) may import.
-TOOLS = ("dbscale.cli", "dbscale.cli_advise", "dbscale.cli_project", "dbscale.demo", "dbscale.local")
+TOOLS = (
+    "dbscale.cli",
+    "dbscale.cli_advise",
+    "dbscale.cli_project",
+    "dbscale.demo",
+    "dbscale.local",
+    "dbscale.integrations.pytest_plugin",
+)
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except
 #: its planned shells (``router``, ``reshard``); each planned room names its pure core.

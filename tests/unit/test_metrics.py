@@ -37,3 +37,17 @@ def test_snapshot_is_plain_data() -> None:
     assert snap["dbscale_latency_seconds_count"][0]["value"] == 1.0
     assert not any(name.endswith("_created") for name in snap)
     assert b"dbscale_reads_total" in metrics.exposition()
+
+
+def test_exposition_has_no_created_series_and_a_prometheus_content_type() -> None:
+    from dbscale.metrics import CONTENT_TYPE
+
+    m = Metrics()
+    m.counter("things", "d", ["kind"]).labels(kind="a").inc()
+    m.histogram("latency", "d").observe(0.01)
+    text = m.exposition().decode()
+    assert 'dbscale_things_total{kind="a"} 1.0' in text
+    assert "dbscale_latency_count 1.0" in text
+    assert "_created" not in text
+    assert CONTENT_TYPE.startswith("text/plain; version=")
+    assert m.snapshot()["dbscale_things_total"][0]["value"] == 1.0

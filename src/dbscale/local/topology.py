@@ -15,8 +15,9 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -45,17 +46,41 @@ _T = TypeVar("_T")
 
 
 def _all(items: list[_T], fn: Callable[[_T], object]) -> None:
-    """Run ``fn`` on every item concurrently; re-raise the first error after all finished."""
+    """Run ``fn`` on every item concurrently; re-raise the first error after all finished.
+
+    Interrupted (Ctrl-C reaches the calling thread only), it still waits for the running calls,
+    with SIGINT ignored meanwhile, so the caller can clean up after them; then re-raises.
+    """
     if len(items) <= 1:
         for item in items:
             fn(item)
         return
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        futures = [pool.submit(fn, item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=len(items))
+    futures = [pool.submit(fn, item) for item in items]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        with _sigint_ignored():
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     for future in futures:
         error = future.exception()
         if error is not None:
             raise error
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C in the block (cleanup must finish); only the main thread may change handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class LocalTopology:
@@ -190,9 +215,26 @@ class LocalTopology:
                 *(lambda g=g: self._converge_group(state, rt, g, timeout) for g in state.groups()),
                 lambda: redis_server.start(redis, rt, timeout),
             ]
-            _all(tasks, lambda task: task())
-            write_config(self.config_path, state)
+            running = {n.name for n in state.nodes if self._pid(n, rt) is not None}
+            write_config(self.config_path, state)  # recorded before starting: status and down see it
+            try:
+                _all(tasks, lambda task: task())
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(self._undo_start(state, rt, running)) from None
             return list(state.nodes)
+
+    def _undo_start(self, state: TopologyState, rt: Runtime, running: set[str]) -> str:
+        """After a Ctrl-C during ``up``: stop the nodes ``up`` started (not those already ``running``)."""
+        with _sigint_ignored():
+            started = [n for n in state.nodes if n.name not in running and self._pid(n, rt) is not None]
+            for kind in ("pgbouncer", "postgres", "redis"):
+                _all([n for n in started if n.kind == kind], lambda n: self._stop(n, rt))
+        if not started:
+            return f"`dbscale up` stopped before any server started; the topology stays recorded in {self.state_dir}"
+        return (
+            f"stopped {len(started)} server(s) this `dbscale up` had started ({', '.join(n.name for n in started)}); "
+            f"the topology stays recorded in {self.state_dir}: `dbscale up` resumes it, `dbscale down --purge` removes it"
+        )
 
     def _converge_group(self, state: TopologyState, rt: Runtime, group: str, timeout: float) -> None:
         members = state.postgres_nodes(group)

@@ -16,6 +16,7 @@ from dbscale.errors import AuthenticationFailed, NoReplicaAvailable, PrimaryUnav
 from dbscale.routing import core
 from dbscale.routing.balance import choose
 from dbscale.routing.core import CheckResult, GroupState, ReadPlan, Settings
+from dbscale.routing.events import log_changes
 from dbscale.routing.lsn import Mark
 from dbscale.routing.metrics import RoutingMetrics
 
@@ -169,6 +170,7 @@ class GroupRouterBase:
             if after.writer != before.writer:
                 self.write_suspect = True
             self._publish(before, after)
+            log_changes(self.name, before, after, self.clock())
         return after
 
     def note_failure(self, node: str, reason: str) -> None:

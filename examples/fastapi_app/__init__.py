@@ -1,0 +1,1 @@
+"""The users service of issue 16, done with dbscale's integrations (see README "Web frameworks")."""
