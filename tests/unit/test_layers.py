@@ -60,6 +60,8 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.cqrs": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
     "dbscale.bulk": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
     "dbscale.advisor": ("dbscale.routing", "dbscale.cluster"),
+    # web frameworks and the HTTP edge: they take the cache (and the Cluster) they front
+    "dbscale.integrations": ("dbscale.cache", "dbscale.routing", "dbscale.cluster"),
     # the wiring on top of the rooms
     "dbscale.cluster": (
         "dbscale.cluster_aio",
@@ -96,9 +98,19 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
     "dbscale.cli": ("dbscale",),
+    "dbscale.cli_top": ("dbscale",),
+    "dbscale.demo_workload": ("dbscale",),
 }
 #: Rooms nothing outside them (and the tools) may import.
-TOOLS = ("dbscale.cli", "dbscale.cli_advise", "dbscale.cli_project", "dbscale.demo", "dbscale.local")
+TOOLS = (
+    "dbscale.cli",
+    "dbscale.cli_advise",
+    "dbscale.cli_project",
+    "dbscale.cli_top",
+    "dbscale.demo",
+    "dbscale.demo_workload",
+    "dbscale.local",
+)
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except
 #: its planned shells (``router``, ``reshard``); each planned room names its pure core.
@@ -123,6 +135,7 @@ PURE = (
     "dbscale.advisor.model",
     "dbscale.advisor.candidates",
     "dbscale.advisor.select",
+    "dbscale.demo_workload.ycsb",
 )
 PURE_EXCEPT = ("dbscale.sharding.router", "dbscale.sharding.reshard")
 #: I/O clients (module prefixes) a pure module must not import.

@@ -1,0 +1,1 @@
+"""Integrations of dbscale with web frameworks and the HTTP edge (CDN / reverse proxy)."""
