@@ -120,6 +120,15 @@ class LocalTopology:
         state = self.state()
         return self._pid(state.node(name), self._runtime(state))
 
+    def node_pids(self, name: str) -> list[int]:
+        """Every live process of one node: a PostgreSQL node's postmaster and all its children."""
+        state = self.state()
+        node, rt = state.node(name), self._runtime(state)
+        if node.kind == "postgres":
+            return postgres.all_pids(node, rt)
+        main = self._pid(node, rt)
+        return [] if main is None else [main]
+
     def is_running(self, name: str) -> bool:
         """Whether the node's main process is alive."""
         return self.pid(name) is not None
