@@ -106,14 +106,26 @@ def up(
 
 
 @app.command()
-def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+def demo(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    workload: Annotated[
+        bool,
+        typer.Option("--workload", help="Then load a shop dataset and measure each layer (YCSB A/B/C, HTML report)."),
+    ] = False,
+    duration: Annotated[float, typer.Option(help="Measured seconds per workload cell (--workload).", min=0.5)] = 2.0,
+) -> None:
     """Run the demo on a local topology (started if needed): read-your-writes, routing, caching, metrics."""
     from dbscale.demo import run_demo
 
     report = run_demo(state_dir, out)
     _print_status(probe_topology(load_config(state_dir / "dbscale.toml")), False)
-    if report.failures:
-        fail(f"{len(report.failures)} guarantee(s) did not hold: {'; '.join(report.failures)}")
+    failures = list(report.failures)
+    if workload:
+        from dbscale.demo_workload.run import run_workload_demo
+
+        failures += run_workload_demo(state_dir, out, duration=duration).failures
+    if failures:
+        fail(f"{len(failures)} guarantee(s) did not hold: {'; '.join(failures)}")
     out.print(
         f"demo finished; the topology keeps running in {state_dir} (`dbscale down --state-dir {state_dir}` stops it)"
     )
