@@ -94,6 +94,9 @@ def up(
     pgbouncer: Annotated[
         bool | None, typer.Option("--pgbouncer/--no-pgbouncer", help="PgBouncer (transaction mode) per primary.")
     ] = None,
+    edge: Annotated[
+        bool, typer.Option("--edge", help="Also nginx (proxy_cache) in front of a demo app: the HTTP edge tier.")
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonFlag = False,
 ) -> None:
@@ -102,6 +105,10 @@ def up(
     topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
     if not as_json:
         out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
+    if edge:
+        url = topology.up_edge().url
+        if not as_json:
+            out.print(f"edge up: nginx at [bold]{url}[/] (try {url}/users/1) in front of the demo app")
     _print_status(probe_topology(load_config(topology.config_path)), as_json)
 
 

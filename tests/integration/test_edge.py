@@ -208,3 +208,19 @@ def test_asgi_middleware_serves_from_the_cache_and_answers_304(topology_config_p
         asyncio.run(main())
     finally:
         cache.close()
+
+
+def test_up_edge_serves_the_demo_app_through_nginx(restore_topology: Any) -> None:
+    """`dbscale up --edge`: nginx in front of the demo app; the second GET is nginx's; down stops both."""
+    edge = restore_topology.up_edge()
+    try:
+        seen = []
+        for _ in range(2):
+            with urllib.request.urlopen(edge.url + "/users/1", timeout=10) as response:
+                seen.append((response.status, response.headers["X-Cache-Status"], response.headers["Surrogate-Key"]))
+        assert seen[0][0] == 200 and seen[0][2] == "wl:app:user:1"
+        assert seen[1][1] == "HIT"
+        assert nginx.pid(edge) is not None
+    finally:
+        nginx.stop_edge(restore_topology.state_dir)
+    assert nginx.pid(edge) is None

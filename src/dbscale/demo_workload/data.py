@@ -57,11 +57,17 @@ def copy_rows(cluster: Cluster, table: str, columns: Sequence[str], rows: Iterab
     return count
 
 
+def exists(cluster: Cluster) -> bool:
+    """Whether the shop tables exist (of any size)."""
+    with cluster.write() as conn:
+        return conn.scalar(text("SELECT to_regclass(:t)"), {"t": ORDERS}) is not None
+
+
 def loaded(cluster: Cluster, size: ShopSize) -> bool:
     """Whether the dataset of exactly this size is already there (a second demo run skips the load)."""
+    if not exists(cluster):
+        return False
     with cluster.write() as conn:
-        if conn.scalar(text("SELECT to_regclass(:t)"), {"t": ORDERS}) is None:
-            return False
         users = conn.scalar(text(f"SELECT count(*) FROM {USERS}"))
         orders = conn.scalar(text(f"SELECT count(*) FROM {ORDERS}"))
     return (users, orders) == (size.users, size.orders)

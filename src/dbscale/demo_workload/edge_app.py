@@ -20,6 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import orjson
 
 from dbscale.cluster import Cluster
+from dbscale.demo_workload.data import ShopSize, exists, load_shop
 from dbscale.demo_workload.layers import Replicas, WithL1
 from dbscale.integrations.edge import EdgePolicy, EdgePurger, EdgeWSGI
 
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     policy = EdgePolicy(purge_secret=args.secret)
     with Cluster.from_config(args.config) as cluster:
+        if not exists(cluster):  # a small shop to serve; `dbscale demo --workload` loads the full one
+            load_shop(cluster, ShopSize(users=1_000, orders=10_000))
         app = EdgeApp(WithL1(cluster, "app"), policy, args.port)
         app.purge_through(args.edge_url, policy)
         threading.Event().wait()

@@ -10,14 +10,18 @@ every path (pid, logs, cache, temp files) inside its own directory.
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbscale.errors import LocalTopologyError
 from dbscale.local import processes
-from dbscale.local.ports import port_accepts
+from dbscale.local.ports import free_ports, port_accepts
 from dbscale.local.runtime import log_tail, make_private_dir, write_owned
 from dbscale.local.service_user import ServiceUser, run
 
@@ -121,3 +125,65 @@ def stop(edge: EdgeConfig, timeout: float = 10.0) -> None:
 def clear_cache(edge: EdgeConfig) -> None:
     """Forget every kept response (nginx must be stopped)."""
     shutil.rmtree(edge.directory / "cache", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- `dbscale up --edge`
+
+EDGE_DIR = "edge"
+APP_MODULE = "dbscale.demo_workload.edge_app"
+
+
+def _app_pid(directory: Path) -> int | None:
+    recorded = processes.read_pidfile(directory / "app.pid")
+    if recorded is None or not processes.is_alive(recorded):
+        return None
+    try:
+        cmdline = (Path("/proc") / str(recorded) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return recorded if APP_MODULE.encode() in cmdline else None
+
+
+def edge_config(state_dir: Path) -> EdgeConfig:
+    """The edge of the topology in ``state_dir``: ports and secret chosen once, kept in ``edge/edge.json``."""
+    directory = state_dir / EDGE_DIR
+    record = directory / "edge.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+    else:
+        listen, app = free_ports(2)
+        data = {"listen_port": listen, "app_port": app, "purge_secret": secrets.token_hex(16)}
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_owned(record, json.dumps(data), None)
+    return EdgeConfig(directory, int(data["listen_port"]), int(data["app_port"]), str(data["purge_secret"]))
+
+
+def start_edge(state_dir: Path, config_path: Path, user: ServiceUser, timeout: float = 30.0) -> EdgeConfig:
+    """Start the demo app (``GET /users/<id>``) behind nginx, unless they run already; return the edge."""
+    edge = edge_config(state_dir)
+    if _app_pid(edge.directory) is None:
+        log = (edge.directory / "app.log").open("ab")
+        argv = [sys.executable, "-m", APP_MODULE, "--config", str(config_path), "--port", str(edge.app_port)]
+        argv += ["--secret", edge.purge_secret, "--edge-url", edge.url]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        (edge.directory / "app.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not port_accepts(edge.app_port):
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                raise LocalTopologyError(
+                    f"the edge demo app did not start on port {edge.app_port}\n{log_tail(edge.directory / 'app.log')}"
+                )
+            time.sleep(0.05)
+    start(edge, user, timeout)
+    return edge
+
+
+def stop_edge(state_dir: Path) -> None:
+    """Stop nginx and the demo app of ``state_dir`` (no-op if there is no edge)."""
+    directory = state_dir / EDGE_DIR
+    if not (directory / "edge.json").is_file():
+        return
+    edge = edge_config(state_dir)
+    stop(edge)
+    processes.stop_main("edge demo app", _app_pid(directory), 10.0)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbscale.errors import LocalTopologyError
-from dbscale.local import pgbouncer, postgres, processes, redis_server
+from dbscale.local import nginx, pgbouncer, postgres, processes, redis_server
 from dbscale.local.binaries import find_binaries
 from dbscale.local.ports import free_ports
 from dbscale.local.runtime import Runtime
@@ -203,6 +203,10 @@ class LocalTopology:
             write_config(self.config_path, state)
             return list(state.nodes)
 
+    def up_edge(self, timeout: float = 30.0) -> nginx.EdgeConfig:
+        """Start the HTTP edge: Debian's nginx (proxy_cache) in front of a demo app on this topology."""
+        return nginx.start_edge(self.state_dir, self.config_path, current_service_user(), timeout)
+
     def _converge_group(self, state: TopologyState, rt: Runtime, group: str, timeout: float) -> None:
         members = state.postgres_nodes(group)
         for node in (n for n in members if n.role == "primary"):
@@ -240,6 +244,7 @@ class LocalTopology:
             state = load_state(self.state_dir)
             if state is None:
                 return
+            nginx.stop_edge(self.state_dir)
             rt = self._runtime(state)
             by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in ("pgbouncer", "postgres", "redis")}
             for kind in ("pgbouncer", "postgres", "redis"):
