@@ -19,6 +19,7 @@ from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_project import register as register_project_commands
+from dbscale.cli_top import run_top
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -158,6 +159,22 @@ def status(
 ) -> None:
     """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
     _print_status(probe_topology(load_config(_config_path(state_dir, config))), as_json)
+
+
+@app.command()
+def top(
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Any dbscale.toml to watch instead.")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 0.5,
+    metrics_url: Annotated[
+        list[str] | None, typer.Option("--metrics-url", help="An app's Prometheus endpoint (repeatable).")
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="Stop after this many refreshes (0: until q).", min=0)] = 0,
+) -> None:
+    """Live view: per-node queries/s, lag, connections and pool waits, cache hit rates per tier, projectors; q quits."""
+    run_top(_config_path(state_dir, config), interval=interval, metrics_urls=metrics_url, iterations=iterations)
 
 
 @app.command("pgbouncer-config")
