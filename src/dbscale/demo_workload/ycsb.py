@@ -56,7 +56,8 @@ class Zipfian:
         self.zetan = sum(1.0 / (i**theta) for i in range(1, n + 1))
         zeta2 = 1.0 + 0.5**theta
         self.alpha = 1.0 / (1.0 - theta)
-        self.eta = (1.0 - (2.0 / n) ** (1.0 - theta)) / (1.0 - zeta2 / self.zetan)
+        # n == 2: ranks 0 and 1 are the whole range and the formula below is never reached
+        self.eta = 0.0 if n == 2 else (1.0 - (2.0 / n) ** (1.0 - theta)) / (1.0 - zeta2 / self.zetan)
         self._half_pow = 1.0 + 0.5**theta
 
     def rank(self, u: float) -> int:
