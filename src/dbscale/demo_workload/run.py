@@ -71,7 +71,7 @@ def run_workload_demo(
     size: ShopSize | None = None,
     duration: float = 2.0,
     threads: int = 8,
-    warmup: float = 1.0,
+    warmup: float = 0.5,
 ) -> WorkloadOutcome:
     """Run the workload section on the local topology in ``state_dir`` (started if needed)."""
     size = size or ShopSize()
