@@ -93,7 +93,9 @@ def run_workload_demo(
         policy = EdgePolicy(max_age=300, stale_while_revalidate=30, purge_secret=secrets.token_hex(16))
         run_id = secrets.token_hex(3)  # one cache namespace for the whole run: caches stay warm between cells
         app = EdgeApp(WithL1(cluster, run_id), policy)
-        edge = nginx.EdgeConfig(state_dir / "workload-edge", free_ports(1)[0], app.port, policy.purge_secret or "")
+        edge = nginx.EdgeConfig(
+            state_dir / nginx.WORKLOAD_EDGE_DIR, free_ports(1)[0], app.port, policy.purge_secret or ""
+        )
         nginx.clear_cache(edge)
         nginx.start(edge, current_service_user())
         try:

@@ -130,6 +130,7 @@ def clear_cache(edge: EdgeConfig) -> None:
 # ---------------------------------------------------------------------------- `dbscale up --edge`
 
 EDGE_DIR = "edge"
+WORKLOAD_EDGE_DIR = "workload-edge"  # the workload demo's own nginx (stopped by the demo, or by `down`)
 APP_MODULE = "dbscale.demo_workload.edge_app"
 
 
@@ -180,10 +181,7 @@ def start_edge(state_dir: Path, config_path: Path, user: ServiceUser, timeout: f
 
 
 def stop_edge(state_dir: Path) -> None:
-    """Stop nginx and the demo app of ``state_dir`` (no-op if there is no edge)."""
-    directory = state_dir / EDGE_DIR
-    if not (directory / "edge.json").is_file():
-        return
-    edge = edge_config(state_dir)
-    stop(edge)
-    processes.stop_main("edge demo app", _app_pid(directory), 10.0)
+    """Stop every nginx of ``state_dir`` (``up --edge``'s and an interrupted workload demo's) and the demo app."""
+    for name in (EDGE_DIR, WORKLOAD_EDGE_DIR):
+        processes.stop_main("nginx", processes.live_pid_from_file(state_dir / name / "nginx.pid", NGINX), 10.0)
+    processes.stop_main("edge demo app", _app_pid(state_dir / EDGE_DIR), 10.0)
