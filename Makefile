@@ -8,7 +8,7 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
-	$(VENV)/bin/dbscale demo --state-dir $(STATE_DIR)
+	$(VENV)/bin/dbscale demo --workload --state-dir $(STATE_DIR)
 
 down: bootstrap
 	$(VENV)/bin/dbscale down --state-dir $(STATE_DIR)

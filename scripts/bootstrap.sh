@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what dbscale needs on a fresh Debian 12 machine, idempotently:
-#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG) when missing, then a venv with dbscale[dev,bench].
+#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG, nginx, chromium, tmux) when missing, then a venv with dbscale[dev,bench].
 # As root it installs with apt-get; as an ordinary user it says which packages to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,11 @@ need=()
 [ -f /usr/share/postgresql/15/extension/hypopg.control ] || need+=(postgresql-15-hypopg)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
+# The HTTP edge (`dbscale up --edge`), the workload report's browser check, the `dbscale top` test.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then

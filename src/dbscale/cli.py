@@ -28,6 +28,7 @@ from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_project import register as register_project_commands
+from dbscale.cli_top import run_top
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -122,6 +123,9 @@ def up(
     pgbouncer: Annotated[
         bool | None, typer.Option("--pgbouncer/--no-pgbouncer", help="PgBouncer (transaction mode) per primary.")
     ] = None,
+    edge: Annotated[
+        bool, typer.Option("--edge", help="Also nginx (proxy_cache) in front of a demo app: the HTTP edge tier.")
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonFlag = False,
 ) -> None:
@@ -133,20 +137,36 @@ def up(
         fail(f"interrupted: {exc or 'nothing had been started'}", EXIT_INTERRUPTED)
     if not as_json:
         out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
+    if edge:
+        url = topology.up_edge().url
+        if not as_json:
+            out.print(f"edge up: nginx at [bold]{url}[/] (try {url}/users/1) in front of the demo app")
     statuses = probe_topology(load_config(topology.config_path))
     _print_status(statuses, as_json)
     _exit_for(statuses)
 
 
 @app.command()
-def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+def demo(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    workload: Annotated[
+        bool,
+        typer.Option("--workload", help="Then load a shop dataset and measure each layer (YCSB A/B/C, HTML report)."),
+    ] = False,
+    duration: Annotated[float, typer.Option(help="Measured seconds per workload cell (--workload).", min=0.5)] = 2.0,
+) -> None:
     """Run the demo on a local topology (started if needed): read-your-writes, routing, caching, metrics."""
     from dbscale.demo import run_demo
 
     report = run_demo(state_dir, out)
     _print_status(probe_topology(load_config(state_dir / "dbscale.toml")), False)
-    if report.failures:
-        fail(f"{len(report.failures)} guarantee(s) did not hold: {'; '.join(report.failures)}")
+    failures = list(report.failures)
+    if workload:
+        from dbscale.demo_workload.run import run_workload_demo
+
+        failures += run_workload_demo(state_dir, out, duration=duration).failures
+    if failures:
+        fail(f"{len(failures)} guarantee(s) did not hold: {'; '.join(failures)}")
     out.print(
         f"demo finished; the topology keeps running in {state_dir} (`dbscale down --state-dir {state_dir}` stops it)"
     )
@@ -182,6 +202,22 @@ def status(
     statuses = probe_topology(load_config(_config_path(state_dir, config)))
     _print_status(statuses, as_json)
     _exit_for(statuses)
+
+
+@app.command()
+def top(
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Any dbscale.toml to watch instead.")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 0.5,
+    metrics_url: Annotated[
+        list[str] | None, typer.Option("--metrics-url", help="An app's Prometheus endpoint (repeatable).")
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="Stop after this many refreshes (0: until q).", min=0)] = 0,
+) -> None:
+    """Live view: per-node queries/s, lag, connections and pool waits, cache hit rates per tier, projectors; q quits."""
+    run_top(_config_path(state_dir, config), interval=interval, metrics_urls=metrics_url, iterations=iterations)
 
 
 @app.command("pgbouncer-config")

@@ -60,6 +60,8 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.cqrs": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
     "dbscale.bulk": ("dbscale.sharding", "dbscale.routing", "dbscale.cluster"),
     "dbscale.advisor": ("dbscale.routing", "dbscale.cluster"),
+    # web frameworks and the HTTP edge: they take the cache (and the Cluster) they front
+    "dbscale.integrations": ("dbscale.cache", "dbscale.routing", "dbscale.cluster"),
     # the wiring on top of the rooms
     "dbscale.cluster": (
         "dbscale.cluster_aio",
@@ -92,13 +94,13 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),
-    # web framework glue: the cluster and its causal tokens
-    "dbscale.integrations": ("dbscale.routing", "dbscale.cluster"),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
     "dbscale.cli": ("dbscale",),
     "dbscale.integrations.pytest_plugin": ("dbscale",),
+    "dbscale.cli_top": ("dbscale",),
+    "dbscale.demo_workload": ("dbscale",),
 }
 #: Rooms nothing outside them (and the tools) may import.
 TOOLS = (
@@ -108,6 +110,8 @@ TOOLS = (
     "dbscale.demo",
     "dbscale.local",
     "dbscale.integrations.pytest_plugin",
+    "dbscale.cli_top",
+    "dbscale.demo_workload",
 )
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except
@@ -133,6 +137,7 @@ PURE = (
     "dbscale.advisor.model",
     "dbscale.advisor.candidates",
     "dbscale.advisor.select",
+    "dbscale.demo_workload.ycsb",
 )
 PURE_EXCEPT = ("dbscale.sharding.router", "dbscale.sharding.reshard")
 #: I/O clients (module prefixes) a pure module must not import.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbscale.errors import LocalTopologyError
-from dbscale.local import pgbouncer, postgres, processes, redis_server
+from dbscale.local import nginx, pgbouncer, postgres, processes, redis_server
 from dbscale.local.binaries import find_binaries
 from dbscale.local.ports import free_ports
 from dbscale.local.runtime import Runtime
@@ -145,6 +145,15 @@ class LocalTopology:
         state = self.state()
         return self._pid(state.node(name), self._runtime(state))
 
+    def node_pids(self, name: str) -> list[int]:
+        """Every live process of one node: a PostgreSQL node's postmaster and all its children."""
+        state = self.state()
+        node, rt = state.node(name), self._runtime(state)
+        if node.kind == "postgres":
+            return postgres.all_pids(node, rt)
+        main = self._pid(node, rt)
+        return [] if main is None else [main]
+
     def is_running(self, name: str) -> bool:
         """Whether the node's main process is alive."""
         return self.pid(name) is not None
@@ -236,6 +245,10 @@ class LocalTopology:
             f"the topology stays recorded in {self.state_dir}: `dbscale up` resumes it, `dbscale down --purge` removes it"
         )
 
+    def up_edge(self, timeout: float = 30.0) -> nginx.EdgeConfig:
+        """Start the HTTP edge: Debian's nginx (proxy_cache) in front of a demo app on this topology."""
+        return nginx.start_edge(self.state_dir, self.config_path, current_service_user(), timeout)
+
     def _converge_group(self, state: TopologyState, rt: Runtime, group: str, timeout: float) -> None:
         members = state.postgres_nodes(group)
         for node in (n for n in members if n.role == "primary"):
@@ -273,6 +286,7 @@ class LocalTopology:
             state = load_state(self.state_dir)
             if state is None:
                 return
+            nginx.stop_edge(self.state_dir)
             rt = self._runtime(state)
             by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in ("pgbouncer", "postgres", "redis")}
             for kind in ("pgbouncer", "postgres", "redis"):
