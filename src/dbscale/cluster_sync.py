@@ -185,13 +185,12 @@ class Cluster(ClusterBase):
         sharding = self._sharding()
         plan = FanoutPlan(order_by=[] if order_by is None else order_by, limit=limit, offset=offset,
                           aggregates=aggregate or (), group_by=group_by or (), columns=columns)  # fmt: skip
-        workers = self._memo(
-            self._fanout_workers, None, lambda: Workers(4 * len(self.shard_map.groups), "dbscale-fanout")
-        )
+        every = self.shard_map.groups  # before _memo: it holds the cluster's lock while making
+        workers = self._memo(self._fanout_workers, None, lambda: Workers(4 * len(every), "dbscale-fanout"))
         return fanout(
             self,
             workers,
-            list(groups or self.shard_map.groups),
+            list(groups or every),
             stmt,
             params,
             plan,
@@ -205,7 +204,9 @@ class Cluster(ClusterBase):
         for group in self.shard_map.groups:
             sql = next_id_function_sql(self.shard_map.id_shard(group), epoch=sharding.id_epoch_ms)
             with self.write(group) as conn:
-                conn.exec_driver_sql(sql)
+                # two statements (sequence, function); the driver takes one at a time and formats '%'
+                for statement in sql.split(";\n\n", 1):
+                    conn.exec_driver_sql(statement.replace("%", "%%"))
 
     def shard_status(self) -> list[dict[str, Any]]:
         """Per shard group: estimated live rows (``pg_stat_user_tables``) and skew (rows / mean rows)."""
