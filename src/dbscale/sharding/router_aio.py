@@ -167,9 +167,12 @@ async def fanout(
 
 
 async def row_estimate(cluster: AsyncCluster, group: str) -> int | None:
-    """Estimated live rows in the user tables of ``group`` (``pg_stat_user_tables``); None if it is down."""
+    """Estimated live rows in the user tables of ``group`` (``pg_stat_user_tables``); None if it is down.
+
+    Asked on the primary: activity statistics are per server, a replica's count none of the writes.
+    """
     try:
-        async with cluster.read(group=group) as conn:
+        async with cluster.write(group) as conn:
             value = await conn.scalar(text("SELECT coalesce(sum(n_live_tup), 0) FROM pg_stat_user_tables"))
     except (NodeUnavailable, sa_exc.SQLAlchemyError, OSError):
         return None
