@@ -240,6 +240,8 @@ def test_shard_read_your_write_with_replay_paused(
                 text(f"INSERT INTO {table} (user_id, status) VALUES (:u, 'new') RETURNING id"), {"u": user}
             ).scalar_one()
         token = shard.causal_token()
+        found = cluster.fanout(f"SELECT id FROM {table} WHERE id = :i", {"i": new_id})  # in pool threads
+        assert [r["id"] for r in found.rows] == [new_id] and found.nodes["main"] == "main-primary"
         with shard.read() as conn:
             assert conn.execute(text(f"SELECT count(*) FROM {table} WHERE id = :i"), {"i": new_id}).scalar_one() == 1
         seen: dict[str, Any] = {}

@@ -96,10 +96,10 @@ def shard_statement(statement: str | Executable, plan: FanoutPlan) -> Executable
 _Outcome = tuple[str, list[Any]] | BaseException
 
 
-def _run_on(cluster: Cluster, group: str, statement: Executable, params: Any) -> _Outcome:
-    """Run ``statement`` on ``group`` through a routed read: (node, rows), or the exception it raised."""
+def _run_on(reading: AbstractContextManager[ReadConnection], statement: Executable, params: Any) -> _Outcome:
+    """Run ``statement`` in a routed read: (node, rows), or the exception it raised."""
     try:
-        with cluster.read(group=group) as conn:
+        with reading as conn:
             result = conn.execute(statement, params)
             return conn.node, list(result.mappings().all())
     except (NodeUnavailable, sa_exc.SQLAlchemyError, OSError) as exc:
@@ -120,8 +120,10 @@ def fanout(
     """Run ``statement`` on every group at once, merge by ``plan`` (see :meth:`dbscale.Cluster.fanout`)."""
     query = shard_statement(statement, plan)
     started = time.perf_counter()
+    # The reads are made here, in the caller's context, so they carry its causal marks (a pool
+    # thread does not inherit the caller's context variables).
     calls: dict[str, Callable[[], _Outcome]] = {
-        group: functools.partial(_run_on, cluster, group, query, params) for group in groups
+        group: functools.partial(_run_on, cluster.read(group=group), query, params) for group in groups
     }
     outcomes = workers.run(calls, timeout)
     seconds = time.perf_counter() - started
