@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from dbscale import AsyncCluster, Cluster, FanoutError
 from dbscale.config import TopologyConfig, load_config
+from dbscale.errors import FanoutPlanError
 from dbscale.local import LocalTopology
 from dbscale.sharding import Aggregate, shard_of_id
 
@@ -345,3 +346,28 @@ def test_a_million_global_ids_on_three_shards(sharded: tuple[Cluster, str, str])
     per_group += per_group % 2
     batches = generate_ids(cluster, per_group, batch=20_000)
     check_ids(cluster, batches, 3 * per_group)
+
+
+def test_text_sort_keys_need_the_c_collation(sharded: tuple[Cluster, str, str]) -> None:
+    cluster, _, _ = sharded
+    with cluster.write("main") as conn:
+        if not conn.execute(text("SELECT count(*) FROM pg_collation WHERE collname = 'en-x-icu'")).scalar_one():
+            pytest.skip("PostgreSQL built without ICU: no linguistic collation to sort by")
+    table = f"names_{uuid.uuid4().hex[:8]}"
+    names = {group: [f"{ch}{i}" for ch in "aBcDeF"] for i, group in enumerate(GROUPS)}
+    for group, values in names.items():
+        with cluster.write(group) as conn:
+            conn.execute(text(f'CREATE TABLE {table} (id int, name text COLLATE "en-x-icu")'))
+            conn.execute(
+                text(f"INSERT INTO {table} VALUES (:id, :name)"), [{"id": i, "name": n} for i, n in enumerate(values)]
+            )
+    try:
+        with pytest.raises(FanoutPlanError, match=r"sorted 'name'.*COLLATE \"C\""):  # a wrong page is never returned
+            cluster.fanout(f"SELECT id, name FROM {table}", order_by=["name", "id"], limit=5)
+        result = cluster.fanout(f'SELECT id, name COLLATE "C" AS name FROM {table}', order_by=["name", "id"], limit=5)
+        every = sorted((n, i) for values in names.values() for i, n in enumerate(values))
+        assert [(r["name"], r["id"]) for r in result.rows] == every[:5]
+    finally:
+        for group in GROUPS:
+            with cluster.write(group) as conn:
+                conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
