@@ -12,7 +12,7 @@ default and ketama mode; ``uhashring.HashRing`` in ketama mode (40 digests x 4 =
 default mode (160 vnodes); and the textbook's ring (10 nodes x 100 vnodes, sorted points walked
 linearly per lookup). Targets (issue 11): dbscale's ring >= 3x the linear-scan ring and >= 1x
 uhashring. Before timing, dbscale's ketama ring is checked to place every key as uhashring's does.
-Then the fan-out latency table (``sharding_fanout.py``): the page "latest 20 orders" and an
+Then the fan-out latency table (``_fanout.py``): the page "latest 20 orders" and an
 aggregate across 2 and 3 shard groups through ``cluster.fanout`` vs the same query on one node.
 """
 
@@ -95,7 +95,7 @@ def main() -> int:
     args = parser.parse_args()
     status = lookups()
     if not args.no_fanout:
-        from sharding_fanout import run_fanout
+        from _fanout import run_fanout
 
         print()
         run_fanout(args.config, args.iterations)

@@ -1,7 +1,7 @@
 """Fan-out latency: one query over 2 and 3 shard groups through ``cluster.fanout`` vs the same query on one node.
 
-    python benchmarks/sharding_fanout.py                       # starts a throwaway topology: main + shard0..2
-    python benchmarks/sharding_fanout.py --config dbscale.toml # needs groups main, shard0, shard1, shard2
+Run by ``benchmarks/sharding.py`` (``--config dbscale.toml`` there needs groups main, shard0, shard1,
+shard2; without it a throwaway topology with those groups is started and purged).
 
 The same ``ROWS`` orders live three ways: all in one table on ``main`` (the unsharded alternative,
 queried with plain SQLAlchemy through ``cluster.read(group="main")``), split over shard0-shard1,
@@ -14,10 +14,8 @@ Sync (threads) and asyncio (tasks).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -156,15 +154,6 @@ def report(flavour: str, query: str, samples: dict[str, list[float]]) -> None:
         print(f"| {flavour} | {query} | {name} | {med * 1e3:.2f} ms | {med / base:.2f}x |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--iterations", type=int, default=200)
-    args = parser.parse_args()
-    run_fanout(args.config, args.iterations)
-    return 0
-
-
 def run_fanout(config_path: Path | None, iterations: int) -> None:
     """Print the fan-out table (on ``config_path``'s topology, or a throwaway one with 3 shard groups)."""
     with bench_config(config_path, "fanout", shards=3) as path:
@@ -186,7 +175,3 @@ def run_fanout(config_path: Path | None, iterations: int) -> None:
                 asyncio.run(run_async())
             finally:
                 teardown(cluster)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
