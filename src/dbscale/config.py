@@ -198,7 +198,8 @@ class ShardSchemeConfig(_Model):
     (the same ring placed exactly as libketama / uhashring), ``jump`` (Lamping & Veach: exact
     balance, groups are only ever appended), ``hash_mod`` (md5 mod N, the textbook's: adding a
     group moves ~N/(N+1) of the keys) or ``range`` (``ranges = [[low, high, group], ...]``, with an
-    optional ``default`` group for keys outside every range).
+    optional ``default`` group for keys outside every range). TOML has no null, so open-ended ranges
+    (``None`` bounds) can be given only from Python; in a file, close the ends or name a ``default``.
     """
 
     strategy: ShardStrategy | None = None
