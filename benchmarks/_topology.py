@@ -11,8 +11,9 @@ from pathlib import Path
 
 
 @contextmanager
-def bench_config(config: Path | None, name: str, *, replicas: int = 0) -> Iterator[Path]:
-    """``config`` as is, or the ``dbscale.toml`` of a fresh local topology (one primary, ``replicas`` replicas).
+def bench_config(config: Path | None, name: str, *, replicas: int = 0, shards: int = 0) -> Iterator[Path]:
+    """``config`` as is, or the ``dbscale.toml`` of a fresh local topology (one primary, ``replicas``
+    replicas, and ``shards`` single-primary shard groups).
 
     The fresh topology lives in a state dir under /tmp (reachable by the ``postgres`` user when run as
     root) and is stopped and purged on exit, whatever happened.
@@ -26,7 +27,7 @@ def bench_config(config: Path | None, name: str, *, replicas: int = 0) -> Iterat
     os.chmod(state_dir, 0o755)
     topology = LocalTopology(state_dir)
     try:
-        topology.up(replicas=replicas, shards=0, pgbouncer=False)
+        topology.up(replicas=replicas, shards=shards, pgbouncer=False)
         yield topology.config_path
     finally:
         topology.down(purge=True)

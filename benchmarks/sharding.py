@@ -1,8 +1,10 @@
 """Sharding benchmark: placement lookups per second, dbscale's strategies next to uhashring and the textbook.
 
-    python benchmarks/sharding.py
+    python benchmarks/sharding.py                  # lookups, then fan-out on a throwaway topology
+    python benchmarks/sharding.py --no-fanout      # lookups only (no servers)
+    python benchmarks/sharding.py --config dbscale.toml   # fan-out on groups main, shard0..2 of that file
 
-One run, no servers (placement is pure). Every case looks up the same 1,000 string keys on 10
+Lookups need no servers (placement is pure). Every case looks up the same 1,000 string keys on 10
 nodes. The cases are interleaved: every round times a batch of each case, in alternating order
 (forward, then reversed), and the table shows the median per lookup over all rounds, so machine
 noise hits every case alike. Rings: dbscale ``HashRing`` (160 points per node, bisect), in
@@ -10,16 +12,19 @@ default and ketama mode; ``uhashring.HashRing`` in ketama mode (40 digests x 4 =
 default mode (160 vnodes); and the textbook's ring (10 nodes x 100 vnodes, sorted points walked
 linearly per lookup). Targets (issue 11): dbscale's ring >= 3x the linear-scan ring and >= 1x
 uhashring. Before timing, dbscale's ketama ring is checked to place every key as uhashring's does.
-The fan-out latency rows of issue 11 need a real topology and come with the I/O part.
+Then the fan-out latency table (``_fanout.py``): the page "latest 20 orders" and an
+aggregate across 2 and 3 shard groups through ``cluster.fanout`` vs the same query on one node.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uhashring
@@ -83,6 +88,21 @@ TEXTBOOK = "textbook ring, linear scan (10 x 100 vnodes)"
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--config", type=Path, default=None, help="fan-out on this topology (groups main, shard0..2)")
+    parser.add_argument("--iterations", type=int, default=200, help="interleaved fan-out runs per path")
+    parser.add_argument("--no-fanout", action="store_true", help="lookups only")
+    args = parser.parse_args()
+    status = lookups()
+    if not args.no_fanout:
+        from _fanout import run_fanout
+
+        print()
+        run_fanout(args.config, args.iterations)
+    return status
+
+
+def lookups() -> int:
     ring = HashRing(NODES)
     ketama = HashRing(NODES, ketama=True)
     u_ketama = uhashring.HashRing(NODES, hash_fn="ketama")

@@ -31,6 +31,7 @@ FILES = [
     (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
     (Path("src/dbscale/cqrs/log_aio.py"), Path("src/dbscale/cqrs/log.py")),
     (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
+    (Path("src/dbscale/sharding/router_aio.py"), Path("src/dbscale/sharding/router.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -81,6 +82,27 @@ RULES: list[tuple[str, str]] = [
     (r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection$", "    from sqlalchemy import Connection"),
     (r"\bdbscale\.cqrs\.log_aio\b", "dbscale.cqrs.log"),
     (r"\bThe asyncio (event log|projector)\b", r"The synchronous \1"),
+    # the shard shell (sharding/router_aio.py)
+    (
+        r"^from collections\.abc import Awaitable, Callable, Mapping, Sequence$",
+        "from collections.abc import Callable, Mapping, Sequence",
+    ),
+    (
+        r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncSession$",
+        "    from sqlalchemy import Connection\n    from sqlalchemy.orm import Session",
+    ),
+    (
+        r"^    from dbscale\.routing\.aio import AsyncReadConnection$",
+        "    from dbscale.routing.router import ReadConnection",
+    ),
+    (r"\bThe asyncio shard shell\b", "The synchronous shard shell"),
+    (
+        r"^\(as asyncio tasks; the generated twin ``sharding/router\.py`` uses threads\),$",
+        "(in threads; generated from ``sharding/router_aio.py``),",
+    ),
+    (r"\bAwaitable\[_Outcome\]", "_Outcome"),
+    (r"\bAsyncShard\b", "Shard"),
+    (r"\bdbscale\.sharding\.router_aio\b", "dbscale.sharding.router"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call

@@ -2,7 +2,7 @@
 
 from importlib import metadata
 
-from dbscale import cqrs
+from dbscale import cqrs, sharding
 from dbscale.advisor import Advice, advise, advise_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
@@ -15,6 +15,7 @@ from dbscale.errors import (
     ConfigError,
     CqrsError,
     DbscaleError,
+    FanoutError,
     LocalTopologyError,
     MissingBinaryError,
     NodeUnavailable,
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigError",
     "CqrsError",
     "DbscaleError",
+    "FanoutError",
     "GroupConfig",
     "InvalidCausalToken",
     "LocalTopologyError",
@@ -64,4 +66,5 @@ __all__ = [
     "advise_async",
     "cqrs",
     "load_config",
+    "sharding",
 ]

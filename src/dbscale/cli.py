@@ -32,7 +32,7 @@ from dbscale.cli_top import run_top
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
-from dbscale.probe import NodeStatus, probe_topology
+from dbscale.probe import NodeStatus, probe_shards, probe_topology
 
 app = typer.Typer(
     name="dbscale",
@@ -87,9 +87,12 @@ def _fmt_lag(status: NodeStatus) -> str:
     return f"{size} / {secs}"
 
 
-def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
+def _print_status(statuses: list[NodeStatus], as_json: bool, shards: list[dict[str, Any]] | None = None) -> None:
     if as_json:
-        print(json.dumps({"nodes": [s.as_dict() for s in statuses]}, indent=2))
+        doc: dict[str, Any] = {"nodes": [s.as_dict() for s in statuses]}
+        if shards:
+            doc["shards"] = shards
+        print(json.dumps(doc, indent=2))
         return
     table = Table(title="dbscale topology")
     for column in ("node", "group", "role", "port", "status", "replay lag", "router"):
@@ -98,6 +101,18 @@ def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
         health = "[green]healthy[/]" if s.healthy else f"[red]down[/] {s.error or ''}".rstrip()
         lag = _fmt_lag(s) + (" (replay paused)" if s.replay_paused else "")
         table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, lag, s.router or "-")
+    out.print(table)
+    if shards:
+        _print_shards(shards)
+
+
+def _print_shards(shards: list[dict[str, Any]]) -> None:
+    table = Table(title="shard groups")
+    for column in ("group", "rows (estimate)", "skew (rows / mean)"):
+        table.add_column(column)
+    for row in shards:
+        rows = "[red]down[/]" if row["rows"] is None else str(row["rows"])
+        table.add_row(row["group"], rows, "-" if row["skew"] is None else f"{row['skew']:.2f}")
     out.print(table)
 
 
@@ -118,7 +133,10 @@ def _config_path(state_dir: Path | None, config: Path | None) -> Path:
 def up(
     replicas: Annotated[int | None, typer.Option(help="Streaming replicas of group main (default 2).", min=0)] = None,
     shards: Annotated[
-        int | None, typer.Option(help="Extra single-primary groups for sharding (default 0).", min=0)
+        int | None, typer.Option(help="Shard groups shard0.. (default 0); writes the [sharding] section.", min=0)
+    ] = None,
+    shard_replicas: Annotated[
+        int | None, typer.Option("--shard-replicas", help="Streaming replicas of every shard group (default 0).", min=0)
     ] = None,
     pgbouncer: Annotated[
         bool | None, typer.Option("--pgbouncer/--no-pgbouncer", help="PgBouncer (transaction mode) per primary.")
@@ -132,7 +150,7 @@ def up(
     """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
     topology = _local(state_dir)
     try:
-        topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
+        topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer, shard_replicas=shard_replicas)
     except KeyboardInterrupt as exc:
         fail(f"interrupted: {exc or 'nothing had been started'}", EXIT_INTERRUPTED)
     if not as_json:
@@ -196,11 +214,13 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag, the router's verdict. Exit 1 if any node is down."""
+    """Show every node: group, role, port, health, replay lag, the router's verdict; with [sharding], each shard
+    group's estimated rows and skew. Exit 1 if any node is down."""
     if state_dir is not None:
         _local(state_dir)  # a file is a usage error
-    statuses = probe_topology(load_config(_config_path(state_dir, config)))
-    _print_status(statuses, as_json)
+    topology = load_config(_config_path(state_dir, config))
+    statuses = probe_topology(topology)
+    _print_status(statuses, as_json, probe_shards(topology))
     _exit_for(statuses)
 
 

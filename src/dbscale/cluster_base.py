@@ -16,16 +16,20 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
 
-from dbscale.config import PoolConfig, TopologyConfig, load_config
+from dbscale.config import PoolConfig, ShardingConfig, ShardSchemeConfig, TopologyConfig, load_config
 from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
 from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.settings import router_arguments
+from dbscale.sharding.placement import Key
+from dbscale.sharding.shardmap import Scheme, ShardMap
 from dbscale.topology import NodeRef, configured_nodes
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+#: ``shard(key)`` / ``shard_for(key)``: no entity named, the default scheme places the key.
+_NO_KEY: Any = object()
 
 
 def engine_options(pool: PoolConfig, *, via_pgbouncer: bool, read_only: bool = False) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class ClusterBase:
         self._lock = threading.Lock()
         self._closed = False
         self._causal = CausalContext()
+        self._shard_maps: dict[None, ShardMap] = {}
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **overrides: Any) -> Self:
@@ -132,6 +137,29 @@ class ClusterBase:
         """Forget this context's causal marks (e.g. at the start of each web request)."""
         self._causal.clear()
 
+    # -- sharding (dbscale.sharding): the pure decisions; the I/O is in cluster_aio / sharding.router_aio --
+    @property
+    def shard_map(self) -> ShardMap:
+        """The shard map built from ``[sharding]`` (raises :class:`~dbscale.ConfigError` without one)."""
+        return self._memo(self._shard_maps, None, lambda: shard_map_of(self._sharding()))
+
+    def shard_for(self, entity_or_key: Any, key: Any = _NO_KEY) -> str:
+        """The shard group owning a key: ``shard_for("orders", user_id)``, or ``shard_for(key)`` (default scheme)."""
+        entity, shard_key = _entity_and_key(entity_or_key, key)
+        return self.shard_map.group_for(entity, shard_key)
+
+    def shard_of(self, global_id: int) -> str:
+        """The shard group whose ``dbscale_next_id()`` made ``global_id`` (see :func:`dbscale.sharding.shard_of_id`)."""
+        return self.shard_map.group_of_id(global_id)
+
+    def _sharding(self) -> ShardingConfig:
+        if self.config.sharding is None:
+            raise ConfigError(
+                "sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config "
+                "(`dbscale up --shards 2` writes it)"
+            )
+        return self.config.sharding
+
     def _router_args(self, group: str) -> dict[str, Any]:
         self._check_open()
         return router_arguments(group, self.config.group(group), self.metrics, self._causal)
@@ -167,4 +195,23 @@ class ClusterBase:
         return f"{type(self).__name__}(groups={list(self.config.groups)}, nodes={list(self._nodes)})"
 
 
-__all__ = ["ClusterBase", "engine_options"]
+def _scheme(config: ShardSchemeConfig) -> Scheme:
+    return Scheme(config.strategy or "ring", list(config.groups or ()), config.vnodes, config.weights,
+                  config.ranges, config.default)  # fmt: skip
+
+
+def shard_map_of(sharding: ShardingConfig) -> ShardMap:
+    """The pure :class:`~dbscale.sharding.shardmap.ShardMap` of a ``[sharding]`` section."""
+    entities = {name: _scheme(sharding.scheme(name)) for name in sharding.entities}
+    return ShardMap(_scheme(sharding), entities, {name: e.key for name, e in sharding.entities.items()})
+
+
+def _entity_and_key(entity_or_key: Any, key: Any) -> tuple[str | None, Key]:
+    if key is _NO_KEY:
+        return None, entity_or_key
+    if not isinstance(entity_or_key, str):
+        raise ConfigError(f"shard({entity_or_key!r}, {key!r}): the first of two arguments names an entity (a str)")
+    return entity_or_key, key
+
+
+__all__ = ["ClusterBase", "engine_options", "shard_map_of"]

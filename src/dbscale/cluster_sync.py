@@ -8,21 +8,30 @@ it by ``scripts/unasync.py``; what both share is in ``cluster_base.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
+from dbscale._compat import Workers
 from dbscale.cache import Cache
 from dbscale.cache.core import CacheCore
 from dbscale.causality import ClusterCausality
-from dbscale.cluster_base import ClusterBase
+from dbscale.cluster_base import _NO_KEY, ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
 from dbscale.cqrs.log import EventLog
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine
+from dbscale.sharding.fanout import FanoutResult
+from dbscale.sharding.ids import next_id_function_sql
+from dbscale.sharding.router import Shard, fanout, row_estimate
+from dbscale.sharding.scatter import Aggregate, FanoutPlan, OrderKey
+
+if TYPE_CHECKING:
+    from sqlalchemy import Executable
 
 
 class Cluster(ClusterBase):
@@ -37,6 +46,7 @@ class Cluster(ClusterBase):
         self._routers: dict[str, GroupRouter] = {}
         self._cache: dict[None, Cache] = {}  # at most one, made on first use (a dict for _memo)
         self._events: dict[None, EventLog] = {}
+        self._fanout_workers: dict[None, Workers] = {}
 
     def engine(self, name: str, *, read_only: bool = False) -> Engine:
         """The SQLAlchemy engine of node ``name``, created on first use (``read_only``: a separate pool
@@ -131,8 +141,82 @@ class Cluster(ClusterBase):
         return self._memo(self._events, None, lambda: EventLog(self))
 
     def install(self) -> None:
-        """Create dbscale's tables (the event log, projector checkpoints, dead letters). Idempotent."""
+        """Create dbscale's tables (the event log, projector checkpoints, dead letters) and, with
+        ``[sharding]``, the global-ID function ``dbscale_next_id()`` on every shard group. Idempotent."""
         self.events.install()
+        if self.config.sharding is not None:
+            self.install_id_functions()
+
+    # -- sharding (dbscale.sharding) ---------------------------------------------------------------
+    def shard(self, entity_or_key: Any, key: Any = _NO_KEY) -> Shard:
+        """The shard group owning a key, as a handle: ``cluster.shard("orders", user_id).write()``.
+
+        ``shard(key)`` uses the default ``[sharding]`` scheme. The handle's ``write()``, ``read(after=)``
+        and ``session()`` go through that group's router (replicas, lag, causal tokens, bans).
+        """
+        return Shard(self, self.shard_for(entity_or_key, key))
+
+    def fanout(
+        self,
+        stmt: str | Executable,
+        params: Mapping[str, Any] | None = None,
+        *,
+        order_by: Sequence[OrderKey | str | Sequence[str]] | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        aggregate: Sequence[Aggregate] | None = None,
+        group_by: Sequence[str] | str | None = None,
+        columns: Sequence[str] | None = None,
+        allow_partial: bool = False,
+        timeout: float | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> FanoutResult:
+        """Run ``stmt`` on every shard group at once and merge the rows as one table would return them.
+
+        Write ``stmt`` without ORDER BY/LIMIT: each group runs it wrapped in ``ORDER BY order_by
+        LIMIT offset + limit`` (k-way merge, then the global OFFSET/LIMIT); select every sort column
+        and drop helpers with ``columns=``. With ``aggregate=`` (COUNT/SUM/MIN/MAX, AVG from a sum
+        and a count) and ``group_by=``, ``stmt`` computes the per-group partials and runs as written.
+        Reads are routed (a replica where eligible, causal tokens honoured). A group that fails or
+        does not answer within ``timeout`` (default ``[sharding] fanout_timeout``) raises
+        :class:`~dbscale.FanoutError` naming it; with ``allow_partial=True`` the result's
+        ``missing`` names it instead. Text sort keys need ``COLLATE "C"`` (see :mod:`dbscale.sharding.fanout`).
+        """
+        sharding = self._sharding()
+        plan = FanoutPlan(order_by=[] if order_by is None else order_by, limit=limit, offset=offset,
+                          aggregates=aggregate or (), group_by=group_by or (), columns=columns)  # fmt: skip
+        every = self.shard_map.groups  # before _memo: it holds the cluster's lock while making
+        workers = self._memo(self._fanout_workers, None, lambda: Workers(4 * len(every), "dbscale-fanout"))
+        return fanout(
+            self,
+            workers,
+            list(groups or every),
+            stmt,
+            params,
+            plan,
+            allow_partial=allow_partial,
+            timeout=sharding.fanout_timeout if timeout is None else timeout,
+        )
+
+    def install_id_functions(self) -> None:
+        """Create ``dbscale_next_id()`` on every shard group's primary (logical shard = the group's position)."""
+        sharding = self._sharding()
+        for group in self.shard_map.groups:
+            sql = next_id_function_sql(self.shard_map.id_shard(group), epoch=sharding.id_epoch_ms)
+            with self.write(group) as conn:
+                # two statements (sequence, function); the driver takes one at a time and formats '%'
+                for statement in sql.split(";\n\n", 1):
+                    conn.exec_driver_sql(statement.replace("%", "%%"))
+
+    def shard_status(self) -> list[dict[str, Any]]:
+        """Per shard group: estimated live rows (``pg_stat_user_tables``) and skew (rows / mean rows)."""
+        estimates = {group: row_estimate(self, group) for group in self.shard_map.groups}
+        known = [v for v in estimates.values() if v is not None]
+        mean = sum(known) / len(known) if known else 0.0
+        return [
+            {"group": g, "rows": v, "skew": None if v is None or mean == 0 else round(v / mean, 3)}
+            for g, v in estimates.items()
+        ]
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""
@@ -141,6 +225,9 @@ class Cluster(ClusterBase):
             routers, self._routers = list(self._routers.values()), {}
             self._closed = True
             cache = self._cache.pop(None, None)
+            workers = self._fanout_workers.pop(None, None)
+        if workers is not None:
+            workers.close()
         if cache is not None:
             cache.close()
         for router in routers:

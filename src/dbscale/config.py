@@ -194,11 +194,103 @@ class CacheConfig(_Model):
             )
 
 
+# -- [sharding] ---------------------------------------------------------------------------------------
+ShardStrategy = Literal["ring", "ketama", "jump", "hash_mod", "range"]
+
+
+class ShardSchemeConfig(_Model):
+    """How keys map to shard groups: a placement strategy over named groups (see :mod:`dbscale.sharding`).
+
+    ``ring`` (consistent hashing, ``vnodes`` points per group, optional ``weights``), ``ketama``
+    (the same ring placed exactly as libketama / uhashring), ``jump`` (Lamping & Veach: exact
+    balance, groups are only ever appended), ``hash_mod`` (md5 mod N, the textbook's: adding a
+    group moves ~N/(N+1) of the keys) or ``range`` (``ranges = [[low, high, group], ...]``, with an
+    optional ``default`` group for keys outside every range). TOML has no null, so open-ended ranges
+    (``None`` bounds) can be given only from Python; in a file, close the ends or name a ``default``.
+    """
+
+    strategy: ShardStrategy | None = None
+    groups: list[str] | None = None
+    vnodes: int = Field(160, ge=1, le=10_000)
+    weights: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    ranges: list[tuple[int | str | None, int | str | None, str]] | None = None
+    default: str | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.groups is not None:
+            if not self.groups:
+                raise ValueError("groups: name at least one shard group, e.g. groups = ['shard0', 'shard1']")
+            if len(set(self.groups)) != len(self.groups):
+                raise ValueError(f"groups: {self.groups} names a group twice; name each shard group once")
+        if self.strategy == "range" and not self.ranges:
+            raise ValueError("ranges: strategy 'range' needs ranges = [[low, high, group], ...]")
+        if self.ranges and self.strategy not in (None, "range"):
+            raise ValueError(f"ranges: only strategy 'range' uses ranges (this scheme is {self.strategy!r})")
+
+
+class ShardEntityConfig(ShardSchemeConfig):
+    """A named entity's scheme (``[sharding.entities.orders] key = "user_id"``); unset fields come from ``[sharding]``.
+
+    ``key`` names the column that holds the shard key (orders sharded by ``user_id`` live with their user).
+    """
+
+    key: str = Field(min_length=1, max_length=63)
+
+
+class ShardingConfig(ShardSchemeConfig):
+    """``[sharding]``: the default scheme, named entity schemes, fan-out and global-ID settings.
+
+    A group's logical shard number (embedded in global IDs, :func:`dbscale.sharding.shard_of_id`) is
+    its position in ``groups``: append new groups at the end, never reorder.
+    """
+
+    strategy: ShardStrategy | None = "ring"
+    groups: list[str] | None = Field(default=None, validate_default=False)
+    entities: dict[str, ShardEntityConfig] = Field(default_factory=dict)
+    fanout_timeout: Duration = 30.0
+    id_epoch_ms: int = Field(1_704_067_200_000, ge=0)  # dbscale.sharding.DEFAULT_EPOCH_MS
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.groups:
+            raise ValueError("groups: name the shard groups, e.g. groups = ['shard0', 'shard1']")
+        super().model_post_init(__context)
+        for name, entity in self.entities.items():
+            if not _NAME.match(name):
+                raise ValueError(f"entities.{name}: entity names must match {_NAME.pattern}")
+            outside = [g for g in entity.groups or () if g not in self.groups]
+            if outside:
+                raise ValueError(
+                    f"entities.{name}.groups: {outside} are not in sharding.groups {self.groups}; "
+                    "list every shard group in [sharding] groups (their order numbers the global IDs)"
+                )
+
+    def scheme(self, entity: str | None) -> ShardSchemeConfig:
+        """The effective scheme of ``entity`` (None: the default one), unset fields filled from ``[sharding]``."""
+        if entity is None:
+            return self
+        try:
+            own = self.entities[entity]
+        except KeyError:
+            known = ", ".join(sorted(self.entities)) or "none"
+            raise ConfigError(
+                f"sharding.entities.{entity}: no such entity (known: {known}); add "
+                f"[sharding.entities.{entity}] key = '<column>' or call shard(key) for the default scheme"
+            ) from None
+        mine = set(own.model_fields_set) - {"key"}
+        # ranges and default belong to the strategy: an entity naming its own strategy does not inherit them
+        inheritable = {"strategy", "groups", "vnodes", "weights"} | (
+            {"ranges", "default"} if "strategy" not in mine else set()
+        )
+        inherited = {f: getattr(self, f) for f in inheritable - mine}
+        return ShardSchemeConfig.model_validate({**inherited, **own.model_dump(include=mine)})
+
+
 class TopologyConfig(_Model):
     """The whole topology: named groups and the cache. Build with :func:`load_config`."""
 
     groups: dict[str, GroupConfig]
     cache: CacheConfig = Field(default_factory=CacheConfig)  # type: ignore[arg-type]
+    sharding: ShardingConfig | None = None
 
     def group(self, name: str) -> GroupConfig:
         """Return the group called ``name``; the error lists the known groups."""
@@ -213,6 +305,26 @@ class TopologyConfig(_Model):
         for name in self.groups:
             if not _NAME.match(name):
                 raise ValueError(f"groups.{name}: group names must match {_NAME.pattern}")
+        if self.sharding is not None:
+            self._check_shard_groups(self.sharding)
+
+    def _check_shard_groups(self, sharding: ShardingConfig) -> None:
+        for where, scheme in [
+            ("sharding", sharding),
+            *((f"sharding.entities.{n}", e) for n, e in sharding.entities.items()),
+        ]:
+            named = [
+                *(scheme.groups or ()),
+                *(r[2] for r in scheme.ranges or ()),
+                *([scheme.default] if scheme.default else []),
+            ]
+            named += list(scheme.weights or ())
+            unknown = sorted({g for g in named if g not in self.groups})
+            if unknown:
+                raise ValueError(
+                    f"{where}: shard groups {unknown} are not configured (known: {', '.join(sorted(self.groups))}); "
+                    "add [groups.<name>] for each, or fix the name"
+                )
 
 
 #: ``DBSCALE_*`` variables that are not settings but are read by dbscale's tools (``from_env``, the
@@ -478,6 +590,10 @@ __all__ = [
     "GroupConfig",
     "PoolConfig",
     "SecretURL",
+    "ShardEntityConfig",
+    "ShardSchemeConfig",
+    "ShardStrategy",
+    "ShardingConfig",
     "TopologyConfig",
     "close_match",
     "env_overrides",

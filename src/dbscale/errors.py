@@ -133,6 +133,19 @@ class FanoutPlanError(ShardingError, ValueError):
     """A scatter-gather plan is invalid (bad ORDER BY spec, LIMIT, aggregate), or rows lack a column it needs."""
 
 
+class FanoutError(ShardingError):
+    """One or more shard groups failed or timed out during ``cluster.fanout(...)``.
+
+    ``missing`` maps each failed group to what went wrong; the message names them. Start or fix
+    the group, raise ``timeout=``, or pass ``allow_partial=True`` to get the other groups' rows
+    (the result's ``missing`` then names the groups left out).
+    """
+
+    def __init__(self, message: str, *, missing: dict[str, str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
 class CqrsError(DbscaleError):
     """Root of the CQRS errors: the event log and projectors (:mod:`dbscale.cqrs`)."""
 
@@ -178,6 +191,7 @@ __all__ = [
     "ConfigError",
     "CqrsError",
     "DbscaleError",
+    "FanoutError",
     "FanoutPlanError",
     "GlobalIdError",
     "InvalidCausalToken",

@@ -101,10 +101,9 @@ def probe_redis(url: str, timeout: float = 2.0) -> NodeStatus:
     return status
 
 
-def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[NodeStatus]:
-    """Every node of ``config`` (and its Redis), checked in parallel; never raises for a dead node."""
-    nodes = configured_nodes(config)
-    quick = config.model_copy(
+def _quick(config: TopologyConfig, timeout: float) -> TopologyConfig:
+    """``config`` with every pool's connect timeout set to ``timeout`` (a probe must not hang on a dead node)."""
+    return config.model_copy(
         update={
             "groups": {
                 name: group.model_copy(update={"pool": group.pool.model_copy(update={"connect_timeout": timeout})})
@@ -112,6 +111,20 @@ def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[Node
             }
         }
     )
+
+
+def probe_shards(config: TopologyConfig, *, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Per shard group of ``[sharding]``: estimated rows and skew (rows / mean); ``rows`` None if it is down."""
+    if config.sharding is None:
+        return []
+    with Cluster(_quick(config, timeout)) as cluster:
+        return cluster.shard_status()
+
+
+def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[NodeStatus]:
+    """Every node of ``config`` (and its Redis), checked in parallel; never raises for a dead node."""
+    nodes = configured_nodes(config)
+    quick = _quick(config, timeout)
     bouncers = [node for node in nodes if node.role == "pgbouncer"]
     with ThreadPoolExecutor(max_workers=len(bouncers) + 1) as pool:
         bouncer_checks = {node.name: pool.submit(probe_pgbouncer, node, timeout) for node in bouncers}

@@ -86,7 +86,8 @@ def test_config_file_describes_the_topology(local_topology: LocalTopology, topol
     assert stat.S_IMODE(topology_config_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(local_topology.state_path.stat().st_mode) == 0o600
     doc = tomllib.loads(topology_config_path.read_text())
-    assert set(doc) == {"cache", "groups"}
+    assert set(doc) == {"cache", "groups", "sharding"}
+    assert doc["sharding"] == {"strategy": "ring", "groups": ["shard0", "shard1"]}  # `up --shards 2` writes it
     assert doc["cache"] == {"redis_url": local_topology.url("redis")}
     assert list(doc["groups"]) == ["main", "shard0", "shard1"]
     assert doc["groups"]["main"] == {

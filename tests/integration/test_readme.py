@@ -79,7 +79,10 @@ README_BLOCKS = [b for b in blocks(README.read_text()) if b.lang in ("python", "
 def namespace(local_topology: LocalTopology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One namespace for the README's Python blocks; cwd has ``.dbscale`` -> the session topology."""
     work = tmp_path_factory.mktemp("readme")
-    (work / ".dbscale").symlink_to(local_topology.state_dir)
+    # the session topology's config plus the entity scheme the README's sharding section adds to it
+    (work / ".dbscale").mkdir()
+    config = local_topology.config_path.read_text()
+    (work / ".dbscale" / "dbscale.toml").write_text(config + '\n[sharding.entities.orders]\nkey = "user_id"\n')
     here = Path.cwd()
     os.chdir(work)
     module = types.ModuleType("readme")  # a real module: SQLAlchemy resolves annotations through sys.modules
@@ -102,7 +105,10 @@ def test_readme_block_runs(block: Block, namespace: dict[str, Any]) -> None:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
     if block.lang == "toml":
         data = tomllib.loads(block.code)
-        for group in data.setdefault("groups", {"main": {}}).values():  # a fragment: a placeholder primary
+        groups = data.setdefault("groups", {"main": {}})
+        for name in data.get("sharding", {}).get("groups", []):  # shard groups the fragment names
+            groups.setdefault(name, {})
+        for group in groups.values():  # a fragment: a placeholder primary
             group.setdefault("primary", "postgresql://app@db1:5432/app")
             group.setdefault("replicas", ["postgresql://app@db2:5432/app"] * len(group.get("weights") or []))
         TopologyConfig.model_validate(data)

@@ -234,7 +234,10 @@ class TestUnknownNames:
         path.write_text('[group.main]\nprimary = "postgresql://a@h/d"\n')
         with pytest.raises(ConfigError) as info:
             load_config(path, environ={})
-        assert str(info.value) == f"{path}: group: unknown table (did you mean 'groups'?); known tables: groups, cache"
+        assert (
+            str(info.value)
+            == f"{path}: group: unknown table (did you mean 'groups'?); known tables: groups, cache, sharding"
+        )
 
     def test_known_tables_come_from_the_model(self) -> None:
         from dbscale.config import TopologyConfig, top_level_keys

@@ -76,13 +76,14 @@ ROOMS: dict[str, tuple[str, ...]] = {
     ),
     # the cache's view of routing's causal tokens (lag-aware fills), wired in by the cluster
     "dbscale.causality": ("dbscale.routing",),
-    "dbscale.cluster_base": ("dbscale.routing",),
+    "dbscale.cluster_base": ("dbscale.routing", "dbscale.sharding"),
     "dbscale.cluster_aio": (
         "dbscale.cluster_base",
         "dbscale.routing",
         "dbscale.cache",
         "dbscale.causality",
         "dbscale.cqrs",
+        "dbscale.sharding",
     ),
     "dbscale.cluster_sync": (
         "dbscale.cluster_base",
@@ -90,6 +91,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "dbscale.cache",
         "dbscale.causality",
         "dbscale.cqrs",
+        "dbscale.sharding",
     ),
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
@@ -139,7 +141,7 @@ PURE = (
     "dbscale.advisor.select",
     "dbscale.demo_workload.ycsb",
 )
-PURE_EXCEPT = ("dbscale.sharding.router", "dbscale.sharding.reshard")
+PURE_EXCEPT = ("dbscale.sharding.router", "dbscale.sharding.router_aio", "dbscale.sharding.reshard")
 #: I/O clients (module prefixes) a pure module must not import.
 FORBIDDEN_IN_PURE = (
     "redis",

@@ -58,17 +58,26 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class Shape:
-    """How many replicas and shard groups, and whether PgBouncer runs."""
+    """How many replicas and shard groups (and replicas per shard group), and whether PgBouncer runs."""
 
     replicas: int = 2
     shards: int = 0
     pgbouncer: bool = False
+    shard_replicas: int = 0
 
     def __post_init__(self) -> None:
-        if self.replicas < 0 or self.shards < 0:
-            raise LocalTopologyError(f"replicas and shards must be >= 0, got {self.replicas}/{self.shards}")
+        if self.replicas < 0 or self.shards < 0 or self.shard_replicas < 0:
+            raise LocalTopologyError(
+                f"replicas, shards and shard replicas must be >= 0, got {self.replicas}/{self.shards}/{self.shard_replicas}"
+            )
 
-    def mismatches(self, replicas: int | None, shards: int | None, pgbouncer: bool | None) -> list[str]:
+    def replicas_of(self, group: str) -> int:
+        """How many streaming replicas ``group`` has (``main``: ``replicas``; a shard group: ``shard_replicas``)."""
+        return self.replicas if group == "main" else self.shard_replicas
+
+    def mismatches(
+        self, replicas: int | None, shards: int | None, pgbouncer: bool | None, shard_replicas: int | None = None
+    ) -> list[str]:
         """Human-readable differences between this shape and requested values (None = any)."""
         out = []
         if replicas is not None and replicas != self.replicas:
@@ -77,6 +86,8 @@ class Shape:
             out.append(f"shards={shards} (state has {self.shards})")
         if pgbouncer is not None and pgbouncer != self.pgbouncer:
             out.append(f"pgbouncer={pgbouncer} (state has {self.pgbouncer})")
+        if shard_replicas is not None and shard_replicas != self.shard_replicas:
+            out.append(f"shard_replicas={shard_replicas} (state has {self.shard_replicas})")
         return out
 
 
@@ -145,9 +156,8 @@ def plan(shape: Shape, password: str, root: Path, ports: list[int]) -> TopologyS
     groups = ["main", *(f"shard{i}" for i in range(shape.shards))]
     for group in groups:
         nodes.append(pg(primary_name(group), group, "primary", None, None))
-        if group == "main":
-            for i in range(1, shape.replicas + 1):
-                nodes.append(pg(replica_name(group, i), group, "replica", primary_name(group), replica_slot(group, i)))
+        for i in range(1, shape.replicas_of(group) + 1):
+            nodes.append(pg(replica_name(group, i), group, "replica", primary_name(group), replica_slot(group, i)))
     base = nodes_dir / "redis"
     nodes.append(NodeInfo("redis", "redis", None, None, next(port_iter), base, base / "redis.log"))
     if shape.pgbouncer:
@@ -161,7 +171,8 @@ def plan(shape: Shape, password: str, root: Path, ports: list[int]) -> TopologyS
 def node_count(shape: Shape) -> int:
     """How many nodes (and so ports) ``shape`` needs."""
     groups = 1 + shape.shards
-    return groups + shape.replicas + 1 + (groups if shape.pgbouncer else 0)
+    replicas = shape.replicas + shape.shards * shape.shard_replicas
+    return groups + replicas + 1 + (groups if shape.pgbouncer else 0)
 
 
 def to_json(state: TopologyState) -> dict[str, Any]:
@@ -233,7 +244,11 @@ def config_document(state: TopologyState) -> dict[str, Any]:
         if bouncer:
             entry["pgbouncer"] = state.url(bouncer[0])
         groups[group] = entry
-    return {"cache": {"redis_url": state.url(redis)}, "groups": groups}
+    document: dict[str, Any] = {"cache": {"redis_url": state.url(redis)}, "groups": groups}
+    shard_groups = [g for g in state.groups() if g != "main"]
+    if shard_groups:  # `up --shards M`: the shard groups under the default scheme (see dbscale.sharding)
+        document["sharding"] = {"strategy": "ring", "groups": shard_groups}
+    return document
 
 
 def write_config(path: Path, state: TopologyState) -> None:

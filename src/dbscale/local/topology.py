@@ -86,7 +86,8 @@ def _sigint_ignored() -> Iterator[None]:
 class LocalTopology:
     """A local topology rooted at a state directory (default ``.dbscale``).
 
-    Group ``main`` is a primary with streaming replicas; ``shard0..`` are single primaries; one Redis;
+    Group ``main`` is a primary with streaming replicas; ``shard0..`` are primaries with
+    ``shard_replicas`` streaming replicas each (default none); one Redis;
     optionally one PgBouncer per group primary. All listen on free loopback ports.
     """
 
@@ -182,12 +183,14 @@ class LocalTopology:
         shards: int | None = None,
         pgbouncer: bool | None = None,
         *,
+        shard_replicas: int | None = None,
         timeout: float = 60.0,
     ) -> list[NodeInfo]:
         """Create and/or start whatever is not running; return once everything serves and streams.
 
-        Shape arguments default to the recorded shape, or 2 replicas / 0 shards / no PgBouncer for a
-        new topology. A shape different from the recorded one is an error (``down --purge`` first).
+        Shape arguments default to the recorded shape, or 2 replicas / 0 shards / no PgBouncer / 0
+        replicas per shard group for a new topology. A shape different from the recorded one is an
+        error (``down --purge`` first).
         """
         user = current_service_user()
         check_traversable(self.state_dir, user)  # before creating anything
@@ -198,7 +201,7 @@ class LocalTopology:
         with self._lock():
             state = load_state(self.state_dir)
             if state is not None:
-                diff = state.shape.mismatches(replicas, shards, pgbouncer)
+                diff = state.shape.mismatches(replicas, shards, pgbouncer, shard_replicas)
                 if diff:
                     raise LocalTopologyError(
                         f"the topology in {self.state_dir} has a different shape: asked for "
@@ -210,6 +213,7 @@ class LocalTopology:
                     replicas=defaults.replicas if replicas is None else replicas,
                     shards=defaults.shards if shards is None else shards,
                     pgbouncer=defaults.pgbouncer if pgbouncer is None else pgbouncer,
+                    shard_replicas=defaults.shard_replicas if shard_replicas is None else shard_replicas,
                 )
                 find_binaries(shape.pgbouncer)  # fail before writing anything
                 password = secrets.token_urlsafe(24)

@@ -5,7 +5,15 @@ node name; :mod:`.ids` makes and reads 64-bit global IDs (and renders the equiva
 function); :mod:`.scatter` merges per-shard result rows into what one table would return.
 """
 
-from dbscale.errors import FanoutPlanError, GlobalIdError, PlacementError, ShardingError, UnsupportedKeyError
+from dbscale.errors import (
+    FanoutError,
+    FanoutPlanError,
+    GlobalIdError,
+    PlacementError,
+    ShardingError,
+    UnsupportedKeyError,
+)
+from dbscale.sharding.fanout import FanoutResult
 from dbscale.sharding.ids import (
     DEFAULT_EPOCH_MS,
     IdGenerator,
@@ -31,12 +39,15 @@ from dbscale.sharding.placement import (
 from dbscale.sharding.ranges import Range
 from dbscale.sharding.ring import HashRing, ketama_hash
 from dbscale.sharding.scatter import Aggregate, FanoutPlan, OrderKey
+from dbscale.sharding.shardmap import Scheme, ShardMap
 
 __all__ = [
     "DEFAULT_EPOCH_MS",
     "Aggregate",
+    "FanoutError",
     "FanoutPlan",
     "FanoutPlanError",
+    "FanoutResult",
     "GlobalIdError",
     "HashMod",
     "HashRing",
@@ -49,6 +60,8 @@ __all__ = [
     "Placement",
     "PlacementError",
     "Range",
+    "Scheme",
+    "ShardMap",
     "ShardingError",
     "UnsupportedKeyError",
     "encode_key",
