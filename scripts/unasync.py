@@ -33,6 +33,7 @@ FILES = [
     (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
     (Path("src/dbscale/cache/l2_async.py"), Path("src/dbscale/cache/l2.py")),
     (Path("src/dbscale/cache/tier_async.py"), Path("src/dbscale/cache/tier.py")),
+    (Path("src/dbscale/causality/aio.py"), Path("src/dbscale/causality/sync.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
