@@ -1,10 +1,10 @@
 """Generate the synchronous twins of the asyncio sources (in the manner of httpcore's ``scripts/unasync.py``).
 
-Each hand-written asyncio source in ``FILES`` (``src/dbscale/routing/aio.py``,
-``routing/monitor_aio.py``) has a generated blocking twin (``router.py``, ``monitor.py``), produced
-by the ordered regex substitutions in ``RULES`` (applied line by line, in order), stamped as
-generated, its imports sorted and passed through ``ruff format``. What sync and async truly differ in is paired by name
-in ``src/dbscale/_compat.py``, so most rules are renames. Where the two APIs differ by more
+Each hand-written asyncio source in ``FILES`` (``src/dbscale/routing/aio.py``, ``cache/tier_async.py``
+…) has a generated blocking twin (``router.py``, ``tier.py`` …), produced by the ordered regex
+substitutions in ``RULES`` (applied line by line, in order), stamped as generated, its imports and
+``__all__`` sorted (a rename can unsort them) and passed through ``ruff format``. What sync and async
+truly differ in is paired by name in ``src/dbscale/_compat.py``, so most rules are renames. Where the two APIs differ by more
 than a name, the async source is written so a substitution yields exactly the sync code.
 
     python scripts/unasync.py          # regenerate every twin
