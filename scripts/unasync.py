@@ -34,6 +34,7 @@ FILES = [
     (Path("src/dbscale/cache/l2_async.py"), Path("src/dbscale/cache/l2.py")),
     (Path("src/dbscale/cache/tier_async.py"), Path("src/dbscale/cache/tier.py")),
     (Path("src/dbscale/causality/aio.py"), Path("src/dbscale/causality/sync.py")),
+    (Path("src/dbscale/cache/wrap_aio.py"), Path("src/dbscale/cache/wrap.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -119,6 +120,8 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),
     (r"\bAsync(RedisL2|SingleFlight)\b", r"\1"),
+    (r"\bAsyncFront\b", "SyncFront"),
+    (r"\bAsyncCachedFunction\b", "CachedFunction"),
     (r"\bainvalidation_token\b", "invalidation_token"),
     (r"\bAsyncCluster\b", "Cluster"),
     (r"\bAsync(EventLog|Projector|Handler|Setup)\b", r"\1"),

@@ -29,11 +29,11 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from dbscale.cache import wrap, wrap_aio
 from dbscale.cache.keys import KeyBuilder, TagBuilder
 
 if TYPE_CHECKING:
@@ -137,8 +137,8 @@ class Decorator:
         builder = KeyBuilder(func, self._key)
         tag_builder = TagBuilder(func, self._tags) if self._tags else None
         if inspect.iscoroutinefunction(func):
-            return _async_wrapper(func, self._fronts.front("async"), builder, tag_builder, self._opts)
-        return _sync_wrapper(func, self._fronts.front("sync"), builder, tag_builder, self._opts)
+            return wrap_aio.wrap(func, self._fronts.front("async"), builder, tag_builder, self._opts)
+        return wrap.wrap(func, self._fronts.front("sync"), builder, tag_builder, self._opts)
 
 
 def make_cached(
@@ -150,81 +150,3 @@ def make_cached(
 ) -> Decorator:
     """Build the decorator; ``fronts`` hands over the front serving ``def`` or ``async def`` functions."""
     return Decorator(fronts, opts, key, tags)
-
-
-def _sync_wrapper(
-    func: Callable[..., Any], cache: SyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
-) -> CachedFunction[Any, Any]:
-    build = builder.build
-    fetch = cache.fetch
-    use_l1 = opts.l1
-    data_get, touch = cache.core.l1.hot_accessors()
-    clock = cache.core.clock
-    hit = cache.core.stats.l1_hit.inc
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        if use_l1:
-            entry = data_get(k)
-            if entry is not None and entry[1] > clock():
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    touch(k)
-                except KeyError:
-                    pass
-                hit()
-                return entry[0]
-        return fetch(k, func, args, kwargs, opts, tag_builder)
-
-    def invalidate(*args: Any, **kwargs: Any) -> bool:
-        return cache.invalidate(build(args, kwargs))
-
-    def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        cache.invalidate(k)
-        return fetch(k, func, args, kwargs, opts, tag_builder)
-
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-    wrapper.refresh = refresh  # type: ignore[attr-defined]
-    wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-    wrapper.cache = cache  # type: ignore[attr-defined]
-    return cast(CachedFunction[Any, Any], wrapper)
-
-
-def _async_wrapper(
-    func: Callable[..., Any], acache: AsyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
-) -> AsyncCachedFunction[Any, Any]:
-    build = builder.build
-    fetch = acache.fetch
-    use_l1 = opts.l1
-    data_get, touch = acache.core.l1.hot_accessors()
-    clock = acache.core.clock
-    hit = acache.core.stats.l1_hit.inc
-
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        if use_l1:
-            entry = data_get(k)
-            if entry is not None and entry[1] > clock():
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    touch(k)
-                except KeyError:
-                    pass
-                hit()
-                return entry[0]
-        return await fetch(k, func, args, kwargs, opts, tag_builder)
-
-    async def invalidate(*args: Any, **kwargs: Any) -> bool:
-        return await acache.invalidate(build(args, kwargs))
-
-    async def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        await acache.invalidate(k)
-        return await fetch(k, func, args, kwargs, opts, tag_builder)
-
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-    wrapper.refresh = refresh  # type: ignore[attr-defined]
-    wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-    wrapper.cache = acache  # type: ignore[attr-defined]
-    return cast(AsyncCachedFunction[Any, Any], wrapper)
