@@ -240,6 +240,14 @@ def test_invalidate_refresh_and_direct_access(front: Callable[..., Front]) -> No
     assert cache.get_or_load("g", lambda: {"a": 1}) == {"a": 1} and cache.get_or_load("g", lambda: "never") == {"a": 1}
 
 
+def test_listener_starts_on_first_redis_use(front: Callable[..., Front]) -> None:
+    cache = front()
+    assert cache.core.listener is None  # the constructor started nothing
+    assert cache.get("absent") is None
+    listener = cache.core.listener
+    assert listener is not None and listener.wait_ready(5)
+
+
 def test_unserializable_value_raises_and_releases_lease(make_cache: Any) -> None:
     cache = make_cache()
 

@@ -147,6 +147,11 @@ class CacheCore:
             return None
         return self.l2_clients(LoopLocal, RedisL2).get()
 
+    @property
+    def listener(self) -> Listener | None:
+        """The invalidation listener: None until Redis is first used (or without Redis, or without L1)."""
+        return self._listener
+
     def start_listener(self) -> Listener | None:
         """Start the invalidation listener once (only with Redis and a non-empty L1)."""
         if self._listener is None and self.url is not None and self.config.l1_size > 0 and not self.closed:
