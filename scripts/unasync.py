@@ -1,10 +1,10 @@
 """Generate the synchronous twins of the asyncio sources (in the manner of httpcore's ``scripts/unasync.py``).
 
-Each hand-written asyncio source in ``FILES`` (``src/dbscale/routing/aio.py``,
-``routing/monitor_aio.py``) has a generated blocking twin (``router.py``, ``monitor.py``), produced
-by the ordered regex substitutions in ``RULES`` (applied line by line, in order), stamped as
-generated and passed through ``ruff format``. What sync and async truly differ in is paired by name
-in ``src/dbscale/_compat.py``, so most rules are renames. Where the two APIs differ by more
+Each hand-written asyncio source in ``FILES`` (``src/dbscale/routing/aio.py``, ``cache/tier_async.py``
+…) has a generated blocking twin (``router.py``, ``tier.py`` …), produced by the ordered regex
+substitutions in ``RULES`` (applied line by line, in order), stamped as generated, its imports and
+``__all__`` sorted (a rename can unsort them) and passed through ``ruff format``. What sync and async
+truly differ in is paired by name in ``src/dbscale/_compat.py``, so most rules are renames. Where the two APIs differ by more
 than a name, the async source is written so a substitution yields exactly the sync code.
 
     python scripts/unasync.py          # regenerate every twin
@@ -32,6 +32,10 @@ FILES = [
     (Path("src/dbscale/cqrs/log_aio.py"), Path("src/dbscale/cqrs/log.py")),
     (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
     (Path("src/dbscale/sharding/router_aio.py"), Path("src/dbscale/sharding/router.py")),
+    (Path("src/dbscale/cache/l2_async.py"), Path("src/dbscale/cache/l2.py")),
+    (Path("src/dbscale/cache/tier_async.py"), Path("src/dbscale/cache/tier.py")),
+    (Path("src/dbscale/causality/aio.py"), Path("src/dbscale/causality/sync.py")),
+    (Path("src/dbscale/cache/wrap_aio.py"), Path("src/dbscale/cache/wrap.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -69,8 +73,8 @@ RULES: list[tuple[str, str]] = [
     (r", in the calling thread or task\.", ", in the calling thread."),
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
-    (r"\bA(Event|Lock|Runner|Workers)\b", r"\1"),
-    (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire)\b", r"\1"),
+    (r"\bA(Event|Lock|LoopLocal|Runner|Workers)\b", r"\1"),
+    (r"\ba(acquire|deadline|event_wait|join|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
@@ -103,6 +107,18 @@ RULES: list[tuple[str, str]] = [
     (r"\bAwaitable\[_Outcome\]", "_Outcome"),
     (r"\bAsyncShard\b", "Shard"),
     (r"\bdbscale\.sharding\.router_aio\b", "dbscale.sharding.router"),
+    # the cache: redis.asyncio -> redis-py (its flavour pairs are in cache/l2_base.py)
+    (r"^import redis\.asyncio as aredis$", "import redis"),
+    (r"\baredis\.", "redis."),
+    (r"\bdbscale\.cache\.l2_async\b", "dbscale.cache.l2"),
+    (r"\bAConn\b", "Conn"),
+    (r"\ba(connected|drop|get_options)\b", r"\1"),
+    (r"\.aclose\(\)", ".close()"),
+    (r'\bflavour="async"', 'flavour="sync"'),
+    (
+        r"\bTiered cache for asyncio code \(redis\.asyncio\)\. Safe to share between tasks\.",
+        "Tiered cache for blocking code (redis-py). Thread-safe.",
+    ),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
@@ -118,12 +134,17 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAwaitable\[Any\]", "Any"),
     (r"\bAwaitable\[None\]", "None"),
+    (r"\bAwaitable\[T\]", "T"),
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
     (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),
+    (r"\bAsync(RedisL2|SingleFlight)\b", r"\1"),
+    (r"\bAsyncFront\b", "SyncFront"),
+    (r"\bAsyncCachedFunction\b", "CachedFunction"),
+    (r"\bainvalidation_token\b", "invalidation_token"),
     (r"\bAsyncCluster\b", "Cluster"),
     (r"\bAsync(EventLog|Projector|Handler|Setup)\b", r"\1"),
     # SQLAlchemy: an AsyncSession wraps a sync Session (of sync_session_class, if given)
@@ -152,18 +173,21 @@ def unasync(source: str, used: set[int]) -> str:
 
 
 def ruff_format(text: str, path: Path) -> str:
-    """``text`` as ``ruff format`` would write it to ``path`` (the project's settings apply)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"ruff format failed on the generated {path}:\n{result.stderr}")
-    return result.stdout
+    """``text`` as ``ruff`` would write it to ``path``: imports and ``__all__`` sorted (a rename can
+    unsort them), then formatted (the project's settings apply)."""
+    for command in (["check", "--fix", "--exit-zero", "--quiet", "--select", "I001,RUF022"], ["format"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(path), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"ruff {command[0]} failed on the generated {path}:\n{result.stderr}")
+        text = result.stdout
+    return text
 
 
 def generate(src: Path, used: set[int]) -> str:

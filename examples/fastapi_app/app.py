@@ -27,7 +27,8 @@ def create_app(cluster: dbscale.AsyncCluster) -> FastAPI:
     @app.post("/users", status_code=201)
     async def create_user(user: UserIn) -> dict[str, Any]:
         async with cluster.write() as conn:
-            user_id = await conn.scalar(insert(users).values(**user.model_dump()).returning(users.c.id))
+            result = await conn.execute(insert(users).values(**user.model_dump()).returning(users.c.id))
+            user_id: int = result.scalar_one()
         await load_user.invalidate(user_id)
         return {"id": user_id, **user.model_dump()}
 

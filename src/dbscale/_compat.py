@@ -16,6 +16,10 @@ asyncio                      blocking                     contract
 ``aspawn(fn, name)``         ``spawn(fn, name)``          run ``fn()`` in the background (task / daemon thread)
 ``ajoin(runner, s)``         ``join(runner, s)``          end a spawned runner (cancel / wait up to ``s``)
 ``AWorkers(n, name).run``    ``Workers(n, name).run``     run calls concurrently under one deadline
+``adeadline(s)``             ``deadline(s)``              bound a block to ``s`` seconds (asyncio: a
+                                                          timeout; blocking: the socket timeout does it)
+``ato_thread(fn)``           ``to_thread(fn)``            a blocking call, off the event loop
+``ALoopLocal(make)``         ``LoopLocal(make)``          one ``make()`` per event loop / per process
 ============================ ============================ ==============================================
 """
 
@@ -25,10 +29,12 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, TypeVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -80,6 +86,90 @@ async def aevent_wait(event: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
     return event.is_set()
+
+
+_NO_DEADLINE = nullcontext()
+
+
+def deadline(seconds: float) -> AbstractContextManager[None]:
+    """Nothing to add: a blocking call is bounded by its socket timeout (one shared no-op context)."""
+    return _NO_DEADLINE
+
+
+def adeadline(seconds: float) -> asyncio.Timeout:
+    """Cancel the block after ``seconds`` (TimeoutError): one deadline for every await inside."""
+    return asyncio.timeout(seconds)
+
+
+def to_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` (a blocking caller may block)."""
+    return fn()
+
+
+async def ato_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread, so the event loop keeps running."""
+    return await asyncio.to_thread(fn)
+
+
+class LoopLocal(Generic[T]):
+    """One ``make()`` for the process, made on first use (blocking code has no event loop to tell apart)."""
+
+    __slots__ = ("_lock", "_make", "_value")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """The value, made now if there is none."""
+        value = self._value
+        if value is None:
+            with self._lock:
+                value = self._value
+                if value is None:
+                    value = self._value = self._make()
+        return value
+
+    def peek(self) -> T | None:
+        """The value if it was made, else None (makes nothing)."""
+        return self._value
+
+    def pop(self) -> T | None:
+        """Forget the value and return it (None if none was made); the next :meth:`get` makes a new one."""
+        with self._lock:
+            value, self._value = self._value, None
+        return value
+
+
+class ALoopLocal(Generic[T]):
+    """One ``make()`` per running event loop (an asyncio client belongs to the loop it first ran on)."""
+
+    __slots__ = ("_make", "_values")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+
+    def get(self) -> T:
+        """The running loop's value, made now if there is none."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is None:
+            value = self._values[loop] = self._make()
+        return value
+
+    def peek(self) -> T | None:
+        """The running loop's value if it was made, else None (makes nothing)."""
+        return self._values.get(asyncio.get_running_loop())
+
+    def pop(self) -> T | None:
+        """Forget the running loop's value and return it (None outside a loop or if none was made)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return self._values.pop(loop, None)
 
 
 # -- background runners ---------------------------------------------------------------------------------
@@ -155,22 +245,28 @@ class AWorkers:
 __all__ = [
     "AEvent",
     "ALock",
+    "ALoopLocal",
     "ARunner",
     "AWorkers",
     "Event",
     "Lock",
+    "LoopLocal",
     "Runner",
     "Workers",
     "aacquire",
     "acquire",
+    "adeadline",
     "aevent_wait",
     "ajoin",
     "asleep",
     "aspawn",
+    "ato_thread",
     "atry_acquire",
+    "deadline",
     "event_wait",
     "join",
     "sleep",
     "spawn",
+    "to_thread",
     "try_acquire",
 ]

@@ -65,7 +65,7 @@ class AsyncCluster(ClusterBase):
         """The router of ``group`` (default :meth:`default_group`), created on first use."""
         name = group or self.default_group()
         return self._memo(
-            self._routers, name, lambda: AsyncGroupRouter(**self._router_args(name), engine_for=self.engine)
+            self._routers, name, lambda: AsyncGroupRouter(self._router_wiring(name), engine_for=self.engine)
         )
 
     def write(self, group: str | None = None) -> AbstractAsyncContextManager[AsyncConnection]:

@@ -21,7 +21,7 @@ from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
 from dbscale.routing.pool import install_idle_ping
-from dbscale.routing.settings import router_arguments
+from dbscale.routing.settings import RouterWiring, router_wiring
 from dbscale.sharding.placement import Key
 from dbscale.sharding.shardmap import Scheme, ShardMap
 from dbscale.topology import NodeRef, configured_nodes
@@ -160,9 +160,9 @@ class ClusterBase:
             )
         return self.config.sharding
 
-    def _router_args(self, group: str) -> dict[str, Any]:
+    def _router_wiring(self, group: str) -> RouterWiring:
         self._check_open()
-        return router_arguments(group, self.config.group(group), self.metrics, self._causal)
+        return router_wiring(group, self.config.group(group), self.metrics, self._causal)
 
     def _engine_options(self, node: NodeRef, read_only: bool) -> dict[str, Any]:
         group = self.config.group(node.group)

@@ -66,7 +66,7 @@ class Cluster(ClusterBase):
     def router(self, group: str | None = None) -> GroupRouter:
         """The router of ``group`` (default :meth:`default_group`), created on first use."""
         name = group or self.default_group()
-        return self._memo(self._routers, name, lambda: GroupRouter(**self._router_args(name), engine_for=self.engine))
+        return self._memo(self._routers, name, lambda: GroupRouter(self._router_wiring(name), engine_for=self.engine))
 
     def write(self, group: str | None = None) -> AbstractContextManager[Connection]:
         """``with cluster.write() as conn``: one transaction on the group's primary.

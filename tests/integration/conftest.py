@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from dbscale.config import load_config
+from dbscale.cache import Cache
+from dbscale.config import CacheConfig, load_config
 
-from .helpers import replicated_table
+from .helpers import Front, replicated_table
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +41,22 @@ def table(topology_config_path: Path) -> Iterator[str]:
         "INSERT INTO {name} SELECT g, g * 10 FROM generate_series(1, 100) g",
     ) as name:
         yield name
+
+
+@pytest.fixture(params=["sync", "async"])
+def front(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Front]]:
+    """A factory of cache fronts of one flavour per run: each behaviour test runs over both front ends.
+
+    ``front(**cache_settings)`` is a :class:`~.helpers.Front` on the session's Redis, in a fresh
+    namespace unless one is given; every front made is closed after the test.
+    """
+    made: list[Front] = []
+
+    def factory(**settings: Any) -> Front:
+        settings.setdefault("namespace", f"t{uuid.uuid4().hex[:12]}")
+        made.append(Front(Cache(CacheConfig(redis_url=redis_url, **settings)), request.param))
+        return made[-1]
+
+    yield factory
+    for made_front in made:
+        made_front.close()

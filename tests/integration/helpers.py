@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import socket
@@ -69,6 +70,104 @@ def cached(cache: Cache | AsyncCache, impl: Callable[..., Any], **options: Any) 
 
         return cache.cached(**options)(functools.update_wrapper(coro, impl))  # type: ignore[no-any-return]
     return cache.cached(**options)(impl)  # type: ignore[no-any-return]
+
+
+class Front:
+    """One cache front end behind one blocking interface, so a behaviour test is written once.
+
+    ``Front(cache, "sync")`` calls the blocking :class:`Cache` as is; ``Front(cache, "async")`` calls
+    its asyncio twin (``cache.aio``, same core) on an event loop of its own (``asyncio.Runner``): each
+    call runs one coroutine to completion, and the functions a test hands over (loaders, decorated
+    bodies) are made coroutine functions. Attributes that are no coroutine methods (``core``,
+    ``metrics``) are the cache's own. See the ``front`` fixture in ``conftest.py``.
+    """
+
+    def __init__(self, cache: Cache, flavour: str) -> None:
+        self.flavour = flavour
+        self.cache: Cache | AsyncCache = cache if flavour == "sync" else cache.aio
+        self._runner = asyncio.Runner() if flavour == "async" else None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.cache, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        return lambda *args, **kwargs: self.resolve(attr(*args, **kwargs))
+
+    def resolve(self, result: Any) -> Any:
+        """``result``, or what it gives when awaited on this front's loop."""
+        if self._runner is not None and inspect.iscoroutine(result):
+            return self._runner.run(result)
+        return result
+
+    def native(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` as this flavour's code would be written: a coroutine function for the asyncio front."""
+        if self._runner is None or inspect.iscoroutinefunction(fn):
+            return fn
+
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return functools.update_wrapper(coro, fn)
+
+    def get_or_load(self, key: str, loader: Callable[[], Any], **options: Any) -> Any:
+        return self.resolve(self.cache.get_or_load(key, self.native(loader), **options))
+
+    def cached(self, **options: Any) -> Callable[[Callable[..., Any]], Decorated]:
+        """``cache.cached(**options)``, applied to ``impl`` made native; the result calls blocking."""
+        return lambda impl: Decorated(self, self.cache.cached(**options)(self.native(impl)))
+
+    def l2(self) -> Any:
+        """The L2 client this front's calls use (the asyncio one of this front's loop)."""
+        if isinstance(self.cache, Cache):
+            return self.cache.core.sync_l2()
+
+        async def current() -> Any:
+            return self.cache._l2()  # type: ignore[union-attr]
+
+        return self.resolve(current())
+
+    def before(self, obj: Any, name: str, first: Callable[[], Any]) -> Callable[[], None]:
+        """Make ``obj.name(...)`` call ``first()`` (awaited on the asyncio front) before itself; returns the undo."""
+        real = getattr(obj, name)
+        if self._runner is None:
+
+            def patched(*args: Any, **kwargs: Any) -> Any:
+                first()
+                return real(*args, **kwargs)
+
+        else:
+
+            async def patched(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                await first()
+                return await real(*args, **kwargs)
+
+        setattr(obj, name, patched)
+        return lambda: setattr(obj, name, real)
+
+    def close(self) -> None:
+        """Close the cache (both fronts share the core) and this front's loop."""
+        self.resolve(self.cache.close())
+        if self._runner is not None:
+            self._runner.close()
+
+
+class Decorated:
+    """A function decorated through a :class:`Front`: blocking calls, ``.native`` as the cache returned it."""
+
+    def __init__(self, front: Front, native: Any) -> None:
+        self.front, self.native = front, native
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.front.resolve(self.native(*args, **kwargs))
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.front.resolve(self.native.invalidate(*args, **kwargs))
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        return self.front.resolve(self.native.refresh(*args, **kwargs))
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self.native.cache_key(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 class RoundTripProxy:

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +17,7 @@ from dbscale.cache import AsyncCache, Cache
 from dbscale.config import CacheConfig
 from dbscale.errors import SerializationError
 
-from .helpers import cached, maybe
+from .helpers import Front, cached, maybe
 
 pytestmark = pytest.mark.integration
 
@@ -216,8 +216,8 @@ def test_tags_and_pattern_invalidation_with_scan(make_cache: Any, redis_url: str
     assert redis.Redis.from_url(redis_url).scard(cache.core.keys.tag("users")) == 60
 
 
-def test_invalidate_and_refresh_on_decorated_function(make_cache: Any) -> None:
-    cache = make_cache()
+def test_invalidate_refresh_and_direct_access(front: Callable[..., Front]) -> None:
+    cache = front()
     counter = {"n": 0}
 
     @cache.cached(ttl=60, key="c:{x}")
@@ -228,40 +228,24 @@ def test_invalidate_and_refresh_on_decorated_function(make_cache: Any) -> None:
     assert count(1) == 1 and count(1) == 1
     assert count.invalidate(x=1)
     assert count(1) == 2
-    assert count.refresh(1) == 3 and count(1) == 3
+    assert count.refresh(1) == 3 and count(x=1) == 3
     assert count.cache_key(x=1) == "c:1"
-
-
-def test_async_invalidate_and_refresh(make_cache: Any) -> None:
-    acache: AsyncCache = make_cache().aio
-    counter = {"n": 0}
-
-    @acache.cached(ttl=60, key="ac:{x}")
-    async def count(x: int) -> int:
-        counter["n"] += 1
-        return counter["n"]
-
-    async def main() -> None:
-        assert await count(1) == 1 and await count(1) == 1
-        assert await count.invalidate(1)
-        assert await count(x=1) == 2
-        assert await count.refresh(1) == 3
-        assert await acache.set("direct", {"a": 1}) and await acache.get("direct") == {"a": 1}
-        assert await acache.delete("direct") and await acache.get("direct") is None
-        assert await acache.invalidate_tags("none") and await acache.invalidate_pattern("ac:*")
-        assert await count(1) == 4
-        await acache.close()
-
-    asyncio.run(main())
-
-
-def test_get_set_delete(make_cache: Any) -> None:
-    cache = make_cache()
     assert cache.get("nope", "dflt") == "dflt"
     assert cache.set("k", [1, 2], ttl=30)
     assert cache.get("k") == [1, 2] and cache.get("k", l1=False) == [1, 2]
     assert cache.delete("k")
     assert cache.get("k") is None
+    assert cache.invalidate_tags("none") and cache.invalidate_pattern("c:*")
+    assert count(1) == 4
+    assert cache.get_or_load("g", lambda: {"a": 1}) == {"a": 1} and cache.get_or_load("g", lambda: "never") == {"a": 1}
+
+
+def test_listener_starts_on_first_redis_use(front: Callable[..., Front]) -> None:
+    cache = front()
+    assert cache.core.listener is None  # the constructor started nothing
+    assert cache.get("absent") is None
+    listener = cache.core.listener
+    assert listener is not None and listener.wait_ready(5)
 
 
 def test_unserializable_value_raises_and_releases_lease(make_cache: Any) -> None:

@@ -58,3 +58,10 @@ def test_generated_classes_have_the_same_methods() -> None:
         twin = getattr(router, cls.__name__.removeprefix("Async"))
         assert {n for n in vars(cls) if not n.startswith("__")} == {n for n in vars(twin) if not n.startswith("__")}
     assert (router.REPLAY_LSN_SQL, router.INSERT_LSN_SQL) == (aio.REPLAY_LSN_SQL, aio.INSERT_LSN_SQL)
+
+
+def test_generated_cache_classes_have_the_same_methods() -> None:
+    from dbscale.cache import l2, l2_async, tier, tier_async
+
+    for cls, twin in ((tier_async.AsyncCache, tier.Cache), (l2_async.AsyncRedisL2, l2.RedisL2)):
+        assert {n for n in vars(cls) if not n.startswith("__")} == {n for n in vars(twin) if not n.startswith("__")}

@@ -1,9 +1,11 @@
-"""State shared by the sync and async cache front ends: config, L1, entry codec, Redis gate, metrics, threads.
+"""State shared by the sync and async cache front ends: config, L1, entry codec, Redis gate, metrics, clients.
 
 :class:`CacheCore` holds no event-loop objects, so one core serves a :class:`~dbscale.cache.Cache`
 and its :class:`~dbscale.cache.AsyncCache` twin at once (they share the L1 and the invalidation
-listener). The hit path and the write path live in the two front ends, the miss path once in
-:mod:`~dbscale.cache.miss`; the decisions they take are in the pure modules
+listener). Nothing is started by the constructor: the Redis clients and the invalidation listener
+are made on first use of Redis (:meth:`CacheCore.l2_clients`). The hit path and the write path live
+in the front end (:mod:`~dbscale.cache.tier_async`, and the generated :mod:`~dbscale.cache.tier`),
+the miss path in :mod:`~dbscale.cache.miss`; the decisions they take are in the pure modules
 (:mod:`~dbscale.cache.leases`, :mod:`~dbscale.cache.policy`, :mod:`~dbscale.cache.l1`).
 """
 
@@ -19,11 +21,12 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
+from dbscale._compat import LoopLocal
 from dbscale.cache.entry import EntryCodec
 from dbscale.cache.gate import RedisGate
-from dbscale.cache.invalidation import Invalidation, Listener, RetryQueue, apply_invalidation
+from dbscale.cache.invalidation import Invalidation, Listener, RetryQueue
 from dbscale.cache.keys import RedisKeys, glob_to_regex
 from dbscale.cache.l1 import L1
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
@@ -36,9 +39,16 @@ from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
 
+if TYPE_CHECKING:
+    from dbscale.cache.tier import Cache
+    from dbscale.cache.tier_async import AsyncCache
+
 __all__ = ["CacheCore", "CacheFront", "Options"]
 
 log = logging.getLogger("dbscale.cache")
+
+_C = TypeVar("_C")
+_H = TypeVar("_H")
 
 
 class Options:
@@ -101,25 +111,46 @@ class CacheCore:
         if self.causality is not None:
             self.marker_px = max(1, int(marker_ttl(config.marker_ttl, self.causality.max_lag()) * 1000))
         self._lock = threading.Lock()
-        self._l2: RedisL2 | None = None
+        self._clients: dict[Callable[..., Any], Any] = {}
         self._listener: Listener | None = None
         self.retry = RetryQueue(self._apply_queued, self.stats.pending.set)
         self.gate = RedisGate(self.breaker, self.retry, self.stats, clock)
         self.redis_failed = self.gate.failed
         self.closed = False
         self._tick = itertools.count().__next__
-        self.start_listener()  # subscribe early: L1 is only written while subscribed
 
-    # -- lazily started I/O pieces (sync client, listener thread) ---------------------------------
-    def sync_l2(self) -> RedisL2 | None:
-        """The synchronous L2 (None when no redis_url is configured)."""
-        if self._l2 is None and self.url is not None:
-            with self._lock:
-                if self._l2 is None:
-                    self._l2 = RedisL2(
+    # -- I/O pieces made on first use (Redis clients, the listener thread) ------------------------
+    def l2_clients(self, holder: Callable[[Callable[[], _C]], _H], client: Callable[..., _C]) -> _H:
+        """The ``holder`` of this core's ``client`` L2 clients, shared by every front of the core.
+
+        A front asks once, with its flavour's pair (``ALoopLocal`` and ``AsyncRedisL2``: a client
+        per event loop; ``LoopLocal`` and ``RedisL2``: one client). Making the first client of any
+        flavour starts the invalidation listener: L1 is only written while subscribed, so it
+        subscribes as early as Redis is used, and not before.
+        """
+        with self._lock:
+            found = self._clients.get(client)
+            if found is None:
+
+                def make() -> _C:
+                    self.start_listener()
+                    return client(
                         self.url, self.keys, timeout=self.config.redis_timeout, admin_timeout=self.admin_timeout
                     )
-        return self._l2
+
+                found = self._clients[client] = holder(make)
+        return found
+
+    def sync_l2(self) -> RedisL2 | None:
+        """The blocking L2 client (None when no redis_url is configured): the retry queue's, and the blocking front's."""
+        if self.url is None:
+            return None
+        return self.l2_clients(LoopLocal, RedisL2).get()
+
+    @property
+    def listener(self) -> Listener | None:
+        """The invalidation listener: None until Redis is first used (or without Redis, or without L1)."""
+        return self._listener
 
     def start_listener(self) -> Listener | None:
         """Start the invalidation listener once (only with Redis and a non-empty L1)."""
@@ -127,6 +158,7 @@ class CacheCore:
             with self._lock:
                 if self._listener is None:
                     self._listener = Listener(self.url, self.keys.channel, self.origin, self._on_remote, self.l1.clear)
+                    self._listener.start()
         return self._listener
 
     def l1_writable(self) -> bool:
@@ -167,13 +199,6 @@ class CacheCore:
             ttl = self.config.negative_ttl if value is None else opts.ttl
             self.l1.put(key, value, jittered_ttl(ttl, self.config.jitter, self.rand()), self.clock(), token=token)
 
-    def healthy_l2(self) -> RedisL2 | None:
-        """The sync L2 when it exists, the breaker is closed and nothing is queued (hot path), else None."""
-        l2 = self._l2
-        if l2 is None or not self.gate.healthy():
-            return None
-        return l2
-
     def sample_latency(self) -> bool:
         """True for one L2 read in 16: the hot path does not pay for a histogram on every hit."""
         return not self._tick() & 15
@@ -211,33 +236,15 @@ class CacheCore:
         log.warning("cache: cleared %d Redis key(s) of %r that dbscale did not write", count, key)
 
     # -- lag-aware fills (markers) ----------------------------------------------------------------
-    def marked(self, inv: Invalidation) -> Invalidation:
-        """``inv`` carrying the write position its markers record (unchanged when markers are off)."""
-        if self.causality is None:
-            return inv
-        try:
-            token = self.causality.invalidation_token()
-        except MarkerUnavailable as exc:
-            return self._marker_failed(inv, exc)
-        return self._with_marker(inv, token)
-
-    async def amarked(self, inv: Invalidation) -> Invalidation:
-        """:meth:`marked` for asyncio callers."""
-        if self.causality is None:
-            return inv
-        try:
-            token = await self.causality.ainvalidation_token()
-        except MarkerUnavailable as exc:
-            return self._marker_failed(inv, exc)
-        return self._with_marker(inv, token)
-
-    def _with_marker(self, inv: Invalidation, token: str) -> Invalidation:
+    def with_marker(self, inv: Invalidation, token: str) -> Invalidation:
+        """``inv`` carrying the write position ``token`` (from the causality provider) for its markers."""
         if not token:
             return inv  # read-your-writes is off in every group: nothing to wait for
         self.stats.markers.inc()
         return replace(inv, marker=token)
 
-    def _marker_failed(self, inv: Invalidation, exc: MarkerUnavailable) -> Invalidation:
+    def marker_failed(self, inv: Invalidation, exc: MarkerUnavailable) -> Invalidation:
+        """``inv`` unmarked, the failure to read the write position counted and logged (fail open)."""
         self.stats.marker_failures.inc()
         log.warning("cache: invalidation %s %s without a lag-aware marker: %s", inv.kind, list(inv.items)[:5], exc)
         return inv
@@ -291,7 +298,7 @@ class CacheCore:
         l2 = self.sync_l2()
         if l2 is None:
             return
-        keys = apply_invalidation(l2, inv, self.stale_px, self.origin, self.marker_px)
+        keys = l2.apply(inv, self.stale_px, self.origin, self.marker_px)
         self.breaker.success()
         self.fence_l1(inv, keys)
 
@@ -306,39 +313,62 @@ class CacheCore:
         return True, value, expires_ms
 
     def close(self) -> None:
-        """Stop the threads and close the sync clients."""
+        """Stop the threads and close the blocking client (each asyncio front closes its loop's)."""
         self.closed = True
         if self._listener is not None:
             self._listener.close()
         self.retry.close()
-        if self._l2 is not None:
-            self._l2.close()
+        holder = self._clients.get(RedisL2)
+        l2 = holder.pop() if holder is not None else None
+        if l2 is not None:
+            l2.close()
 
 
 class CacheFront:
     """What the sync and async front ends share: their :class:`CacheCore` and per-call options.
 
     Each front end registers its flavour (``class Cache(CacheFront, flavour="sync")``), so a front
-    builds its twin over the same core (``Cache.aio``, ``AsyncCache.sync``) by flavour, without
-    importing the other's module: the tiers do not import each other.
+    builds its twin over the same core by flavour, without importing the other's module: the tiers
+    do not import each other. ``cache.aio`` is the asyncio front of a cache, ``cache.sync`` its
+    blocking front (the cache itself when it is of that flavour, else its twin).
     """
 
     _flavours: ClassVar[dict[str, Callable[..., CacheFront]]] = {}
+    flavour: ClassVar[str]
     _twin: CacheFront | None = None
 
     def __init_subclass__(cls, flavour: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if flavour is not None:
+            cls.flavour = flavour
             CacheFront._flavours[flavour] = cls
 
-    def _twin_front(self, flavour: str) -> CacheFront:
-        """The front of ``flavour`` sharing this one's core (made on first use, then kept)."""
+    @overload
+    def front(self, flavour: Literal["sync"]) -> Cache: ...
+
+    @overload
+    def front(self, flavour: Literal["async"]) -> AsyncCache: ...
+
+    def front(self, flavour: str) -> CacheFront:
+        """The front of ``flavour`` over this core: this one, or its twin (made on first use, then kept)."""
+        if flavour == self.flavour:
+            return self
         twin = self._twin
         if twin is None:
             twin = self._flavours[flavour](core=self.core)
             twin._twin = self
             self._twin = twin
         return twin
+
+    @property
+    def aio(self) -> AsyncCache:
+        """The asyncio front sharing this cache's L1, metrics and listener (``cached`` on ``async def``)."""
+        return self.front("async")
+
+    @property
+    def sync(self) -> Cache:
+        """The blocking front sharing this cache's L1, metrics and listener (``cached`` on ``def``)."""
+        return self.front("sync")
 
     def __init__(
         self,

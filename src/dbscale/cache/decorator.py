@@ -11,6 +11,11 @@ The decorated function gains:
 
 For an ``async def`` function ``invalidate`` and ``refresh`` are coroutines.
 
+The decorated function keeps its signature for type checkers (``ParamSpec``): ``get_user("x")``
+is a mypy error when ``user_id: int``, ``get_user(42)`` has the loader's return type, and
+``invalidate``/``refresh``/``cache_key`` take the same parameters (:class:`CachedFunction`,
+:class:`AsyncCachedFunction`).
+
 Example::
 
     @cluster.cache.cached(ttl=300, key="user:{user_id}", tags=["user:{user_id}", "users"])
@@ -24,21 +29,24 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from dbscale.cache import wrap, wrap_aio
 from dbscale.cache.keys import KeyBuilder, TagBuilder
 
 if TYPE_CHECKING:
     from dbscale.cache.core import CacheCore, Options
 
-__all__ = ["AsyncFront", "SyncFront", "make_cached"]
+__all__ = ["AsyncCachedFunction", "AsyncFront", "CachedFunction", "Decorator", "Fronts", "SyncFront", "make_cached"]
 
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 class SyncFront(Protocol):
@@ -63,101 +71,82 @@ class AsyncFront(Protocol):
     async def invalidate(self, *keys: str) -> bool: ...
 
 
+class Fronts(Protocol):
+    """A cache front that can hand over the front of either flavour sharing its core."""
+
+    @overload
+    def front(self, flavour: Literal["sync"]) -> SyncFront: ...
+
+    @overload
+    def front(self, flavour: Literal["async"]) -> AsyncFront: ...
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """A ``def`` function decorated by ``cached``: its own signature, plus the cache's helpers."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Invalidate the entry of these arguments everywhere; False if Redis was unreachable (queued)."""
+        ...
+
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Invalidate the entry of these arguments and load it again."""
+        ...
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The cache key these arguments map to."""
+        ...
+
+
+class AsyncCachedFunction(Protocol[P, R_co]):
+    """An ``async def`` function decorated by ``cached``: its own signature, plus the cache's helpers."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Invalidate the entry of these arguments everywhere; False if Redis was unreachable (queued)."""
+        ...
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Invalidate the entry of these arguments and load it again."""
+        ...
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The cache key these arguments map to."""
+        ...
+
+
+class Decorator:
+    """What ``cache.cached(...)`` returns: apply it to a ``def`` or an ``async def`` function."""
+
+    __slots__ = ("_fronts", "_key", "_opts", "_tags")
+
+    def __init__(self, fronts: Fronts, opts: Options, key: str | Callable[..., str] | None, tags: Sequence[str]):
+        if isinstance(tags, str):
+            raise TypeError("tags must be a list of templates, e.g. tags=['user:{user_id}']")
+        self._fronts, self._opts, self._key, self._tags = fronts, opts, key, tags
+
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]: ...
+
+    def __call__(self, func: Callable[P, Any]) -> CachedFunction[P, Any] | AsyncCachedFunction[P, Any]:
+        builder = KeyBuilder(func, self._key)
+        tag_builder = TagBuilder(func, self._tags) if self._tags else None
+        if inspect.iscoroutinefunction(func):
+            return wrap_aio.wrap(func, self._fronts.front("async"), builder, tag_builder, self._opts)
+        return wrap.wrap(func, self._fronts.front("sync"), builder, tag_builder, self._opts)
+
+
 def make_cached(
-    cache: SyncFront,
-    acache: AsyncFront,
+    fronts: Fronts,
     *,
     opts: Options,
     key: str | Callable[..., str] | None,
     tags: Sequence[str],
-) -> Callable[[Callable[..., Any]], Any]:
-    """Build the decorator; ``cache`` serves ``def`` functions and ``acache`` ``async def`` ones."""
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list of templates, e.g. tags=['user:{user_id}']")
-
-    def decorate(func: Callable[..., Any]) -> Any:
-        builder = KeyBuilder(func, key)
-        tag_builder = TagBuilder(func, tags) if tags else None
-        if inspect.iscoroutinefunction(func):
-            return _async_wrapper(func, acache, builder, tag_builder, opts)
-        return _sync_wrapper(func, cache, builder, tag_builder, opts)
-
-    return decorate
-
-
-def _sync_wrapper(
-    func: Callable[..., Any], cache: SyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
-) -> Any:
-    build = builder.build
-    fetch = cache.fetch
-    use_l1 = opts.l1
-    data_get, touch = cache.core.l1.hot_accessors()
-    clock = cache.core.clock
-    hit = cache.core.stats.l1_hit.inc
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        if use_l1:
-            entry = data_get(k)
-            if entry is not None and entry[1] > clock():
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    touch(k)
-                except KeyError:
-                    pass
-                hit()
-                return entry[0]
-        return fetch(k, func, args, kwargs, opts, tag_builder)
-
-    def invalidate(*args: Any, **kwargs: Any) -> bool:
-        return cache.invalidate(build(args, kwargs))
-
-    def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        cache.invalidate(k)
-        return fetch(k, func, args, kwargs, opts, tag_builder)
-
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-    wrapper.refresh = refresh  # type: ignore[attr-defined]
-    wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-    wrapper.cache = cache  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _async_wrapper(
-    func: Callable[..., Any], acache: AsyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
-) -> Any:
-    build = builder.build
-    fetch = acache.fetch
-    use_l1 = opts.l1
-    data_get, touch = acache.core.l1.hot_accessors()
-    clock = acache.core.clock
-    hit = acache.core.stats.l1_hit.inc
-
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        if use_l1:
-            entry = data_get(k)
-            if entry is not None and entry[1] > clock():
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    touch(k)
-                except KeyError:
-                    pass
-                hit()
-                return entry[0]
-        return await fetch(k, func, args, kwargs, opts, tag_builder)
-
-    async def invalidate(*args: Any, **kwargs: Any) -> bool:
-        return await acache.invalidate(build(args, kwargs))
-
-    async def refresh(*args: Any, **kwargs: Any) -> Any:
-        k = build(args, kwargs)
-        await acache.invalidate(k)
-        return await fetch(k, func, args, kwargs, opts, tag_builder)
-
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-    wrapper.refresh = refresh  # type: ignore[attr-defined]
-    wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-    wrapper.cache = acache  # type: ignore[attr-defined]
-    return wrapper
+) -> Decorator:
+    """Build the decorator; ``fronts`` hands over the front serving ``def`` or ``async def`` functions."""
+    return Decorator(fronts, opts, key, tags)

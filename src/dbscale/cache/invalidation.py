@@ -25,8 +25,9 @@ from typing import Any
 import orjson
 import redis
 
-from dbscale.cache.l2 import CacheUnavailable, RedisL2
+from dbscale._compat import join, spawn
 from dbscale.config import mask_url
+from dbscale.errors import CacheUnavailable
 
 __all__ = ["Invalidation", "Listener", "RetryQueue", "decode_message", "encode_message"]
 
@@ -109,8 +110,12 @@ class Listener:
         self._on_message, self._on_reset = on_message, on_reset
         self.ready = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dbscale-cache-invalidation", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is None:
+            self._thread = spawn(self._run, "dbscale-cache-invalidation")
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until subscribed (for tests and start-up); True if ready."""
@@ -172,7 +177,8 @@ class Listener:
     def close(self) -> None:
         """Stop the thread (returns within ~0.3 s)."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        if self._thread is not None:
+            join(self._thread, 2.0)
 
 
 class RetryQueue:
@@ -237,25 +243,3 @@ class RetryQueue:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-
-
-def apply_invalidation(l2: RedisL2, inv: Invalidation, stale_px: int, origin: str, marker_px: int = 0) -> list[str]:
-    """Apply ``inv`` to Redis and broadcast it; returns the keys it reached. Raises CacheUnavailable."""
-    px = stale_px if inv.stale else 0
-    mark = (inv.marker, marker_px)
-    if inv.kind == "key":
-        l2.invalidate(list(inv.items), px, *mark)
-        keys = list(inv.items)
-        l2.publish(l2.keys.channel, encode_message(origin, keys=keys))
-        return keys
-    if inv.kind == "tag":
-        keys = l2.invalidate_tags(list(inv.items), px, *mark)
-        if keys:
-            l2.publish(l2.keys.channel, encode_message(origin, keys=keys))
-        return keys
-    keys = []
-    for pattern in inv.items:
-        found = l2.invalidate_pattern(pattern, px, *mark)
-        l2.publish(l2.keys.channel, encode_message(origin, keys=found, pattern=pattern))
-        keys.extend(found)
-    return keys

@@ -1,33 +1,54 @@
-"""L2 over redis-py (synchronous): the lease scripts, batched invalidation, and error translation.
+# auto-generated from l2_async.py by scripts/unasync.py — do not edit
+"""L2 over Redis: the lease scripts, batched invalidation, and error translation.
+
+The asyncio client (``l2_async.py``, over redis.asyncio) is the source; the blocking one (``l2.py``,
+over redis-py) is generated from it by ``scripts/unasync.py``; what they share is in
+:mod:`dbscale.cache.l2_base`. A redis.asyncio client belongs to the event loop it first ran on, so
+the asyncio cache keeps one client per running loop.
 
 Every redis-py error (and socket error) leaving this module is a :class:`CacheUnavailable`, raised
 ``from`` the original, so the tier above can fail open without knowing about redis-py — except a
 per-key error (a key of the wrong Redis type), which is a :class:`~dbscale.errors.CacheEntryError`.
 
-The read of a hit (:meth:`RedisL2.get`) does not go through ``Redis.get``: it sends a pre-packed
-``GET`` on a connection of its own idle list. redis-py's pool probes every connection before every
-command (``can_read``: three socket syscalls) to catch one the server closed or one left with an
-unread reply; on a hit that probe and the command layers around it cost more than the rest of
-the cache together. Neither case can go unnoticed here: redis-py disconnects a connection on any
+The read of a hit (:meth:`RedisL2.get`) does not go through ``Redis.get``: it sends a
+pre-packed ``GET`` on a connection of its own idle list. redis-py's pool probes every connection
+before every command (``can_read``: three socket syscalls; redis.asyncio runs it under
+``asyncio.timeout(0)``, an extra turn of the event loop) to catch one the server closed or one left
+with an unread reply; on a hit that probe and the command layers around it cost more than the rest
+of the cache together. Neither case can go unnoticed here: a connection is disconnected on any
 error or interruption during a send or a read (so no reply is ever left unread), and a connection
-the server closed fails at once on the next send or read, which :meth:`RedisL2.get` then retries
-once on a fresh connection (GET is idempotent). Timeouts are never retried, so a slow Redis still
-fails the read within ``timeout``. Idle connections are dropped in a forked child.
+the server closed fails at once on the next send or read, which :meth:`RedisL2.get` then
+retries once on a fresh connection (GET is idempotent). Timeouts are never retried, so a slow Redis
+still fails the read within ``timeout``: the asyncio client bounds send and read together with one
+deadline (``_compat.deadline``), the blocking one with its socket timeout. Idle connections are
+dropped in a forked child.
 """
 
 from __future__ import annotations
 
-import os
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Protocol, cast
+from collections.abc import Sequence
+from typing import cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from dbscale._compat import deadline
+from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import RedisKeys
+from dbscale.cache.l2_base import (
+    BATCH,
+    ERRORS,
+    CacheUnavailable,
+    Conn,
+    client_options,
+    connected,
+    drop,
+    failure,
+    get_options,
+    live,
+    make_connection,
+    packed_get,
+    translate,
+)
 from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
@@ -39,88 +60,20 @@ from dbscale.cache.leases import (
     lease_request,
     parse_lease_reply,
 )
-from dbscale.config import mask_url
-from dbscale.errors import CacheEntryError, CacheError, CacheUnavailable
+from dbscale.errors import CacheEntryError
 
-__all__ = ["BATCH", "CacheUnavailable", "RedisL2", "client_options", "failure", "packed_get"]
-
-BATCH = 500
-
-
-_ERRORS = (redis.RedisError, OSError, TimeoutError)
-
-
-def client_options(timeout: float) -> dict[str, Any]:
-    """redis-py client options: bounded timeouts, no hidden retries (the breaker decides)."""
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
-        "health_check_interval": 0,
-    }
-
-
-def packed_get(name: bytes) -> bytes:
-    """The RESP encoding of ``GET name`` (what redis-py's packer builds, without its generic loop)."""
-    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
-
-
-def failure(url: str, op: str, exc: BaseException) -> CacheError:
-    """The error for a failed operation (the URL's password masked).
-
-    A key of the wrong Redis type (``WRONGTYPE``, also from inside a script) is a
-    :class:`~dbscale.errors.CacheEntryError`: Redis answered, one key is bad, and the breaker must
-    not open for the whole cache. Everything else is :class:`CacheUnavailable`.
-    """
-    text = f"redis {mask_url(url)}: {op} failed: {type(exc).__name__}: {exc}"
-    if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
-        return CacheEntryError(text)
-    return CacheUnavailable(text)
-
-
-class Conn(Protocol):
-    """The part of a redis-py connection (sync or asyncio) the GET fast path uses."""
-
-    _sock: Any
-
-    def send_packed_command(self, command: tuple[bytes], check_health: bool = True) -> Any: ...
-
-    def read_response(self) -> Any: ...
-
-    def disconnect(self) -> Any: ...
-
-
-# Every live RedisL2, so a forked child can drop the idle connections it shares with its parent.
-_live: weakref.WeakSet[RedisL2] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for l2 in list(_live):
-        l2._idle = []
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-@contextmanager
-def translate(url: str, op: str) -> Iterator[None]:
-    """Turn redis-py and socket errors into CacheUnavailable or CacheEntryError (see :func:`failure`)."""
-    try:
-        yield
-    except _ERRORS as exc:
-        raise failure(url, op, exc) from exc
+__all__ = ["BATCH", "CacheUnavailable", "RedisL2", "client_options", "failure"]
 
 
 class RedisL2:
-    """Synchronous Redis operations of the cache. ``timeout`` bounds reads; ``admin_timeout`` invalidations."""
+    """The cache's Redis operations. ``timeout`` bounds reads; ``admin_timeout`` invalidations."""
 
     def __init__(self, url: str, keys: RedisKeys, *, timeout: float, admin_timeout: float) -> None:
         self.url = url
         self.keys = keys
+        self.timeout = timeout
         self._value_prefix = keys.value("")[:-1]  # "ns:v:{"; a value key is this + key + "}"
-        self._get_pool = redis.ConnectionPool.from_url(url, **client_options(timeout))
+        self._get_pool = redis.ConnectionPool.from_url(url, **get_options(timeout))
         self._idle: list[Conn] = []
         self.client = redis.Redis.from_url(url, **client_options(timeout))
         self.admin = redis.Redis.from_url(url, **client_options(admin_timeout))
@@ -130,41 +83,51 @@ class RedisL2:
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
         self._mark = self.admin.register_script(MARK_SCRIPT)
-        _live.add(self)
+        live.add(self)
 
     def get(self, key: str) -> bytes | None:
         """The raw entry of ``key`` (None if absent); see the module docstring for the transport."""
         command = packed_get((self._value_prefix + key + "}").encode())
         idle = self._idle
-        conn = idle.pop() if idle else cast(Conn, self._get_pool.make_connection())
-        was_connected = conn._sock is not None
+        conn = idle.pop() if idle else self._new_connection()
+        was_connected = connected(conn)
         try:
-            conn.send_packed_command((command,), check_health=False)
-            entry = conn.read_response()
+            if not was_connected:
+                conn.connect()  # bounded by socket_connect_timeout
+            with deadline(self.timeout):
+                conn.send_packed_command(command, check_health=False)
+                entry = conn.read_response()
         except redis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
             if not was_connected:
                 idle.append(conn)
                 raise failure(self.url, "GET", exc) from exc
             return self._get_again(conn, command)  # the server closed it while idle: once more, fresh
-        except _ERRORS as exc:
-            idle.append(conn)  # redis-py disconnected it if the error left it unusable
+        except ERRORS as exc:
+            drop(conn)  # a timeout may leave the reply unread
+            idle.append(conn)
             raise failure(self.url, "GET", exc) from exc
         except BaseException:
-            conn.disconnect()  # interrupted between send and read: the reply must not be read by another call
+            drop(conn)  # interrupted between send and read: the reply must not be read by another call
             idle.append(conn)
             raise
         idle.append(conn)
         return cast(bytes | None, entry)
 
-    def _get_again(self, conn: Conn, command: bytes) -> bytes | None:
-        conn.disconnect()
+    def _new_connection(self) -> Conn:
+        return cast(Conn, make_connection(self._get_pool))
+
+    def _get_again(self, conn: Conn, command: tuple[bytes]) -> bytes | None:
         try:
-            conn.send_packed_command((command,), check_health=False)
-            entry = conn.read_response()
-        except _ERRORS as exc:
+            drop(conn)
+            conn.connect()
+            with deadline(self.timeout):
+                conn.send_packed_command(command, check_health=False)
+                entry = conn.read_response()
+        except ERRORS as exc:
+            drop(conn)
             raise failure(self.url, "GET", exc) from exc
         except BaseException:
-            conn.disconnect()
+            drop(conn)
             raise
         finally:
             self._idle.append(conn)
@@ -202,6 +165,28 @@ class RedisL2:
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
         with translate(self.url, "set"):
             self._set(keys, [entry, px, tag_ttl, key])
+
+    def apply(self, inv: Invalidation, stale_px: int, origin: str, marker_px: int = 0) -> list[str]:
+        """Apply ``inv`` to Redis and broadcast it; returns the keys it reached. Raises CacheUnavailable."""
+        px = stale_px if inv.stale else 0
+        mark = (inv.marker, marker_px)
+        channel = self.keys.channel
+        if inv.kind == "key":
+            keys = list(inv.items)
+            self.invalidate(keys, px, *mark)
+            self.publish(channel, encode_message(origin, keys=keys))
+            return keys
+        if inv.kind == "tag":
+            keys = self.invalidate_tags(list(inv.items), px, *mark)
+            if keys:
+                self.publish(channel, encode_message(origin, keys=keys))
+            return keys
+        keys = []
+        for pattern in inv.items:
+            found = self.invalidate_pattern(pattern, px, *mark)
+            self.publish(channel, encode_message(origin, keys=found, pattern=pattern))
+            keys.extend(found)
+        return keys
 
     def invalidate(self, keys: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0) -> int:
         """Invalidate cache keys in pipelined batches, recording ``marker`` (a causal token) for each

@@ -1,26 +1,53 @@
-"""L2 over redis.asyncio: the asyncio twin of :mod:`dbscale.cache.l2` (hand-written, same operations).
+"""L2 over Redis: the lease scripts, batched invalidation, and error translation.
 
-A redis.asyncio client belongs to the event loop it first ran on, so the async tier keeps one
-:class:`AsyncRedisL2` per running loop.
+The asyncio client (``l2_async.py``, over redis.asyncio) is the source; the blocking one (``l2.py``,
+over redis-py) is generated from it by ``scripts/unasync.py``; what they share is in
+:mod:`dbscale.cache.l2_base`. A redis.asyncio client belongs to the event loop it first ran on, so
+the asyncio cache keeps one client per running loop.
 
-:meth:`AsyncRedisL2.get` uses the same transport as the sync :meth:`~dbscale.cache.l2.RedisL2.get`
-(its own idle connections, no per-command pool probe; see :mod:`dbscale.cache.l2`). The probe costs
-even more here: redis.asyncio runs it under ``asyncio.timeout(0)``, an extra turn of the event loop
-per command. Its connections have no socket timeout of their own (with one, every send is wrapped
-in ``asyncio.wait_for``, a new task per command); one ``asyncio.timeout`` bounds the send and the
-read together, and (re)connecting is bounded by the connect timeout, as in the sync client.
+Every redis-py error (and socket error) leaving this module is a :class:`CacheUnavailable`, raised
+``from`` the original, so the tier above can fail open without knowing about redis-py — except a
+per-key error (a key of the wrong Redis type), which is a :class:`~dbscale.errors.CacheEntryError`.
+
+The read of a hit (:meth:`AsyncRedisL2.get`) does not go through ``Redis.get``: it sends a
+pre-packed ``GET`` on a connection of its own idle list. redis-py's pool probes every connection
+before every command (``can_read``: three socket syscalls; redis.asyncio runs it under
+``asyncio.timeout(0)``, an extra turn of the event loop) to catch one the server closed or one left
+with an unread reply; on a hit that probe and the command layers around it cost more than the rest
+of the cache together. Neither case can go unnoticed here: a connection is disconnected on any
+error or interruption during a send or a read (so no reply is ever left unread), and a connection
+the server closed fails at once on the next send or read, which :meth:`AsyncRedisL2.get` then
+retries once on a fresh connection (GET is idempotent). Timeouts are never retried, so a slow Redis
+still fails the read within ``timeout``: the asyncio client bounds send and read together with one
+deadline (``_compat.adeadline``), the blocking one with its socket timeout. Idle connections are
+dropped in a forked child.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import cast
 
 import redis.asyncio as aredis
 
+from dbscale._compat import adeadline
+from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import RedisKeys
-from dbscale.cache.l2 import _ERRORS, BATCH, client_options, failure, packed_get, translate
+from dbscale.cache.l2_base import (
+    BATCH,
+    ERRORS,
+    AConn,
+    CacheUnavailable,
+    aconnected,
+    adrop,
+    aget_options,
+    client_options,
+    failure,
+    live,
+    make_connection,
+    packed_get,
+    translate,
+)
 from dbscale.cache.leases import (
     FILL_SCRIPT,
     INVALIDATE_SCRIPT,
@@ -34,34 +61,19 @@ from dbscale.cache.leases import (
 )
 from dbscale.errors import CacheEntryError
 
-__all__ = ["AsyncRedisL2"]
-
-
-class _AConn(Protocol):
-    """The part of a redis.asyncio connection the GET fast path uses."""
-
-    @property
-    def is_connected(self) -> bool: ...
-
-    async def send_packed_command(self, command: bytes, check_health: bool = True) -> Any: ...
-
-    async def read_response(self) -> Any: ...
-
-    async def connect(self) -> Any: ...
-
-    async def disconnect(self, nowait: bool = False) -> Any: ...
+__all__ = ["BATCH", "AsyncRedisL2", "CacheUnavailable", "client_options", "failure"]
 
 
 class AsyncRedisL2:
-    """Asynchronous Redis operations of the cache."""
+    """The cache's Redis operations. ``timeout`` bounds reads; ``admin_timeout`` invalidations."""
 
     def __init__(self, url: str, keys: RedisKeys, *, timeout: float, admin_timeout: float) -> None:
         self.url = url
         self.keys = keys
         self.timeout = timeout
         self._value_prefix = keys.value("")[:-1]  # "ns:v:{"; a value key is this + key + "}"
-        self._get_pool = aredis.ConnectionPool.from_url(url, **{**client_options(timeout), "socket_timeout": None})
-        self._idle: list[_AConn] = []
+        self._get_pool = aredis.ConnectionPool.from_url(url, **aget_options(timeout))
+        self._idle: list[AConn] = []
         self.client = aredis.Redis.from_url(url, **client_options(timeout))
         self.admin = aredis.Redis.from_url(url, **client_options(admin_timeout))
         self._lease = self.client.register_script(LEASE_SCRIPT)
@@ -70,17 +82,18 @@ class AsyncRedisL2:
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._invalidate = self.admin.register_script(INVALIDATE_SCRIPT)
         self._mark = self.admin.register_script(MARK_SCRIPT)
+        live.add(self)
 
     async def get(self, key: str) -> bytes | None:
         """The raw entry of ``key`` (None if absent); see the module docstring for the transport."""
         command = packed_get((self._value_prefix + key + "}").encode())
         idle = self._idle
-        conn = idle.pop() if idle else cast(_AConn, self._get_pool.make_connection())  # type: ignore[no-untyped-call]
-        was_connected = conn.is_connected
+        conn = idle.pop() if idle else self._new_connection()
+        was_connected = aconnected(conn)
         try:
             if not was_connected:
-                await conn.connect()  # bounded by socket_connect_timeout, as in the sync client
-            async with asyncio.timeout(self.timeout):
+                await conn.connect()  # bounded by socket_connect_timeout
+            async with adeadline(self.timeout):
                 await conn.send_packed_command(command, check_health=False)
                 entry = await conn.read_response()
         except aredis.ConnectionError as exc:  # not a timeout: redis.TimeoutError is no ConnectionError
@@ -88,29 +101,32 @@ class AsyncRedisL2:
                 idle.append(conn)
                 raise failure(self.url, "GET", exc) from exc
             return await self._get_again(conn, command)  # the server closed it while idle: once more, fresh
-        except _ERRORS as exc:
-            await conn.disconnect(nowait=True)  # a timeout may leave the reply unread
+        except ERRORS as exc:
+            await adrop(conn)  # a timeout may leave the reply unread
             idle.append(conn)
             raise failure(self.url, "GET", exc) from exc
         except BaseException:
-            await conn.disconnect(nowait=True)  # cancelled: the reply must not be read by another call
+            await adrop(conn)  # interrupted between send and read: the reply must not be read by another call
             idle.append(conn)
             raise
         idle.append(conn)
         return cast(bytes | None, entry)
 
-    async def _get_again(self, conn: _AConn, command: bytes) -> bytes | None:
+    def _new_connection(self) -> AConn:
+        return cast(AConn, make_connection(self._get_pool))
+
+    async def _get_again(self, conn: AConn, command: tuple[bytes]) -> bytes | None:
         try:
-            await conn.disconnect(nowait=True)
+            await adrop(conn)
             await conn.connect()
-            async with asyncio.timeout(self.timeout):
+            async with adeadline(self.timeout):
                 await conn.send_packed_command(command, check_health=False)
                 entry = await conn.read_response()
-        except _ERRORS as exc:
-            await conn.disconnect(nowait=True)
+        except ERRORS as exc:
+            await adrop(conn)
             raise failure(self.url, "GET", exc) from exc
         except BaseException:
-            await conn.disconnect(nowait=True)
+            await adrop(conn)
             raise
         finally:
             self._idle.append(conn)
@@ -148,6 +164,28 @@ class AsyncRedisL2:
         keys = [*self.keys.triple(key), *(self.keys.tag(t) for t in tags)]
         with translate(self.url, "set"):
             await self._set(keys, [entry, px, tag_ttl, key])
+
+    async def apply(self, inv: Invalidation, stale_px: int, origin: str, marker_px: int = 0) -> list[str]:
+        """Apply ``inv`` to Redis and broadcast it; returns the keys it reached. Raises CacheUnavailable."""
+        px = stale_px if inv.stale else 0
+        mark = (inv.marker, marker_px)
+        channel = self.keys.channel
+        if inv.kind == "key":
+            keys = list(inv.items)
+            await self.invalidate(keys, px, *mark)
+            await self.publish(channel, encode_message(origin, keys=keys))
+            return keys
+        if inv.kind == "tag":
+            keys = await self.invalidate_tags(list(inv.items), px, *mark)
+            if keys:
+                await self.publish(channel, encode_message(origin, keys=keys))
+            return keys
+        keys = []
+        for pattern in inv.items:
+            found = await self.invalidate_pattern(pattern, px, *mark)
+            await self.publish(channel, encode_message(origin, keys=found, pattern=pattern))
+            keys.extend(found)
+        return keys
 
     async def invalidate(self, keys: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0) -> int:
         """Invalidate cache keys in pipelined batches, recording ``marker`` (a causal token) for each
@@ -201,7 +239,7 @@ class AsyncRedisL2:
         match = self.keys.scan_pattern(pattern)
         while True:
             with translate(self.url, "SCAN"):
-                cursor, found = await self.admin.scan(cursor, match=match, count=BATCH)
+                cursor, found = cast(tuple[int, list[bytes]], await self.admin.scan(cursor, match=match, count=BATCH))
             batch = [k for k in {self.keys.user_key(r) for r in found} if k not in seen]
             if batch:
                 await self.invalidate(batch, stale_px, marker, marker_px)

@@ -1,11 +1,12 @@
-"""The synchronous cache: L1 → Redis L2 → loader, with leases, single-flight and fail-open.
+# auto-generated from tier_async.py by scripts/unasync.py — do not edit
+"""The cache front end: L1 → Redis L2 → loader, with leases, single-flight and fail-open.
 
-This shell holds the public API, the hit path and direct access (get/set/invalidate). The miss
-path is :func:`dbscale.cache.miss.miss_flow`, shared with the asyncio cache and driven here by
-:meth:`Cache._run` with blocking I/O; in-process single-flight is :mod:`dbscale.cache.flight`.
-:class:`AsyncCache` (in :mod:`dbscale.cache.tier_async`) is the hand-written asyncio twin of this
-module; keep the two in step. The two modules do not import each other: a front builds its twin
-by flavour (:class:`~dbscale.cache.core.CacheFront`).
+The asyncio front end (``tier_async.py``) is the source; the blocking one (``tier.py``) is generated
+from it by ``scripts/unasync.py`` (edit the source, then run the script). This holds the public API,
+the hit path and direct access (get/set/invalidate). The miss path is :func:`dbscale.cache.miss.miss_flow`, driven
+here by :meth:`Cache._run`; in-process single-flight is :mod:`dbscale.cache.flight`. Waiting
+between lease polls holds no connection. The two front ends do not import each other: a front
+builds its twin over the same core by flavour (:class:`~dbscale.cache.core.CacheFront`).
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
+from dbscale._compat import LoopLocal, sleep, to_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
-from dbscale.cache.decorator import make_cached
+from dbscale.cache.decorator import Decorator, make_cached
 from dbscale.cache.flight import SingleFlight
-from dbscale.cache.invalidation import Invalidation, apply_invalidation, encode_message
+from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
-from dbscale.cache.l2 import CacheUnavailable, RedisL2
+from dbscale.cache.l2 import RedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import CacheEntryError, SerializationError
+from dbscale.errors import CacheEntryError, CacheUnavailable, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
-
-if TYPE_CHECKING:
-    from dbscale.cache.tier_async import AsyncCache
 
 __all__ = ["Cache"]
 
@@ -35,14 +34,14 @@ T = TypeVar("T")
 
 
 class Cache(CacheFront, flavour="sync"):
-    """Tiered cache for synchronous code (redis-py). Thread-safe.
+    """Tiered cache for blocking code (redis-py). Thread-safe.
 
     >>> cache = Cache(CacheConfig(redis_url="redis://127.0.0.1:6380/0", namespace="app"))  # doctest: +SKIP
     >>> @cache.cached(ttl=300, key="user:{user_id}", tags=["user:{user_id}"])  # doctest: +SKIP
     ... def get_user(user_id: int) -> dict | None: ...
     >>> cache.invalidate_tags("user:42")  # doctest: +SKIP
 
-    ``cached`` also decorates ``async def`` functions (through :attr:`aio`, which shares this L1).
+    ``cached`` also decorates functions of the other kind (through the twin sharing this L1).
     With ``redis_url = None`` the cache is L1-only.
     """
 
@@ -57,11 +56,10 @@ class Cache(CacheFront, flavour="sync"):
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
         self._flight = SingleFlight(self.core.l1.key_invalidated_since)
+        self._l2s = self.core.l2_clients(LoopLocal, RedisL2)
 
-    @property
-    def aio(self) -> AsyncCache:
-        """The asyncio twin sharing this cache's L1, metrics and listener."""
-        return cast("AsyncCache", self._twin_front("async"))
+    def _l2(self) -> RedisL2 | None:
+        return self._l2s.get() if self.core.url is not None else None
 
     # -- read path --------------------------------------------------------------------------------
     def get_or_load(
@@ -89,7 +87,8 @@ class Cache(CacheFront, flavour="sync"):
     ) -> Any:
         """Read-through used by the decorator: L1, then L2, then (single-flight) lease and ``func(*args, **kwargs)``.
 
-        The L2 hit is the hot path: one GET (:meth:`RedisL2.get`), the header check and ``orjson.loads``
+        The L2 hit is the hot path: the client already made and the gate healthy (no clock read,
+        no counting), one GET (:meth:`RedisL2.get`), the header check and ``orjson.loads``
         (:meth:`CacheCore.decode`), a lock-free counter. The loader closure is only built on a miss.
         """
         core = self.core
@@ -101,7 +100,9 @@ class Cache(CacheFront, flavour="sync"):
             core.stats.l1_miss.inc()
         now = core.clock()
         token = core.l1.token()
-        l2 = core.healthy_l2() or (core.sync_l2() if core.url is not None and core.redis_allowed(now) else None)
+        l2 = self._l2s.peek() if core.gate.healthy() else None
+        if l2 is None and core.redis_allowed(now):
+            l2 = self._l2s.get()
         force = False
         if l2 is not None:
             sample = core.sample_latency()
@@ -143,9 +144,14 @@ class Cache(CacheFront, flavour="sync"):
         return self._flight.run(key, lambda: self._run(flow, l2, func, args, kwargs), token)
 
     def _run(
-        self, flow: Flow, l2: RedisL2 | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flow: Flow,
+        l2: RedisL2 | None,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
-        """Drive a :func:`~dbscale.cache.miss.miss_flow` with blocking I/O."""
+        """Drive a :func:`~dbscale.cache.miss.miss_flow` (no connection held while sleeping)."""
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -159,14 +165,14 @@ class Cache(CacheFront, flavour="sync"):
                 if op is Op.LOAD:
                     result = self._load(func, args, kwargs, request[1] if len(request) > 1 else None)
                 elif op is Op.SLEEP:
-                    time.sleep(request[1])
+                    sleep(request[1])
                 else:
                     assert l2 is not None
                     if op is Op.LEASE:
                         result = l2.lease(*request[1:])
                     elif op is Op.FILL:
                         result = l2.fill(*request[1:])
-                    elif op is Op.RELEASE:
+                    elif op is Op.RELEASE:  # (asyncio: shielded, a second cancellation must not orphan the lease)
                         l2.release(*request[1:])
                     else:
                         l2.set(*request[1:])
@@ -196,10 +202,9 @@ class Cache(CacheFront, flavour="sync"):
                 core.stats.l1_hit.inc()
                 return value
         token = core.l1.token()  # before the Redis check: see CacheCore.queue
-        if not core.redis_allowed(now):
+        l2 = self._l2() if core.redis_allowed(now) else None
+        if l2 is None:
             return default
-        l2 = core.sync_l2()
-        assert l2 is not None
         try:
             entry = l2.get(key)
         except CacheUnavailable as exc:
@@ -231,7 +236,7 @@ class Cache(CacheFront, flavour="sync"):
         core = self.core
         entry, px, _ = core.make_entry(value, core.config.default_ttl if ttl is None else ttl, 0.0)
         inv = Invalidation("key", (key,), stale=False)
-        l2 = core.sync_l2()
+        l2 = self._l2()
         if l2 is None:
             core.fence_l1(inv)
             return core.l1.put(key, value, min(core.config.l1_ttl, px / 1000), core.clock(), size=len(entry))
@@ -274,16 +279,16 @@ class Cache(CacheFront, flavour="sync"):
     def _invalidate(self, inv: Invalidation) -> bool:
         core = self.core
         core.stats.invalidation(inv.kind, len(inv.items))
-        l2 = core.sync_l2()
+        l2 = self._l2()
         if l2 is None:
             core.fence_l1(inv)
             return True
-        inv = core.marked(inv)
+        inv = self._marked(inv)
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
             return False
         try:
-            keys = apply_invalidation(l2, inv, core.stale_px, core.origin, core.marker_px)
+            keys = l2.apply(inv, core.stale_px, core.origin, core.marker_px)
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
@@ -291,9 +296,20 @@ class Cache(CacheFront, flavour="sync"):
         core.fence_l1(inv, keys)  # after Redis, never only before: see CacheCore.fence_l1
         return True
 
+    def _marked(self, inv: Invalidation) -> Invalidation:
+        """``inv`` carrying the write position its lag-aware fill markers record (unchanged when markers are off)."""
+        causality = self.core.causality
+        if causality is None:
+            return inv
+        try:
+            token = causality.invalidation_token()
+        except MarkerUnavailable as exc:
+            return self.core.marker_failed(inv, exc)
+        return self.core.with_marker(inv, token)
+
     def flush_invalidations(self) -> bool:
         """Retry queued invalidations now; True if none remain."""
-        return self.core.retry.flush()
+        return to_thread(self.core.retry.flush)
 
     def cached(
         self,
@@ -304,11 +320,14 @@ class Cache(CacheFront, flavour="sync"):
         l1: bool = True,
         serve_stale: bool | None = None,
         xfetch_beta: float | None = None,
-    ) -> Callable[[Callable[..., Any]], Any]:
-        """Cache-aside decorator for sync and async functions; see :func:`dbscale.cache.decorator.cached`."""
+    ) -> Decorator:
+        """Cache-aside decorator for sync and async functions; see :mod:`dbscale.cache.decorator`."""
         opts = self.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
-        return make_cached(self, self.aio, opts=opts, key=key, tags=tags)
+        return make_cached(self, opts=opts, key=key, tags=tags)
 
     def close(self) -> None:
-        """Stop background threads and close connections. Idempotent."""
+        """Close this front's Redis connections and stop background threads. Idempotent."""
+        l2 = self._l2s.pop()
+        if l2 is not None:
+            l2.close()
         self.core.close()

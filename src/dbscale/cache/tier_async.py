@@ -1,9 +1,11 @@
-"""The asyncio cache: the hand-written twin of :mod:`dbscale.cache.tier` (keep the two in step).
+"""The cache front end: L1 → Redis L2 → loader, with leases, single-flight and fail-open.
 
-Differences from the sync shell are only those asyncio requires: ``await`` on redis.asyncio, an
-``asyncio.sleep`` between lease polls (no connection is held while waiting), single-flight futures
-per event loop, and one redis.asyncio client per running loop. The miss path itself is not
-repeated here: :meth:`AsyncCache._run` drives the same :func:`~dbscale.cache.miss.miss_flow`.
+The asyncio front end (``tier_async.py``) is the source; the blocking one (``tier.py``) is generated
+from it by ``scripts/unasync.py`` (edit the source, then run the script). This holds the public API,
+the hit path and direct access (get/set/invalidate). The miss path is :func:`dbscale.cache.miss.miss_flow`, driven
+here by :meth:`AsyncCache._run`; in-process single-flight is :mod:`dbscale.cache.flight`. Waiting
+between lease polls holds no connection. The two front ends do not import each other: a front
+builds its twin over the same core by flavour (:class:`~dbscale.cache.core.CacheFront`).
 """
 
 from __future__ import annotations
@@ -11,23 +13,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
+from dbscale._compat import ALoopLocal, asleep, ato_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
-from dbscale.cache.decorator import make_cached
+from dbscale.cache.decorator import Decorator, make_cached
 from dbscale.cache.flight import AsyncSingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2_async import AsyncRedisL2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
-from dbscale.errors import CacheEntryError, CacheUnavailable, SerializationError
+from dbscale.errors import CacheEntryError, CacheUnavailable, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
-
-if TYPE_CHECKING:
-    from dbscale.cache.tier import Cache
 
 __all__ = ["AsyncCache"]
 
@@ -35,9 +34,15 @@ T = TypeVar("T")
 
 
 class AsyncCache(CacheFront, flavour="async"):
-    """Tiered cache for asyncio code (redis.asyncio). Mirrors :class:`~dbscale.cache.Cache` with ``await``.
+    """Tiered cache for asyncio code (redis.asyncio). Safe to share between tasks.
 
-    ``cached`` also decorates plain ``def`` functions (through :attr:`sync`, which shares this L1).
+    >>> cache = AsyncCache(CacheConfig(redis_url="redis://127.0.0.1:6380/0", namespace="app"))  # doctest: +SKIP
+    >>> @cache.cached(ttl=300, key="user:{user_id}", tags=["user:{user_id}"])  # doctest: +SKIP
+    ... async def get_user(user_id: int) -> dict | None: ...
+    >>> await cache.invalidate_tags("user:42")  # doctest: +SKIP
+
+    ``cached`` also decorates functions of the other kind (through the twin sharing this L1).
+    With ``redis_url = None`` the cache is L1-only.
     """
 
     def __init__(
@@ -51,23 +56,10 @@ class AsyncCache(CacheFront, flavour="async"):
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
         self._flight = AsyncSingleFlight(self.core.l1.key_invalidated_since)
-        self._l2s: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisL2] = weakref.WeakKeyDictionary()
-
-    @property
-    def sync(self) -> Cache:
-        """The synchronous twin sharing this cache's L1, metrics and listener."""
-        return cast("Cache", self._twin_front("sync"))
+        self._l2s = self.core.l2_clients(ALoopLocal, AsyncRedisL2)
 
     def _l2(self) -> AsyncRedisL2 | None:
-        core = self.core
-        if core.url is None:
-            return None
-        loop = asyncio.get_running_loop()
-        l2 = self._l2s.get(loop)
-        if l2 is None:
-            l2 = AsyncRedisL2(core.url, core.keys, timeout=core.config.redis_timeout, admin_timeout=core.admin_timeout)
-            self._l2s[loop] = l2
-        return l2
+        return self._l2s.get() if self.core.url is not None else None
 
     # -- read path --------------------------------------------------------------------------------
     async def get_or_load(
@@ -80,7 +72,7 @@ class AsyncCache(CacheFront, flavour="async"):
         l1: bool = True,
         serve_stale: bool | None = None,
     ) -> T:
-        """The cached value of ``key``, awaiting ``loader()`` (once per key across processes) on a miss."""
+        """The cached value of ``key``, calling ``loader()`` (once per key across processes) on a miss."""
         opts = self.options(ttl, l1=l1, serve_stale=serve_stale, tags=tags)
         return await self.fetch(key, loader, (), {}, opts, None)  # type: ignore[no-any-return]
 
@@ -93,7 +85,12 @@ class AsyncCache(CacheFront, flavour="async"):
         opts: Options,
         tags: TagBuilder | None,
     ) -> Any:
-        """Read-through used by the decorator; see :meth:`Cache.fetch`."""
+        """Read-through used by the decorator: L1, then L2, then (single-flight) lease and ``func(*args, **kwargs)``.
+
+        The L2 hit is the hot path: the client already made and the gate healthy (no clock read,
+        no counting), one GET (:meth:`AsyncRedisL2.get`), the header check and ``orjson.loads``
+        (:meth:`CacheCore.decode`), a lock-free counter. The loader closure is only built on a miss.
+        """
         core = self.core
         if opts.l1:
             found, value = core.l1.lookup(key, core.clock())
@@ -103,7 +100,9 @@ class AsyncCache(CacheFront, flavour="async"):
             core.stats.l1_miss.inc()
         now = core.clock()
         token = core.l1.token()
-        l2 = self._l2() if core.url is not None and core.redis_allowed(now) else None
+        l2 = self._l2s.peek() if core.gate.healthy() else None
+        if l2 is None and core.redis_allowed(now):
+            l2 = self._l2s.get()
         force = False
         if l2 is not None:
             sample = core.sample_latency()
@@ -152,7 +151,7 @@ class AsyncCache(CacheFront, flavour="async"):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Drive a :func:`~dbscale.cache.miss.miss_flow` with asyncio I/O (no connection held while sleeping)."""
+        """Drive a :func:`~dbscale.cache.miss.miss_flow` (no connection held while sleeping)."""
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -166,14 +165,14 @@ class AsyncCache(CacheFront, flavour="async"):
                 if op is Op.LOAD:
                     result = await self._load(func, args, kwargs, request[1] if len(request) > 1 else None)
                 elif op is Op.SLEEP:
-                    await asyncio.sleep(request[1])
+                    await asleep(request[1])
                 else:
                     assert l2 is not None
                     if op is Op.LEASE:
                         result = await l2.lease(*request[1:])
                     elif op is Op.FILL:
                         result = await l2.fill(*request[1:])
-                    elif op is Op.RELEASE:  # shielded: a second cancellation must not orphan the lease
+                    elif op is Op.RELEASE:  # (asyncio: shielded, a second cancellation must not orphan the lease)
                         await asyncio.shield(l2.release(*request[1:]))
                     else:
                         await l2.set(*request[1:])
@@ -232,7 +231,8 @@ class AsyncCache(CacheFront, flavour="async"):
         return value
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None, tags: Sequence[str] = ()) -> bool:
-        """Store ``value`` (revoking leases, dropping every L1 copy); see :meth:`Cache.set`."""
+        """Store ``value`` (revoking leases, dropping every L1 copy). False if Redis was unavailable,
+        in which case an invalidation of ``key`` is queued so no old value survives in Redis."""
         core = self.core
         entry, px, _ = core.make_entry(value, core.config.default_ttl if ttl is None else ttl, 0.0)
         inv = Invalidation("key", (key,), stale=False)
@@ -261,7 +261,11 @@ class AsyncCache(CacheFront, flavour="async"):
         return await self._invalidate(Invalidation("key", keys, stale=False))
 
     async def invalidate(self, *keys: str) -> bool:
-        """Invalidate keys everywhere; False if Redis was unreachable (then queued and retried)."""
+        """Invalidate keys everywhere: Redis (revoking leases), this L1 and every other process's L1.
+
+        Returns False if Redis was unreachable: the invalidation is then queued, retried until it
+        succeeds and counted (``cache_invalidation_retries``); the local L1 is cleared regardless.
+        """
         return await self._invalidate(Invalidation("key", keys))
 
     async def invalidate_tags(self, *tags: str) -> bool:
@@ -269,7 +273,7 @@ class AsyncCache(CacheFront, flavour="async"):
         return await self._invalidate(Invalidation("tag", tags))
 
     async def invalidate_pattern(self, pattern: str) -> bool:
-        """Invalidate every key matching a Redis glob (SCAN in batches, never KEYS)."""
+        """Invalidate every key matching a Redis glob (SCAN in batches, never KEYS); see :meth:`invalidate`."""
         return await self._invalidate(Invalidation("pattern", (pattern,)))
 
     async def _invalidate(self, inv: Invalidation) -> bool:
@@ -279,24 +283,12 @@ class AsyncCache(CacheFront, flavour="async"):
         if l2 is None:
             core.fence_l1(inv)
             return True
-        inv = await core.amarked(inv)
+        inv = await self._marked(inv)
         if len(core.retry) or not core.breaker.allow(core.clock()):
             core.queue(inv, None)
             return False
-        px = core.stale_px if inv.stale else 0
-        mark = (inv.marker, core.marker_px)
         try:
-            if inv.kind == "key":
-                keys = list(inv.items)
-                await l2.invalidate(keys, px, *mark)
-                await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys))
-            elif inv.kind == "tag":
-                keys = await l2.invalidate_tags(list(inv.items), px, *mark)
-                if keys:
-                    await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys))
-            else:
-                keys = await l2.invalidate_pattern(inv.items[0], px, *mark)
-                await l2.publish(core.keys.channel, encode_message(core.origin, keys=keys, pattern=inv.items[0]))
+            keys = await l2.apply(inv, core.stale_px, core.origin, core.marker_px)
         except CacheUnavailable as exc:
             core.queue(inv, exc)
             return False
@@ -304,9 +296,20 @@ class AsyncCache(CacheFront, flavour="async"):
         core.fence_l1(inv, keys)  # after Redis, never only before: see CacheCore.fence_l1
         return True
 
+    async def _marked(self, inv: Invalidation) -> Invalidation:
+        """``inv`` carrying the write position its lag-aware fill markers record (unchanged when markers are off)."""
+        causality = self.core.causality
+        if causality is None:
+            return inv
+        try:
+            token = await causality.ainvalidation_token()
+        except MarkerUnavailable as exc:
+            return self.core.marker_failed(inv, exc)
+        return self.core.with_marker(inv, token)
+
     async def flush_invalidations(self) -> bool:
-        """Retry queued invalidations now (in a worker thread); True if none remain."""
-        return await asyncio.to_thread(self.core.retry.flush)
+        """Retry queued invalidations now; True if none remain."""
+        return await ato_thread(self.core.retry.flush)
 
     def cached(
         self,
@@ -317,19 +320,14 @@ class AsyncCache(CacheFront, flavour="async"):
         l1: bool = True,
         serve_stale: bool | None = None,
         xfetch_beta: float | None = None,
-    ) -> Callable[[Callable[..., Any]], Any]:
-        """Cache-aside decorator for async and sync functions; see :func:`dbscale.cache.decorator.cached`."""
+    ) -> Decorator:
+        """Cache-aside decorator for sync and async functions; see :mod:`dbscale.cache.decorator`."""
         opts = self.options(ttl, l1=l1, serve_stale=serve_stale, xfetch_beta=xfetch_beta)
-        return make_cached(self.sync, self, opts=opts, key=key, tags=tags)
+        return make_cached(self, opts=opts, key=key, tags=tags)
 
     async def close(self) -> None:
-        """Close this loop's connections, stop background threads. Idempotent."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None:
-            l2 = self._l2s.pop(loop, None)
-            if l2 is not None:
-                await l2.close()
+        """Close this front's Redis connections and stop background threads. Idempotent."""
+        l2 = self._l2s.pop()
+        if l2 is not None:
+            await l2.close()
         self.core.close()

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -48,24 +48,19 @@ INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
 
+if TYPE_CHECKING:
+    from dbscale.routing.settings import RouterWiring
+
 
 class AsyncGroupRouter(GroupRouterBase):
     """Routes one group's reads and writes. Built by :class:`dbscale.AsyncCluster`; use its methods."""
 
-    def __init__(
-        self,
-        *args: Any,
-        engine_for: Callable[..., AsyncEngine],
-        record: Callable[[str, Mark], None],
-        monitor_urls: dict[str, str],
-        check_timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, wiring: RouterWiring, *, engine_for: Callable[..., AsyncEngine]) -> None:
+        super().__init__(wiring.name, wiring.settings, wiring.metrics, write_timeout=wiring.write_timeout)
         self.engine_for = engine_for
         self._engines: dict[tuple[str, bool], AsyncEngine] = {}
-        self._record = record
-        self.monitor = AsyncMonitor(self, monitor_urls, check_timeout)
+        self._record = wiring.record
+        self.monitor = AsyncMonitor(self, wiring.monitor_urls, wiring.check_timeout)
         self._started = False
 
     async def ensure_started(self) -> None:

@@ -1,8 +1,10 @@
-"""Build the pure core's :class:`~dbscale.routing.core.Settings` from a validated ``GroupConfig``."""
+"""Build a group router's inputs from a validated ``GroupConfig``: the pure core's
+:class:`~dbscale.routing.core.Settings` and the rest of its wiring (:class:`RouterWiring`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, event
 
@@ -12,6 +14,7 @@ from dbscale.names import pgbouncer_name, primary_name, replica_name
 from dbscale.routing.bans import BanPolicy
 from dbscale.routing.context import CausalContext
 from dbscale.routing.core import Settings
+from dbscale.routing.lsn import Mark
 from dbscale.routing.metrics import RoutingMetrics
 from dbscale.units import parse_read_your_writes
 
@@ -41,8 +44,25 @@ def group_settings(group: str, cfg: GroupConfig) -> Settings:
     )
 
 
-def router_arguments(group: str, cfg: GroupConfig, metrics: Metrics, causal: CausalContext) -> dict[str, Any]:
-    """Keyword arguments shared by :class:`GroupRouter` and :class:`AsyncGroupRouter` for ``group``."""
+@dataclass(frozen=True, slots=True)
+class RouterWiring:
+    """What :class:`GroupRouter` and :class:`AsyncGroupRouter` are built from (besides their engines).
+
+    ``record(group, mark)`` keeps a write's causal mark; ``monitor_urls`` are the libpq URLs the
+    health monitor checks, by node name; ``check_timeout`` bounds one health check.
+    """
+
+    name: str
+    settings: Settings
+    metrics: RoutingMetrics
+    write_timeout: float
+    record: Callable[[str, Mark], None]
+    monitor_urls: dict[str, str]
+    check_timeout: float
+
+
+def router_wiring(group: str, cfg: GroupConfig, metrics: Metrics, causal: CausalContext) -> RouterWiring:
+    """The wiring of ``group``'s router (the same for the sync and the asyncio router)."""
     settings = group_settings(group, cfg)
     bouncer = pgbouncer_name(group) if cfg.pgbouncer is not None else None
     nodes = settings.nodes + ((bouncer,) if bouncer else ())
@@ -50,15 +70,15 @@ def router_arguments(group: str, cfg: GroupConfig, metrics: Metrics, causal: Cau
     urls.update({n: libpq_conninfo(u) for n, u in zip(settings.replicas, cfg.replicas, strict=True)})
     if settings.endpoint is not None and cfg.pgbouncer is not None:
         urls[settings.endpoint] = libpq_conninfo(cfg.pgbouncer)
-    return {
-        "name": group,
-        "settings": settings,
-        "metrics": RoutingMetrics(metrics, group, nodes),
-        "write_timeout": cfg.write_timeout,
-        "record": causal.record,
-        "monitor_urls": urls,
-        "check_timeout": max(1.0, min(cfg.pool.connect_timeout, 2 * cfg.health_interval)),
-    }
+    return RouterWiring(
+        name=group,
+        settings=settings,
+        metrics=RoutingMetrics(metrics, group, nodes),
+        write_timeout=cfg.write_timeout,
+        record=causal.record,
+        monitor_urls=urls,
+        check_timeout=max(1.0, min(cfg.pool.connect_timeout, 2 * cfg.health_interval)),
+    )
 
 
 def instrument_engine(engine: Engine, metrics: Metrics, group: str, node: str) -> None:
@@ -67,4 +87,4 @@ def instrument_engine(engine: Engine, metrics: Metrics, group: str, node: str) -
     event.listen(engine, "connect", lambda *_: counter.inc())
 
 
-__all__ = ["group_settings", "instrument_engine", "parse_read_your_writes", "router_arguments"]
+__all__ = ["RouterWiring", "group_settings", "instrument_engine", "parse_read_your_writes", "router_wiring"]

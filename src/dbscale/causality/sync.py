@@ -1,0 +1,45 @@
+# auto-generated from aio.py by scripts/unasync.py — do not edit
+"""Lag-aware cache fills: the position an invalidation's markers record, read from the cluster.
+
+``aio.py`` (asyncio) is the source; ``sync.py`` is generated from it by ``scripts/unasync.py``;
+the shared part, and the answers to callers of the other flavour, are in ``base.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dbscale.causality.base import FAILURES, INSERT_LSN_SQL, CausalityBase
+from dbscale.errors import MarkerUnavailable
+from dbscale.routing.lsn import Mark, format_token
+
+if TYPE_CHECKING:
+    from dbscale.cluster import Cluster
+
+__all__ = ["ClusterCausality"]
+
+
+class ClusterCausality(CausalityBase):
+    """Causality for a given :class:`~dbscale.Cluster` (the cache's :class:`~dbscale.cache.markers.Causality`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        self._cluster = cluster
+
+    def invalidation_token(self) -> str:
+        """The context's own token, else every group's current primary position."""
+        own = self._cluster.causal_token()
+        if own:
+            return own
+        marks: dict[str, Mark] = {}
+        for name in self._lsn_groups(marks):
+            router = self._cluster.router(name)
+            try:
+                router.ensure_started()
+                with router.connect(self._writer(router)) as conn:
+                    marks[name] = self._mark(router, conn.exec_driver_sql(INSERT_LSN_SQL).scalar_one())
+            except MarkerUnavailable:
+                raise
+            except FAILURES as exc:
+                raise self._failed(router, exc) from exc
+        return format_token(marks)
