@@ -291,6 +291,7 @@ class EdgePurger:
         self._listener = Listener(
             str(url), cache.core.keys.channel, f"edge-{uuid.uuid4().hex}", self._on_message, lambda: None
         )
+        self._listener.start()
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
         """Block until subscribed; True if ready."""
