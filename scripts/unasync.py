@@ -31,6 +31,8 @@ FILES = [
     (Path("src/dbscale/advisor/aio.py"), Path("src/dbscale/advisor/shell.py")),
     (Path("src/dbscale/cqrs/log_aio.py"), Path("src/dbscale/cqrs/log.py")),
     (Path("src/dbscale/cqrs/aio.py"), Path("src/dbscale/cqrs/sync.py")),
+    (Path("src/dbscale/cache/writes/through_aio.py"), Path("src/dbscale/cache/writes/through.py")),
+    (Path("src/dbscale/cache/writes/behind_aio.py"), Path("src/dbscale/cache/writes/behind.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -69,7 +71,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
     (r"\bA(Event|Lock|Runner|Workers)\b", r"\1"),
-    (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire)\b", r"\1"),
+    (r"\ba(acquire|event_wait|join|sleep|spawn|try_acquire|run_hooks)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
@@ -81,6 +83,12 @@ RULES: list[tuple[str, str]] = [
     (r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection$", "    from sqlalchemy import Connection"),
     (r"\bdbscale\.cqrs\.log_aio\b", "dbscale.cqrs.log"),
     (r"\bThe asyncio (event log|projector)\b", r"The synchronous \1"),
+    # cache.writes
+    (r"^from redis\.asyncio import Redis$", "from redis import Redis"),
+    (r"\bdbscale\.cache\.writes\.through_aio\b", "dbscale.cache.writes.through"),
+    (r"\bThe asyncio (write-through|write-behind) cache\b", r"The synchronous \1 cache"),
+    (r"\.aclose\(\)", ".close()"),
+    (r"\bAsync(RedisEntries|WriteThrough|WriteBehind|Flusher)\b", r"\1"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call

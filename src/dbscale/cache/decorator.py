@@ -50,6 +50,8 @@ class SyncFront(Protocol):
 
     def invalidate(self, *keys: str) -> bool: ...
 
+    def invalidate_on_commit(self, *keys: str, tags: Sequence[str] = ()) -> None: ...
+
 
 class AsyncFront(Protocol):
     """What the decorator needs of the asyncio cache (:class:`dbscale.cache.AsyncCache`)."""
@@ -61,6 +63,8 @@ class AsyncFront(Protocol):
     ) -> Any: ...
 
     async def invalidate(self, *keys: str) -> bool: ...
+
+    def invalidate_on_commit(self, *keys: str, tags: Sequence[str] = ()) -> None: ...
 
 
 def make_cached(
@@ -121,6 +125,7 @@ def _sync_wrapper(
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
     wrapper.cache = cache  # type: ignore[attr-defined]
+    wrapper.invalidate_on_commit = lambda *a, **kw: cache.invalidate_on_commit(build(a, kw))  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -160,4 +165,5 @@ def _async_wrapper(
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
     wrapper.cache = acache  # type: ignore[attr-defined]
+    wrapper.invalidate_on_commit = lambda *a, **kw: acache.invalidate_on_commit(build(a, kw))  # type: ignore[attr-defined]
     return wrapper

@@ -28,6 +28,8 @@ from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
     from dbscale.cache.tier_async import AsyncCache
+    from dbscale.cache.writes.behind import WriteBehind
+    from dbscale.cache.writes.through import WriteThrough
 
 __all__ = ["Cache"]
 
@@ -294,6 +296,18 @@ class Cache(CacheFront, flavour="sync"):
     def flush_invalidations(self) -> bool:
         """Retry queued invalidations now; True if none remain."""
         return self.core.retry.flush()
+
+    def write_through(self, table: Any, *, key_column: str, key: str, **options: Any) -> WriteThrough:
+        """A write-through view of ``table``; see :class:`dbscale.cache.writes.through.WriteThrough`."""
+        from dbscale.cache.writes.through import WriteThrough
+
+        return WriteThrough(self, table, key_column=key_column, key=key, **options)
+
+    def write_behind(self, table: Any, *, key_column: str, key: str, **options: Any) -> WriteBehind:
+        """A write-behind view of ``table``; see :class:`dbscale.cache.writes.behind.WriteBehind`."""
+        from dbscale.cache.writes.behind import WriteBehind
+
+        return WriteBehind(self, table, key_column=key_column, key=key, **options)
 
     def cached(
         self,

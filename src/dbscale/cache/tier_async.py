@@ -28,6 +28,8 @@ from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
     from dbscale.cache.tier import Cache
+    from dbscale.cache.writes.behind_aio import AsyncWriteBehind
+    from dbscale.cache.writes.through_aio import AsyncWriteThrough
 
 __all__ = ["AsyncCache"]
 
@@ -307,6 +309,18 @@ class AsyncCache(CacheFront, flavour="async"):
     async def flush_invalidations(self) -> bool:
         """Retry queued invalidations now (in a worker thread); True if none remain."""
         return await asyncio.to_thread(self.core.retry.flush)
+
+    def write_through(self, table: Any, *, key_column: str, key: str, **options: Any) -> AsyncWriteThrough:
+        """A write-through view of ``table``; see :class:`dbscale.cache.writes.through_aio.AsyncWriteThrough`."""
+        from dbscale.cache.writes.through_aio import AsyncWriteThrough
+
+        return AsyncWriteThrough(self, table, key_column=key_column, key=key, **options)
+
+    def write_behind(self, table: Any, *, key_column: str, key: str, **options: Any) -> AsyncWriteBehind:
+        """A write-behind view of ``table``; see :class:`dbscale.cache.writes.behind_aio.AsyncWriteBehind`."""
+        from dbscale.cache.writes.behind_aio import AsyncWriteBehind
+
+        return AsyncWriteBehind(self, table, key_column=key_column, key=key, **options)
 
     def cached(
         self,
