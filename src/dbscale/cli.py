@@ -19,6 +19,7 @@ from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_project import register as register_project_commands
+from dbscale.cli_writes import register as register_write_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -207,6 +208,7 @@ for _action in NodeAction:
 
 app.command("advise")(advise_command)
 register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
+register_write_commands(app)  # dbscale write-behind run | dead-letters | status
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def test_a_failed_commit_drops_the_queue(topology_config_path: Path, table: str)
         cache = cluster.cache
         key = _key()
         cache.set(key, "old")
-        with pytest.raises(Exception), cluster.write() as conn:  # noqa: B017, PT011 - whatever the driver raises
+        with pytest.raises(Exception), cluster.write() as conn:  # noqa: B017 - whatever the driver raises
             cache.invalidate_on_commit(key)
             conn.execute(text(f"INSERT INTO {table} VALUES (1, 1)"))  # duplicate key: the transaction fails
         assert cache.get(key, l1=False) == "old"

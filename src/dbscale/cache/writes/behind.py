@@ -380,6 +380,10 @@ class Flusher:
         """Run :meth:`run` in the background."""
         self._runner = spawn(self.run, f"dbscale-flusher-{self.s.table.label}")
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after the current round (safe from a signal handler)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the background flusher (the current round finishes in the blocking twin)."""
         self._stop.set()
