@@ -62,9 +62,7 @@ def test_save_get_flush_delete(topology_config_path: Path, views: str) -> None:
         pv.close()
 
 
-def test_constraint_violation_goes_to_dead_letters_and_the_rest_flushes(
-    topology_config_path: Path, views: str
-) -> None:
+def test_constraint_violation_goes_to_dead_letters_and_the_rest_flushes(topology_config_path: Path, views: str) -> None:
     with Cluster.from_config(topology_config_path) as cluster:
         pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
         for k in range(20):
