@@ -111,11 +111,9 @@ class AsyncWriteBehind:
             await self._persistence_check()
         if self._script is None:
             self._script = self.redis.client.register_script(SAVE_SCRIPT)
-        channel, message = s.announce(key)
+        # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
         try:
-            entry_id = as_str(
-                await self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, channel, message])
-            )
+            entry_id = as_str(await self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, "", ""]))
             if self.wait_replicas:
                 acked = await self.redis.client.wait(self.wait_replicas, self.wait_timeout_ms)
                 if acked < self.wait_replicas:
@@ -127,7 +125,6 @@ class AsyncWriteBehind:
             raise CacheUnavailable(
                 f"Redis did not take the change of {key!r} ({exc}); nothing was acknowledged: retry, check Redis"
             ) from exc
-        s.fence(key)
         return entry_id
 
     async def save(self, row: Mapping[str, Any]) -> str:
