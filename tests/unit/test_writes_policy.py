@@ -14,7 +14,6 @@ from dbscale.cache.writes.policy import (
     Change,
     TableSpec,
     cache_key,
-    chunks,
     coalesce,
     decode_entry,
     group_rows,
@@ -99,7 +98,6 @@ def test_keys_groups_chunks() -> None:
         cache_key("user:{uid}", "id", {"id": 7})
     groups = group_rows([{"a": 1}, {"a": 2, "b": 1}, {"a": 3}])
     assert [(cols, len(rows)) for cols, rows in groups] == [(("a",), 2), (("a", "b"), 1)]
-    assert chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
 
 
 def test_commit_hooks_queue_only_inside_a_block_and_restore_the_outer_one() -> None:

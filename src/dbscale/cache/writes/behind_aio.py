@@ -5,10 +5,11 @@ the table's Redis Stream and updates its cache entry (same order in both), and r
 has it (with ``wait_replicas=N``, once N Redis replicas have it, by ``WAIT``). A flusher
 (:class:`AsyncFlusher`: ``start_flusher()`` in-process, or ``dbscale write-behind run``) takes over
 the stream by bumping an epoch in the database, then, each round, moves new entries into the
-consumer group's pending list and claims the oldest pending ones (``XAUTOCLAIM``, any consumer's:
-a dead flusher's entries come back this way). In one database transaction it checks its epoch
+consumer group's pending list; when older entries are pending too (``XPENDING``: a dead or fenced
+flusher's), it claims the oldest pending ones instead (``XAUTOCLAIM``, any consumer's), so changes
+are always applied in stream order. In one database transaction it checks its epoch
 (a flusher that was taken over stops), drops entries at or below the recorded stream id,
-coalesces the rest per key, upserts them in multi-row statements, deletes, and records the new
+coalesces the rest per key, upserts them in one statement per column set (``unnest`` of one array per column), deletes, and records the new
 stream id; only after COMMIT does it ``XACK`` and ``XDEL`` them. A change the database rejects is
 retried alone in a savepoint, and on failure lands in the dead-letter stream with the error.
 
@@ -35,6 +36,7 @@ from dbscale.cache.writes.base import Strategy
 from dbscale.cache.writes.policy import (
     ADVANCE_SQL,
     CHECKPOINT_SQL,
+    COLUMN_TYPES_SQL,
     DELETE,
     SAVE,
     SAVE_SCRIPT,
@@ -42,12 +44,12 @@ from dbscale.cache.writes.policy import (
     Batch,
     Change,
     as_str,
-    chunks,
     decode_entry,
     group_rows,
     parse_stream_id,
     plan_batch,
-    upsert_params,
+    unnest_params,
+    unnest_upsert_sql,
 )
 from dbscale.cache.writes.through_aio import AsyncRedisEntries, install_schema
 from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
@@ -55,10 +57,9 @@ from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotRep
 log = logging.getLogger("dbscale.write_behind")
 
 GROUP = "dbscale-flush"
-#: Rows per multi-row upsert statement (PostgreSQL allows 65,535 parameters per statement).
-UPSERT_ROWS = 500
-#: Database errors that reject one change (it goes to the dead-letter stream), not the connection.
-REJECTED = (sa_exc.IntegrityError, sa_exc.DataError)
+#: Database errors that reject a change (it goes to the dead-letter stream), not the connection:
+#: constraints, bad values, and statements the table cannot take (an unknown column).
+REJECTED = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
 
 
 class AsyncWriteBehind:
@@ -113,7 +114,9 @@ class AsyncWriteBehind:
             self._script = self.redis.client.register_script(SAVE_SCRIPT)
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
         try:
-            entry_id = as_str(await self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, "", ""]))
+            entry_id = as_str(
+                await self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, "", ""])
+            )
             if self.wait_replicas:
                 acked = await self.redis.client.wait(self.wait_replicas, self.wait_timeout_ms)
                 if acked < self.wait_replicas:
@@ -160,19 +163,31 @@ class AsyncWriteBehind:
             return
         target = as_str(last[0][0])
         deadline = time.monotonic() + timeout
-        flusher = None
+        flusher: AsyncFlusher | None = None
+        elsewhere = await self._flusher_alive()  # then wait for it rather than take the stream over
         while await client.xrange(self.strategy.stream, max=target, count=1):
             if time.monotonic() > deadline:
                 raise FlushTimeout(
                     f"changes up to {target} of {self.strategy.table.label} are not all in the database after"
                     f" {timeout:g} s; start a flusher, check the database, or pass a longer timeout"
                 )
-            if self.flusher_running is not None:
+            if self.flusher_running is not None or elsewhere:
                 await asleep(0.01)
                 continue
             if flusher is None:
                 flusher = self.flusher(block=0.0)
-            await flusher.run_round()
+            try:
+                await flusher.run_round()
+            except FlusherFenced:  # another flusher runs this stream: wait for it
+                elsewhere = True
+
+    async def _flusher_alive(self) -> bool:
+        """Whether a consumer of the stream's group read within the last 2 s (a running flusher)."""
+        try:
+            consumers = await self.redis.client.xinfo_consumers(self.strategy.stream, GROUP)
+        except ResponseError:  # no group yet: no flusher ever ran
+            return False
+        return any(int(c["idle"]) < 2000 for c in consumers)
 
     def flusher(self, **options: Any) -> AsyncFlusher:
         """A flusher of this table (see :class:`AsyncFlusher` for the options); run it or start it."""
@@ -243,6 +258,7 @@ class AsyncFlusher:
         self.block_ms = int(block * 1000)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.epoch: int | None = None
+        self.types: dict[str, str] | None = None  # the table's column types (read once)
         self._stop = AEvent()
         self._runner: ARunner | None = None
 
@@ -264,11 +280,16 @@ class AsyncFlusher:
             await self.takeover()
         client = self.owner.redis.client
         stream = self.s.stream
-        await client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms or None)
-        _, claimed, _ = await client.xautoclaim(
-            stream, GROUP, self.consumer, min_idle_time=0, start_id="0-0", count=self.batch
+        read = await client.xreadgroup(
+            GROUP, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms or None
         )
-        changes = [decode_entry(entry_id, fields) for entry_id, fields in claimed if fields]
+        fresh = read[0][1] if read else []
+        pending = await client.xpending(stream, GROUP)
+        if pending["pending"] != len(fresh):  # older entries are pending (a dead or fenced flusher's): oldest first
+            _, fresh, _ = await client.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=0, start_id="0-0", count=self.batch
+            )
+        changes = [decode_entry(entry_id, fields) for entry_id, fields in fresh if fields]
         if not changes:
             await self.owner.status()
             return 0
@@ -345,20 +366,24 @@ class AsyncFlusher:
         table = self.s.table
         rows = [self.s.loads(c.data) for c in changes if c.op == SAVE]
         deletes = [self.s.loads(c.data) for c in changes if c.op == DELETE]
+        if rows and self.types is None:
+            result = await conn.execute(text(COLUMN_TYPES_SQL), {"table": table.qualified})
+            self.types = {name: kind for name, kind in result}
         for columns, group in group_rows(rows):
-            for part in chunks(group, UPSERT_ROWS):
-                await conn.execute(text(table.upsert_sql(columns, len(part))), upsert_params(columns, part))
+            sql = text(unnest_upsert_sql(table, columns, self.types or {}))
+            await conn.execute(sql, unnest_params(columns, group))
         if deletes:
             await conn.execute(text(table.delete_sql()), {"keys": deletes})
 
     async def run(self) -> None:
-        """Flush until :meth:`stop` (a database or Redis outage is logged and retried; a takeover ends it)."""
+        """Flush until :meth:`stop` (a database or Redis outage is logged and retried, so is a takeover)."""
         while not self._stop.is_set():
             try:
                 await self.run_round()
-            except FlusherFenced:
-                log.warning("flusher %s of %s was taken over; stopping", self.consumer, self.s.stream)
-                return
+            except FlusherFenced:  # another flusher took over; take it back after a pause (it may be a one-off)
+                log.warning("flusher %s of %s was taken over; retrying in 1 s", self.consumer, self.s.stream)
+                self.epoch = None
+                await aevent_wait(self._stop, 1.0)
             except Exception as exc:  # keep flushing through outages: nothing unflushed is acknowledged
                 log.warning("flush round of %s failed (%s); retrying", self.s.stream, exc)
                 await aevent_wait(self._stop, 1.0)

@@ -134,6 +134,36 @@ class TableSpec:
         )
 
 
+def unnest_upsert_sql(table: TableSpec, columns: Sequence[str], types: Mapping[str, str]) -> str:
+    """The upsert of any number of rows as one statement with one array parameter per column (``c0``, ``c1`` …).
+
+    Each array is cast to its column's type (``types``: column -> SQL type; an unknown column is
+    left for the database to reject).
+    """
+    if table.key_column not in columns:
+        raise ValueError(f"the row has no key column {table.key_column!r} (columns: {', '.join(columns)})")
+    cols = ", ".join(quote_ident(c) for c in columns)
+    arrays = ", ".join(f"CAST(:c{i} AS {types.get(c, 'text')}[])" for i, c in enumerate(columns))
+    updates = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in columns if c != table.key_column]
+    action = "DO UPDATE SET " + ", ".join(updates) if updates else "DO NOTHING"
+    return (
+        f"INSERT INTO {table.qualified} ({cols}) SELECT * FROM unnest({arrays})"
+        f" ON CONFLICT ({quote_ident(table.key_column)}) {action}"
+    )
+
+
+def unnest_params(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The array parameters of :func:`unnest_upsert_sql` for ``rows`` (each having exactly ``columns``)."""
+    return {f"c{i}": [row[c] for row in rows] for i, c in enumerate(columns)}
+
+
+#: The SQL type of every column of a table (``:table`` is its quoted, qualified name).
+COLUMN_TYPES_SQL = (
+    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+    " WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+)
+
+
 def upsert_params(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The parameters of :meth:`TableSpec.upsert_sql` for ``rows`` (each having exactly ``columns``)."""
     return {f"p{r}_{c}": row[name] for r, row in enumerate(rows) for c, name in enumerate(columns)}
@@ -213,13 +243,9 @@ def group_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str, ...],
     return list(groups.items())
 
 
-def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    """``items`` cut into runs of at most ``size``."""
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 __all__ = [
     "CHECKPOINT_TABLE",
+    "COLUMN_TYPES_SQL",
     "DELETE",
     "SAVE",
     "SAVE_SCRIPT",
@@ -230,12 +256,13 @@ __all__ = [
     "Change",
     "TableSpec",
     "cache_key",
-    "chunks",
     "coalesce",
     "decode_entry",
     "group_rows",
     "parse_stream_id",
     "plan_batch",
     "quote_ident",
+    "unnest_params",
+    "unnest_upsert_sql",
     "upsert_params",
 ]
