@@ -67,14 +67,17 @@ def test_constraint_violation_goes_to_dead_letters_and_the_rest_flushes(topology
         pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
         for k in range(20):
             pv.save({"k": k, "v": -1 if k == 7 else k, "note": None})
+        pv.save({"k": 30, "v": 1, "colour": "red"})  # a column the table lacks
         pv.flush(timeout=30)
         rows = _rows(cluster, views)
         assert sorted(rows) == [k for k in range(20) if k != 7]
         dead = pv.dead_letters()
-        assert len(dead) == 1
+        assert len(dead) == 2
         assert dead[0]["data"] == {"k": 7, "v": -1, "note": None}
         assert "check constraint" in dead[0]["error"]
-        assert cluster.metrics.value("write_behind_dead_letters_total", table=views) == 1
+        assert dead[1]["data"]["k"] == 30
+        assert "colour" in dead[1]["error"]
+        assert cluster.metrics.value("write_behind_dead_letters_total", table=views) == 2
         pv.close()
 
     out = subprocess.run(
