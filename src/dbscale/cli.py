@@ -138,8 +138,18 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
-    _print_status(probe_topology(load_config(_config_path(state_dir, config))), as_json)
+    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict.
+
+    Then each write-behind table's queue depth, oldest pending change and dead letters.
+    """
+    path = _config_path(state_dir, config)
+    _print_status(probe_topology(load_config(path)), as_json)
+    if not as_json:
+        from dbscale.cli_writes import print_status
+        from dbscale.cluster import Cluster
+
+        with Cluster.from_config(path) as cluster:
+            print_status(cluster)
 
 
 @app.command("pgbouncer-config")

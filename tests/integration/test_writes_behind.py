@@ -233,3 +233,22 @@ def test_flusher_sigkilled_twice_loses_nothing(topology_config_path: Path, views
 @pytest.mark.slow
 def test_flusher_sigkilled_twice_loses_nothing_full(topology_config_path: Path, views: str, tmp_path: Path) -> None:
     _crash(topology_config_path, views, tmp_path, 50_000, 1_000)
+
+
+def test_status_lines(topology_config_path: Path, views: str) -> None:
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        for k in range(3):
+            pv.save({"k": k, "v": k, "note": None})
+        shown = subprocess.run(
+            [*CLI, "status", "--config", str(topology_config_path)], capture_output=True, text=True, check=True
+        ).stdout
+        line = next(line for line in shown.splitlines() if views in line)
+        assert "│ 3 " in line, shown  # queue depth 3, not flushed yet
+        pv.flush(timeout=30)
+        js = subprocess.run(
+            [*CLI, "write-behind", "status", "--config", str(topology_config_path), "--table", views, "--json"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert json.loads(js)["write_behind"][0]["queue_depth"] == 0
+        pv.close()

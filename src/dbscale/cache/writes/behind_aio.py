@@ -246,16 +246,26 @@ class AsyncWriteBehind:
 class AsyncFlusher:
     """Moves a table's stream into the database: batches of ``batch`` entries, blocking ``block`` s for new ones.
 
+    After a round that was not a full batch, :meth:`run` waits ``interval`` seconds (the write delay:
+    changes gather into bigger batches and coalesce; a change waits about this long to be flushed).
+
     ``consumer`` names it in the consumer group (default: host, pid and a random suffix).
     """
 
     def __init__(
-        self, owner: AsyncWriteBehind, *, batch: int = 1000, block: float = 0.2, consumer: str | None = None
+        self,
+        owner: AsyncWriteBehind,
+        *,
+        batch: int = 1000,
+        block: float = 0.2,
+        interval: float = 0.2,
+        consumer: str | None = None,
     ) -> None:
         self.owner = owner
         self.s = owner.strategy
         self.batch = batch
         self.block_ms = int(block * 1000)
+        self.interval = interval
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.epoch: int | None = None
         self.types: dict[str, str] | None = None  # the table's column types (read once)
@@ -379,7 +389,8 @@ class AsyncFlusher:
         """Flush until :meth:`stop` (a database or Redis outage is logged and retried, so is a takeover)."""
         while not self._stop.is_set():
             try:
-                await self.run_round()
+                if await self.run_round() < self.batch:  # not a full batch: let changes gather (and coalesce)
+                    await aevent_wait(self._stop, self.interval)
             except FlusherFenced:  # another flusher took over; take it back after a pause (it may be a one-off)
                 log.warning("flusher %s of %s was taken over; retrying in 1 s", self.consumer, self.s.stream)
                 self.epoch = None
