@@ -52,7 +52,7 @@ from dbscale.cache.writes.policy import (
     unnest_params,
     unnest_upsert_sql,
 )
-from dbscale.cache.writes.through import RedisEntries, install_schema
+from dbscale.cache.writes.through import RedisEntries, install_schema, read_row
 from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
 
 log = logging.getLogger("dbscale.write_behind")
@@ -146,9 +146,7 @@ class WriteBehind:
         found, row = self.redis.fetch(key)
         if found:
             return row
-        with s.cluster.read() as conn:
-            got = (conn.execute(text(s.table.select_sql()), {"key": key_value})).mappings().first()
-        return None if got is None else dict(got)
+        return read_row(s, key_value)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every change acknowledged before the call is in the database.

@@ -51,7 +51,7 @@ from dbscale.cache.writes.policy import (
     unnest_params,
     unnest_upsert_sql,
 )
-from dbscale.cache.writes.through_aio import AsyncRedisEntries, install_schema
+from dbscale.cache.writes.through_aio import AsyncRedisEntries, install_schema, read_row
 from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
 
 log = logging.getLogger("dbscale.write_behind")
@@ -147,9 +147,7 @@ class AsyncWriteBehind:
         found, row = await self.redis.fetch(key)
         if found:
             return row
-        async with s.cluster.read() as conn:
-            got = (await conn.execute(text(s.table.select_sql()), {"key": key_value})).mappings().first()
-        return None if got is None else dict(got)
+        return await read_row(s, key_value)
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Return once every change acknowledged before the call is in the database.

@@ -29,6 +29,13 @@ def install_schema(cluster: Any) -> None:
             conn.execute(text(sql))
 
 
+def read_row(strategy: Strategy, key_value: Any) -> dict[str, Any] | None:
+    """The row whose key column is ``key_value``, read through ``cluster.read()`` (None if there is none)."""
+    with strategy.cluster.read() as conn:
+        got = (conn.execute(text(strategy.table.select_sql()), {"key": key_value})).mappings().first()
+    return None if got is None else dict(got)
+
+
 class RedisEntries:
     """The Redis side of a strategy: one client (made on first use) and the set-if-newer script."""
 
@@ -145,9 +152,7 @@ class WriteThrough:
             found, row = False, None
         if found:
             return row
-        with s.cluster.read() as conn:
-            got = (conn.execute(text(s.table.select_sql()), {"key": key_value})).mappings().first()
-        row = None if got is None else dict(got)
+        row = read_row(s, key_value)
         if row is not None:
             with suppress(CacheUnavailable):  # a fill is optional: the caller has the row
                 self.redis.set_if_newer(key, 0, s.dumps(row), False, s.ttl_ms)
@@ -162,4 +167,4 @@ class WriteThrough:
         self.redis.close()
 
 
-__all__ = ["RedisEntries", "WriteThrough", "install_schema"]
+__all__ = ["RedisEntries", "WriteThrough", "install_schema", "read_row"]

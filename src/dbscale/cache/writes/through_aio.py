@@ -28,6 +28,13 @@ async def install_schema(cluster: Any) -> None:
             await conn.execute(text(sql))
 
 
+async def read_row(strategy: Strategy, key_value: Any) -> dict[str, Any] | None:
+    """The row whose key column is ``key_value``, read through ``cluster.read()`` (None if there is none)."""
+    async with strategy.cluster.read() as conn:
+        got = (await conn.execute(text(strategy.table.select_sql()), {"key": key_value})).mappings().first()
+    return None if got is None else dict(got)
+
+
 class AsyncRedisEntries:
     """The Redis side of a strategy: one client (made on first use) and the set-if-newer script."""
 
@@ -144,9 +151,7 @@ class AsyncWriteThrough:
             found, row = False, None
         if found:
             return row
-        async with s.cluster.read() as conn:
-            got = (await conn.execute(text(s.table.select_sql()), {"key": key_value})).mappings().first()
-        row = None if got is None else dict(got)
+        row = await read_row(s, key_value)
         if row is not None:
             with suppress(CacheUnavailable):  # a fill is optional: the caller has the row
                 await self.redis.set_if_newer(key, 0, s.dumps(row), False, s.ttl_ms)
@@ -161,4 +166,4 @@ class AsyncWriteThrough:
         await self.redis.close()
 
 
-__all__ = ["AsyncRedisEntries", "AsyncWriteThrough", "install_schema"]
+__all__ = ["AsyncRedisEntries", "AsyncWriteThrough", "install_schema", "read_row"]
