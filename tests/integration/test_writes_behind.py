@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from dbscale import AsyncCluster, Cluster
-from dbscale.errors import NotInTransaction
+from dbscale.errors import NotInTransaction, NotReplicated
 
 from .helpers import replicated_table
 
@@ -251,4 +251,15 @@ def test_status_lines(topology_config_path: Path, views: str) -> None:
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert json.loads(js)["write_behind"][0]["queue_depth"] == 0
+        pv.close()
+
+
+def test_wait_replicas_raises_when_redis_has_too_few(topology_config_path: Path, views: str) -> None:
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}", wait_replicas=1, wait_timeout=0.05)
+        with pytest.raises(NotReplicated, match="0 of 1 Redis replicas"):
+            pv.save({"k": 1, "v": 1, "note": None})
+        assert pv.get(1) == {"k": 1, "v": 1, "note": None}  # in Redis, still flushed: only its durability is in doubt
+        pv.flush(timeout=30)
+        assert _rows(cluster, views) == {1: {"k": 1, "v": 1, "note": None}}
         pv.close()

@@ -58,6 +58,8 @@ from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotRep
 log = logging.getLogger("dbscale.write_behind")
 
 GROUP = "dbscale-flush"
+#: A consumer of the group idle this long with nothing pending is forgotten at the next takeover.
+STALE_CONSUMER_MS = 600_000
 #: Database errors that reject a change (it goes to the dead-letter stream), not the connection:
 #: constraints, bad values, and statements the table cannot take (an unknown column).
 REJECTED = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
@@ -276,6 +278,11 @@ class Flusher:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        for consumer in self.owner.redis.client.xinfo_consumers(self.s.stream, GROUP):
+            if (
+                int(consumer["pending"]) == 0 and int(consumer["idle"]) > STALE_CONSUMER_MS
+            ):  # past flushers, flush() calls
+                self.owner.redis.client.xgroup_delconsumer(self.s.stream, GROUP, consumer["name"])
         install_schema(self.s.cluster)
         with self.s.cluster.write() as conn:
             self.epoch = int((conn.execute(text(TAKEOVER_SQL), {"stream": self.s.stream})).scalar_one())
