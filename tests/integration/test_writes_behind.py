@@ -227,7 +227,7 @@ def _count(cluster: Cluster, table: str) -> int:
 
 
 def test_flusher_sigkilled_twice_loses_nothing(topology_config_path: Path, views: str, tmp_path: Path) -> None:
-    _crash(topology_config_path, views, tmp_path, 8_000, 300)
+    _crash(topology_config_path, views, tmp_path, 5_000, 200)
 
 
 @pytest.mark.slow

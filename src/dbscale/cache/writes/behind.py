@@ -96,6 +96,7 @@ class WriteBehind:
         self._script: Any = None
         self._checked = False
         self.flusher_running: Flusher | None = None
+        self._flush_flusher: Flusher | None = None
 
     def _persistence_check(self) -> None:
         self._checked = True
@@ -162,8 +163,8 @@ class WriteBehind:
             return
         target = as_str(last[0][0])
         deadline = time.monotonic() + timeout
-        flusher: Flusher | None = None
-        elsewhere = self._flusher_alive()  # then wait for it rather than take the stream over
+        flusher = self._flush_flusher  # flush()'s own, kept: its consumer is not "another flusher"
+        elsewhere = self._flusher_alive(flusher)  # then wait for it rather than take the stream over
         while client.xrange(self.strategy.stream, max=target, count=1):
             if time.monotonic() > deadline:
                 raise FlushTimeout(
@@ -174,19 +175,21 @@ class WriteBehind:
                 sleep(0.01)
                 continue
             if flusher is None:
-                flusher = self.flusher(block=0.0)
+                flusher = self._flush_flusher = self.flusher(block=0.0)
             try:
                 flusher.run_round()
             except FlusherFenced:  # another flusher runs this stream: wait for it
                 elsewhere = True
+                flusher.epoch = None
 
-    def _flusher_alive(self) -> bool:
-        """Whether a consumer of the stream's group read within the last 2 s (a running flusher)."""
+    def _flusher_alive(self, mine: Flusher | None) -> bool:
+        """Whether a consumer of the stream's group other than ``mine`` read within the last 2 s (a running flusher)."""
         try:
             consumers = self.redis.client.xinfo_consumers(self.strategy.stream, GROUP)
         except ResponseError:  # no group yet: no flusher ever ran
             return False
-        return any(int(c["idle"]) < 2000 for c in consumers)
+        own = None if mine is None else mine.consumer
+        return any(int(c["idle"]) < 2000 and as_str(c["name"]) != own for c in consumers)
 
     def flusher(self, **options: Any) -> Flusher:
         """A flusher of this table (see :class:`Flusher` for the options); run it or start it."""

@@ -95,6 +95,7 @@ class AsyncWriteBehind:
         self._script: Any = None
         self._checked = False
         self.flusher_running: AsyncFlusher | None = None
+        self._flush_flusher: AsyncFlusher | None = None
 
     async def _persistence_check(self) -> None:
         self._checked = True
@@ -163,8 +164,8 @@ class AsyncWriteBehind:
             return
         target = as_str(last[0][0])
         deadline = time.monotonic() + timeout
-        flusher: AsyncFlusher | None = None
-        elsewhere = await self._flusher_alive()  # then wait for it rather than take the stream over
+        flusher = self._flush_flusher  # flush()'s own, kept: its consumer is not "another flusher"
+        elsewhere = await self._flusher_alive(flusher)  # then wait for it rather than take the stream over
         while await client.xrange(self.strategy.stream, max=target, count=1):
             if time.monotonic() > deadline:
                 raise FlushTimeout(
@@ -175,19 +176,21 @@ class AsyncWriteBehind:
                 await asleep(0.01)
                 continue
             if flusher is None:
-                flusher = self.flusher(block=0.0)
+                flusher = self._flush_flusher = self.flusher(block=0.0)
             try:
                 await flusher.run_round()
             except FlusherFenced:  # another flusher runs this stream: wait for it
                 elsewhere = True
+                flusher.epoch = None
 
-    async def _flusher_alive(self) -> bool:
-        """Whether a consumer of the stream's group read within the last 2 s (a running flusher)."""
+    async def _flusher_alive(self, mine: AsyncFlusher | None) -> bool:
+        """Whether a consumer of the stream's group other than ``mine`` read within the last 2 s (a running flusher)."""
         try:
             consumers = await self.redis.client.xinfo_consumers(self.strategy.stream, GROUP)
         except ResponseError:  # no group yet: no flusher ever ran
             return False
-        return any(int(c["idle"]) < 2000 for c in consumers)
+        own = None if mine is None else mine.consumer
+        return any(int(c["idle"]) < 2000 and as_str(c["name"]) != own for c in consumers)
 
     def flusher(self, **options: Any) -> AsyncFlusher:
         """A flusher of this table (see :class:`AsyncFlusher` for the options); run it or start it."""
