@@ -36,6 +36,8 @@ FILES = [
     (Path("src/dbscale/cache/tier_async.py"), Path("src/dbscale/cache/tier.py")),
     (Path("src/dbscale/causality/aio.py"), Path("src/dbscale/causality/sync.py")),
     (Path("src/dbscale/cache/wrap_aio.py"), Path("src/dbscale/cache/wrap.py")),
+    (Path("src/dbscale/cache/writes/through_aio.py"), Path("src/dbscale/cache/writes/through.py")),
+    (Path("src/dbscale/cache/writes/behind_aio.py"), Path("src/dbscale/cache/writes/behind.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -74,7 +76,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
     (r"\bA(Event|Lock|LoopLocal|Runner|Workers)\b", r"\1"),
-    (r"\ba(acquire|deadline|event_wait|join|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
+    (r"\ba(acquire|deadline|event_wait|join|run_hooks|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),
@@ -119,6 +121,11 @@ RULES: list[tuple[str, str]] = [
         r"\bTiered cache for asyncio code \(redis\.asyncio\)\. Safe to share between tasks\.",
         "Tiered cache for blocking code (redis-py). Thread-safe.",
     ),
+    # cache.writes
+    (r"^from redis\.asyncio import Redis$", "from redis import Redis"),
+    (r"\bdbscale\.cache\.writes\.(through|behind)_aio\b", r"dbscale.cache.writes.\1"),
+    (r"\bThe asyncio (write-through|write-behind) cache\b", r"The synchronous \1 cache"),
+    (r"\bAsync(RedisEntries|WriteThrough|WriteBehind|Flusher)\b", r"\1"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call

@@ -29,6 +29,7 @@ from rich.table import Table
 from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_project import register as register_project_commands
 from dbscale.cli_top import run_top
+from dbscale.cli_writes import register as register_write_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
@@ -221,6 +222,12 @@ def status(
     topology = load_config(_config_path(state_dir, config))
     statuses = probe_topology(topology)
     _print_status(statuses, as_json, probe_shards(topology))
+    if not as_json:  # each write-behind table's queue depth, oldest pending change and dead letters
+        from dbscale.cli_writes import print_status
+        from dbscale.cluster import Cluster
+
+        with Cluster(topology) as cluster:
+            print_status(cluster)
     _exit_for(statuses)
 
 
@@ -348,6 +355,7 @@ def metrics_serve(
 
 app.command("advise")(advise_command)
 register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
+register_write_commands(app)  # dbscale write-behind run | dead-letters | status
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -128,11 +128,13 @@ class AsyncCluster(ClusterBase):
     def cache(self) -> AsyncCache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(
-            self._cache,
-            None,
-            lambda: AsyncCache(core=CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))),
-        )
+
+        def make() -> AsyncCache:
+            core = CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))
+            core.owner = self  # write-through/behind and invalidate_on_commit write through this cluster
+            return AsyncCache(core=core)
+
+        return self._memo(self._cache, None, make)
 
     @property
     def events(self) -> AsyncEventLog:

@@ -128,11 +128,13 @@ class Cluster(ClusterBase):
     def cache(self) -> Cache:
         """The tiered cache (L1 + Redis) from ``config.cache``, counting into :attr:`metrics`."""
         self._check_open()
-        return self._memo(
-            self._cache,
-            None,
-            lambda: Cache(core=CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))),
-        )
+
+        def make() -> Cache:
+            core = CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))
+            core.owner = self  # write-through/behind and invalidate_on_commit write through this cluster
+            return Cache(core=core)
+
+        return self._memo(self._cache, None, make)
 
     @property
     def events(self) -> EventLog:

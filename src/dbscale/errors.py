@@ -109,6 +109,41 @@ class MarkerUnavailable(CacheError):
     """
 
 
+class NotInTransaction(DbscaleError, RuntimeError):
+    """Work meant to run after a COMMIT (``invalidate_on_commit``) was queued outside ``cluster.write()``.
+
+    Call it inside the ``with cluster.write() as conn:`` block whose commit it depends on, with the
+    cache of the same flavour as the cluster (``AsyncCluster.cache`` inside ``AsyncCluster.write()``).
+    """
+
+
+class WriteBehindError(CacheError):
+    """A write-behind (or write-through) operation failed; the message says which and what to do."""
+
+
+class FlushTimeout(WriteBehindError, TimeoutError):
+    """``flush(timeout=)`` ran out before every change acknowledged before the call reached the database.
+
+    Start a flusher (``start_flusher()`` or ``dbscale write-behind run``), check the database
+    (``dbscale status``), or pass a longer timeout.
+    """
+
+
+class NotReplicated(WriteBehindError):
+    """A write-behind save reached the Redis primary, but fewer Redis replicas than ``wait_replicas``
+    confirmed it within ``wait_timeout``: it may be lost if the Redis primary dies now.
+
+    Check the Redis replicas (``INFO replication``), lower ``wait_replicas`` or raise ``wait_timeout``.
+    """
+
+
+class FlusherFenced(WriteBehindError):
+    """Another write-behind flusher took over this stream; this one stopped without applying its batch.
+
+    Nothing is lost: the new flusher re-reads the batch. Run one flusher per stream.
+    """
+
+
 class ShardingError(DbscaleError):
     """Root of the sharding errors: placement, global IDs and fan-out plans; the subclass says what to fix."""
 
@@ -193,6 +228,8 @@ __all__ = [
     "DbscaleError",
     "FanoutError",
     "FanoutPlanError",
+    "FlushTimeout",
+    "FlusherFenced",
     "GlobalIdError",
     "InvalidCausalToken",
     "LocalTopologyError",
@@ -201,6 +238,8 @@ __all__ = [
     "MissingExtensionError",
     "NoReplicaAvailable",
     "NodeUnavailable",
+    "NotInTransaction",
+    "NotReplicated",
     "PlacementError",
     "PoolTimeout",
     "PrimaryUnavailable",
@@ -208,6 +247,7 @@ __all__ = [
     "SerializationError",
     "ShardingError",
     "UnsupportedKeyError",
+    "WriteBehindError",
 ]
 
 

@@ -96,6 +96,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),
+    "dbscale.cli_writes": ("dbscale",),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
@@ -114,6 +115,7 @@ TOOLS = (
     "dbscale.integrations.pytest_plugin",
     "dbscale.cli_top",
     "dbscale.demo_workload",
+    "dbscale.cli_writes",
 )
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except

@@ -89,6 +89,8 @@ class CacheCore:
         self.clock, self.rand = clock, rand
         self.monotonic: Callable[[], float] = time.monotonic  # lease waits: elapsed time, not wall time
         self.origin = uuid.uuid4().hex
+        #: The cluster this cache belongs to (set by it): write-through/behind write through its ``write()``.
+        self.owner: Any = None
         self.url: str | None = None if config.redis_url is None else str(config.redis_url)
         self.admin_timeout = max(10 * config.redis_timeout, 0.25)
         self.stale_px = int(config.stale_ttl * 1000)
@@ -383,6 +385,15 @@ class CacheFront:
             if core is not None
             else CacheCore(config or CacheConfig.model_validate({}), metrics, clock=clock, rand=rand)
         )
+
+    def invalidate_on_commit(self, *keys: str, tags: Sequence[str] = ()) -> None:
+        """Inside ``with cluster.write()``: invalidate ``keys`` and ``tags`` right after its COMMIT.
+
+        Dropped if the block rolls back; raises :class:`~dbscale.errors.NotInTransaction` outside one.
+        """
+        from dbscale.cache.writes.commit import queue_invalidation
+
+        queue_invalidation(self, keys, tags)
 
     @property
     def config(self) -> CacheConfig:

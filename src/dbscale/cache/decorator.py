@@ -58,6 +58,8 @@ class SyncFront(Protocol):
 
     def invalidate(self, *keys: str) -> bool: ...
 
+    def invalidate_on_commit(self, *keys: str, tags: Sequence[str] = ()) -> None: ...
+
 
 class AsyncFront(Protocol):
     """What the decorator needs of the asyncio cache (:class:`dbscale.cache.AsyncCache`)."""
@@ -69,6 +71,8 @@ class AsyncFront(Protocol):
     ) -> Any: ...
 
     async def invalidate(self, *keys: str) -> bool: ...
+
+    def invalidate_on_commit(self, *keys: str, tags: Sequence[str] = ()) -> None: ...
 
 
 class Fronts(Protocol):
@@ -94,6 +98,10 @@ class CachedFunction(Protocol[P, R_co]):
         """Invalidate the entry of these arguments and load it again."""
         ...
 
+    def invalidate_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Invalidate the entry of these arguments right after the enclosing ``cluster.write()`` commits."""
+        ...
+
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key these arguments map to."""
         ...
@@ -110,6 +118,10 @@ class AsyncCachedFunction(Protocol[P, R_co]):
 
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         """Invalidate the entry of these arguments and load it again."""
+        ...
+
+    def invalidate_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Invalidate the entry of these arguments right after the enclosing ``cluster.write()`` commits."""
         ...
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:

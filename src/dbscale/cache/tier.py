@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbscale._compat import LoopLocal, sleep, to_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
@@ -27,6 +27,10 @@ from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, CacheUnavailable, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
+
+if TYPE_CHECKING:
+    from dbscale.cache.writes.behind import WriteBehind
+    from dbscale.cache.writes.through import WriteThrough
 
 __all__ = ["Cache"]
 
@@ -310,6 +314,18 @@ class Cache(CacheFront, flavour="sync"):
     def flush_invalidations(self) -> bool:
         """Retry queued invalidations now; True if none remain."""
         return to_thread(self.core.retry.flush)
+
+    def write_through(self, table: Any, *, key_column: str, key: str, **options: Any) -> WriteThrough:
+        """A write-through view of ``table``; see :class:`dbscale.cache.writes.through.WriteThrough`."""
+        from dbscale.cache.writes.through import WriteThrough
+
+        return WriteThrough(self, table, key_column=key_column, key=key, **options)
+
+    def write_behind(self, table: Any, *, key_column: str, key: str, **options: Any) -> WriteBehind:
+        """A write-behind view of ``table``; see :class:`dbscale.cache.writes.behind.WriteBehind`."""
+        from dbscale.cache.writes.behind import WriteBehind
+
+        return WriteBehind(self, table, key_column=key_column, key=key, **options)
 
     def cached(
         self,

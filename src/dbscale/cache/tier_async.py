@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbscale._compat import ALoopLocal, asleep, ato_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
@@ -27,6 +27,10 @@ from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, CacheUnavailable, MarkerUnavailable, SerializationError
 from dbscale.metrics import Metrics
+
+if TYPE_CHECKING:
+    from dbscale.cache.writes.behind_aio import AsyncWriteBehind
+    from dbscale.cache.writes.through_aio import AsyncWriteThrough
 
 __all__ = ["AsyncCache"]
 
@@ -310,6 +314,18 @@ class AsyncCache(CacheFront, flavour="async"):
     async def flush_invalidations(self) -> bool:
         """Retry queued invalidations now; True if none remain."""
         return await ato_thread(self.core.retry.flush)
+
+    def write_through(self, table: Any, *, key_column: str, key: str, **options: Any) -> AsyncWriteThrough:
+        """A write-through view of ``table``; see :class:`dbscale.cache.writes.through_aio.AsyncWriteThrough`."""
+        from dbscale.cache.writes.through_aio import AsyncWriteThrough
+
+        return AsyncWriteThrough(self, table, key_column=key_column, key=key, **options)
+
+    def write_behind(self, table: Any, *, key_column: str, key: str, **options: Any) -> AsyncWriteBehind:
+        """A write-behind view of ``table``; see :class:`dbscale.cache.writes.behind_aio.AsyncWriteBehind`."""
+        from dbscale.cache.writes.behind_aio import AsyncWriteBehind
+
+        return AsyncWriteBehind(self, table, key_column=key_column, key=key, **options)
 
     def cached(
         self,

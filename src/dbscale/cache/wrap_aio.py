@@ -22,7 +22,7 @@ __all__ = ["wrap"]
 def wrap(
     func: Callable[..., Any], cache: AsyncFront, builder: KeyBuilder, tag_builder: TagBuilder | None, opts: Options
 ) -> AsyncCachedFunction[Any, Any]:
-    """``func`` read through ``cache``, with ``invalidate``, ``refresh``, ``cache_key`` and ``cache`` attached."""
+    """``func`` read through ``cache``, with ``invalidate``, ``refresh``, ``invalidate_on_commit``, ``cache_key`` and ``cache`` attached."""
     build = builder.build
     fetch = cache.fetch
     use_l1 = opts.l1
@@ -56,4 +56,5 @@ def wrap(
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
     wrapper.cache = cache  # type: ignore[attr-defined]
+    wrapper.invalidate_on_commit = lambda *a, **kw: cache.invalidate_on_commit(build(a, kw))  # type: ignore[attr-defined]
     return cast("AsyncCachedFunction[Any, Any]", wrapper)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.util import await_only
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.routing.context import CommitHooks, arun_hooks
 from dbscale.routing.core import ReadPlan, primary_down
 from dbscale.routing.errors import (
     PoolTimeout,
@@ -214,6 +215,7 @@ class AsyncGroupRouter(GroupRouterBase):
         """One transaction on the writer (see :meth:`dbscale.AsyncCluster.write`)."""
         await self.ensure_started()
         conn, writer, target = await self._open_write()
+        hooks = CommitHooks()  # cache.invalidate_on_commit(...) in the block queues here
         try:
             try:
                 yield conn
@@ -233,7 +235,9 @@ class AsyncGroupRouter(GroupRouterBase):
             self.metrics.writes[writer].inc()
             self._after_commit(lsn)
         finally:
+            hooks.close()
             await asyncio.shield(conn.close())
+        await arun_hooks(hooks.queued)  # committed: before write() returns, with the connection back in the pool
 
     async def _commit(self, conn: AsyncConnection) -> int | None:
         """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.

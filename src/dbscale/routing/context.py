@@ -11,12 +11,14 @@ move it forward, and the context's own marks come back when the block ends.
 
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 
+from dbscale.errors import NotInTransaction
 from dbscale.routing.lsn import Mark, format_token, parse_token
 
 _EMPTY: Mapping[str, Mark] = MappingProxyType({})
@@ -73,4 +75,60 @@ class CausalContext:
         self._var.set(_EMPTY)
 
 
-__all__ = ["CausalContext"]
+#: The after-commit work queued in the current context's innermost ``cluster.write()`` block.
+_HOOKS: ContextVar[list[Callable[[], object]] | None] = ContextVar("dbscale_commit_hooks", default=None)
+
+
+class CommitHooks:
+    """The after-commit work of one ``write()`` block: open while the block runs, run once it committed.
+
+    ``write()`` makes one before yielding its connection and closes it when the block ends (commit
+    or rollback); it runs :attr:`queued` only after a COMMIT, so a rollback drops them.
+    """
+
+    def __init__(self) -> None:
+        self.queued: list[Callable[[], object]] = []
+        self._reset = _HOOKS.set(self.queued)
+
+    def close(self) -> None:
+        """The block ended: later :func:`on_commit` calls go to the enclosing block (if any)."""
+        _HOOKS.reset(self._reset)
+
+
+def on_commit(fn: Callable[[], object]) -> None:
+    """Run ``fn()`` right after the enclosing ``cluster.write()`` block commits (never if it rolls back).
+
+    ``fn`` may return an awaitable (awaited by an asyncio ``write()``).
+    """
+    hooks = _HOOKS.get()
+    if hooks is None:
+        raise NotInTransaction(
+            "on-commit work was queued outside a `with cluster.write()` block: queue it inside the"
+            " transaction it depends on, or run it directly"
+        )
+    hooks.append(fn)
+
+
+def run_hooks(hooks: list[Callable[[], object]]) -> None:
+    """Run a committed block's queued work (blocking ``write()``), in queue order."""
+    for fn in hooks:
+        result = fn()
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise NotInTransaction(
+                "an asyncio cache queued on-commit work inside a blocking `cluster.write()`: use the"
+                " cache of the same flavour (Cluster.cache, or AsyncCluster.cache with AsyncCluster.write())"
+            )
+
+
+async def arun_hooks(hooks: list[Callable[[], object]]) -> None:
+    """Run a committed block's queued work (asyncio ``write()``), awaiting what returns an awaitable."""
+    for fn in hooks:
+        result = fn()
+        if inspect.isawaitable(result):
+            await result
+
+
+__all__ = ["CausalContext", "CommitHooks", "arun_hooks", "on_commit", "run_hooks"]

@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.routing.context import CommitHooks, run_hooks
 from dbscale.routing.core import ReadPlan, primary_down
 from dbscale.routing.errors import (
     PoolTimeout,
@@ -212,6 +213,7 @@ class GroupRouter(GroupRouterBase):
         """One transaction on the writer (see :meth:`dbscale.Cluster.write`)."""
         self.ensure_started()
         conn, writer, target = self._open_write()
+        hooks = CommitHooks()  # cache.invalidate_on_commit(...) in the block queues here
         try:
             try:
                 yield conn
@@ -231,7 +233,9 @@ class GroupRouter(GroupRouterBase):
             self.metrics.writes[writer].inc()
             self._after_commit(lsn)
         finally:
+            hooks.close()
             conn.close()
+        run_hooks(hooks.queued)  # committed: before write() returns, with the connection back in the pool
 
     def _commit(self, conn: Connection) -> int | None:
         """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.

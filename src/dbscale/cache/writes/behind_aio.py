@@ -1,0 +1,437 @@
+"""The asyncio write-behind cache: acknowledge once Redis has the change, flush to PostgreSQL in batches.
+
+Theory of operation. :meth:`AsyncWriteBehind.save` runs one Lua script that appends the change to
+the table's Redis Stream and updates its cache entry (same order in both), and returns once Redis
+has it (with ``wait_replicas=N``, once N Redis replicas have it, by ``WAIT``). A flusher
+(:class:`AsyncFlusher`: ``start_flusher()`` in-process, or ``dbscale write-behind run``) takes over
+the stream by bumping an epoch in the database, then, each round, moves new entries into the
+consumer group's pending list; when older entries are pending too (``XPENDING``: a dead or fenced
+flusher's), it claims the oldest pending ones instead (``XAUTOCLAIM``, any consumer's), so changes
+are always applied in stream order. In one database transaction it checks its epoch
+(a flusher that was taken over stops), drops entries at or below the recorded stream id,
+coalesces the rest per key, upserts them in one statement per column set (``unnest`` of one array per column), deletes, and records the new
+stream id; only after COMMIT does it ``XACK`` and ``XDEL`` them. A change the database rejects is
+retried alone in a savepoint, and on failure lands in the dead-letter stream with the error.
+
+``behind_aio.py`` is the source; ``behind.py`` is generated from it by ``scripts/unasync.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from dbscale._compat import AEvent, ARunner, aevent_wait, ajoin, asleep, aspawn
+from dbscale.cache.core import CacheFront
+from dbscale.cache.writes.base import Strategy
+from dbscale.cache.writes.policy import (
+    ADVANCE_SQL,
+    CHECKPOINT_SQL,
+    COLUMN_TYPES_SQL,
+    DELETE,
+    SAVE,
+    SAVE_SCRIPT,
+    TAKEOVER_SQL,
+    Batch,
+    Change,
+    as_str,
+    decode_entry,
+    group_rows,
+    parse_stream_id,
+    plan_batch,
+    unnest_params,
+    unnest_upsert_sql,
+)
+from dbscale.cache.writes.through_aio import AsyncRedisEntries, install_schema, read_row
+from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
+
+log = logging.getLogger("dbscale.write_behind")
+
+GROUP = "dbscale-flush"
+#: A consumer of the group idle this long with nothing pending is forgotten at the next takeover.
+STALE_CONSUMER_MS = 600_000
+#: Database errors that reject a change (it goes to the dead-letter stream), not the connection:
+#: constraints, bad values, and statements the table cannot take (an unknown column).
+REJECTED = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
+
+
+class AsyncWriteBehind:
+    """``views = cluster.cache.write_behind("page_views", key_column="id", key="pv:{id}")``.
+
+    ``save(row)`` / ``delete(id)`` return once Redis holds the change (and its cache entry);
+    ``get(id)`` sees the newest acknowledged value before it is flushed; ``flush(timeout=)``
+    returns once every change acknowledged before the call is in the database.
+    ``invalidates=["user:{id}"]``: cache-aside keys (templates over the row) invalidated when the
+    flusher commits the row.
+    """
+
+    def __init__(
+        self,
+        front: CacheFront,
+        table: Any,
+        *,
+        key_column: str,
+        key: str,
+        ttl: float | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        invalidates: Sequence[str] = (),
+    ) -> None:
+        self.strategy = Strategy(
+            front, table, key_column=key_column, key=key, ttl=ttl, tombstone_ttl=0.0, invalidates=invalidates
+        )
+        self.redis = AsyncRedisEntries(self.strategy, max(self.strategy.core.admin_timeout, 5.0))
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = int(wait_timeout * 1000)
+        self._script: Any = None
+        self._checked = False
+        self.flusher_running: AsyncFlusher | None = None
+        self._flush_flusher: AsyncFlusher | None = None
+
+    async def _persistence_check(self) -> None:
+        self._checked = True
+        try:
+            reply = await self.redis.client.config_get("appendonly")
+        except RedisError:  # CONFIG may be renamed or forbidden: nothing to warn about then
+            return
+        if as_str(reply.get("appendonly", "yes")) == "no":
+            log.warning(
+                "Redis runs with appendonly no: write-behind changes acknowledged since the last RDB snapshot"
+                " are lost if Redis restarts before they are flushed; set appendonly yes (see the README)"
+            )
+
+    async def _save(self, key: str, op: str, data: bytes) -> str:
+        s = self.strategy
+        if not self._checked:
+            await self._persistence_check()
+        if self._script is None:
+            self._script = self.redis.client.register_script(SAVE_SCRIPT)
+        # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
+        try:
+            entry_id = as_str(
+                await self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, "", ""])
+            )
+            if self.wait_replicas:
+                acked = await self.redis.client.wait(self.wait_replicas, self.wait_timeout_ms)
+                if acked < self.wait_replicas:
+                    raise NotReplicated(
+                        f"change {entry_id} of {key!r} reached {acked} of {self.wait_replicas} Redis replicas"
+                        f" within {self.wait_timeout_ms} ms; it may be lost if the Redis primary dies now"
+                    )
+        except RedisError as exc:
+            raise CacheUnavailable(
+                f"Redis did not take the change of {key!r} ({exc}); nothing was acknowledged: retry, check Redis"
+            ) from exc
+        return entry_id
+
+    async def save(self, row: Mapping[str, Any]) -> str:
+        """Queue ``row`` (an upsert by its key column) and cache it; returns the change's stream id."""
+        s = self.strategy
+        return await self._save(s.key_of(row), SAVE, s.dumps(row))
+
+    async def delete(self, key_value: Any) -> str:
+        """Queue the delete of the row whose key column is ``key_value``; returns the change's stream id."""
+        s = self.strategy
+        return await self._save(s.key_for(key_value), DELETE, s.dumps(key_value))
+
+    async def get(self, key_value: Any) -> dict[str, Any] | None:
+        """The newest acknowledged row (flushed or not), or None; the database when the cache has no entry."""
+        s = self.strategy
+        key = s.key_for(key_value)
+        found, row = await self.redis.fetch(key)
+        if found:
+            return row
+        return await read_row(s, key_value)
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Return once every change acknowledged before the call is in the database.
+
+        Runs flush rounds in the calling thread or task unless this object's flusher is running.
+        Raises :class:`~dbscale.errors.FlushTimeout` after ``timeout`` seconds.
+        """
+        client = self.redis.client
+        last = await client.xrevrange(self.strategy.stream, count=1)
+        if not last:
+            return
+        target = as_str(last[0][0])
+        deadline = time.monotonic() + timeout
+        flusher = self._flush_flusher  # flush()'s own, kept: its consumer is not "another flusher"
+        elsewhere = await self._flusher_alive(flusher)  # then wait for it rather than take the stream over
+        while await client.xrange(self.strategy.stream, max=target, count=1):
+            if time.monotonic() > deadline:
+                raise FlushTimeout(
+                    f"changes up to {target} of {self.strategy.table.label} are not all in the database after"
+                    f" {timeout:g} s; start a flusher, check the database, or pass a longer timeout"
+                )
+            if self.flusher_running is not None or elsewhere:
+                await asleep(0.01)
+                continue
+            if flusher is None:
+                flusher = self._flush_flusher = self.flusher(block=0.0)
+            try:
+                await flusher.run_round()
+            except FlusherFenced:  # another flusher runs this stream: wait for it
+                elsewhere = True
+                flusher.epoch = None
+
+    async def _flusher_alive(self, mine: AsyncFlusher | None) -> bool:
+        """Whether a consumer of the stream's group other than ``mine`` read within the last 2 s (a running flusher)."""
+        try:
+            consumers = await self.redis.client.xinfo_consumers(self.strategy.stream, GROUP)
+        except ResponseError:  # no group yet: no flusher ever ran
+            return False
+        own = None if mine is None else mine.consumer
+        return any(int(c["idle"]) < 2000 and as_str(c["name"]) != own for c in consumers)
+
+    def flusher(self, **options: Any) -> AsyncFlusher:
+        """A flusher of this table (see :class:`AsyncFlusher` for the options); run it or start it."""
+        return AsyncFlusher(self, **options)
+
+    def start_flusher(self, **options: Any) -> AsyncFlusher:
+        """Start a flusher in the background (a task, or a daemon thread in the blocking twin); ``stop()`` it."""
+        flusher = self.flusher(**options)
+        flusher.start()
+        self.flusher_running = flusher
+        return flusher
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
+        """The oldest ``count`` dead letters: stream id, key, op, the change, the database's error."""
+        entries = await self.redis.client.xrange(self.strategy.dead_stream, count=count)
+        out = []
+        for entry_id, fields in entries:
+            f = {as_str(k): v for k, v in fields.items()}
+            out.append(
+                {
+                    "id": as_str(entry_id),
+                    "change": as_str(f.get("change", b"")),
+                    "key": as_str(f.get("k", b"")),
+                    "op": as_str(f.get("o", b"")),
+                    "data": self.strategy.loads(f["d"]) if f.get("d") else None,
+                    "error": as_str(f.get("error", b"")),
+                }
+            )
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depth, oldest pending age (s), dead letters; also sets the gauges."""
+        s = self.strategy
+        client = self.redis.client
+        depth = await client.xlen(s.stream)
+        first = await client.xrange(s.stream, count=1)
+        oldest = 0.0
+        if first:
+            oldest = max(0.0, time.time() - parse_stream_id(as_str(first[0][0]))[0] / 1000)
+        s.m_depth.set(depth)
+        s.m_oldest.set(oldest)
+        return {
+            "table": s.table.label,
+            "queue_depth": depth,
+            "oldest_pending_s": round(oldest, 3),
+            "dead_letters": await client.xlen(s.dead_stream),
+        }
+
+    async def close(self) -> None:
+        """Stop this object's flusher (if started) and close its Redis client."""
+        if self.flusher_running is not None:
+            await self.flusher_running.stop()
+        await self.redis.close()
+
+
+class AsyncFlusher:
+    """Moves a table's stream into the database: batches of ``batch`` entries, blocking ``block`` s for new ones.
+
+    After a round that was not a full batch, :meth:`run` waits ``interval`` seconds (the write delay:
+    changes gather into bigger batches and coalesce; a change waits about this long to be flushed).
+
+    ``consumer`` names it in the consumer group (default: host, pid and a random suffix).
+    """
+
+    def __init__(
+        self,
+        owner: AsyncWriteBehind,
+        *,
+        batch: int = 1000,
+        block: float = 0.2,
+        interval: float = 0.2,
+        consumer: str | None = None,
+    ) -> None:
+        self.owner = owner
+        self.s = owner.strategy
+        self.batch = batch
+        self.block_ms = int(block * 1000)
+        self.interval = interval
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.epoch: int | None = None
+        self.types: dict[str, str] | None = None  # the table's column types (read once)
+        self._stop = AEvent()
+        self._runner: ARunner | None = None
+
+    async def takeover(self) -> None:
+        """Create the group and the checkpoint row if needed, and become the stream's flusher (bump the epoch)."""
+        try:
+            await self.owner.redis.client.xgroup_create(self.s.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        for consumer in await self.owner.redis.client.xinfo_consumers(self.s.stream, GROUP):
+            if (
+                int(consumer["pending"]) == 0 and int(consumer["idle"]) > STALE_CONSUMER_MS
+            ):  # past flushers, flush() calls
+                await self.owner.redis.client.xgroup_delconsumer(self.s.stream, GROUP, consumer["name"])
+        await install_schema(self.s.cluster)
+        async with self.s.cluster.write() as conn:
+            self.epoch = int((await conn.execute(text(TAKEOVER_SQL), {"stream": self.s.stream})).scalar_one())
+        log.info("flusher %s took over %s (epoch %d)", self.consumer, self.s.stream, self.epoch)
+
+    async def run_round(self) -> int:
+        """Flush the oldest pending entries (at most ``batch``); the number of entries handled."""
+        if self.epoch is None:
+            await self.takeover()
+        client = self.owner.redis.client
+        stream = self.s.stream
+        read = await client.xreadgroup(
+            GROUP, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms or None
+        )
+        fresh = read[0][1] if read else []
+        pending = await client.xpending(stream, GROUP)
+        if pending["pending"] != len(fresh):  # older entries are pending (a dead or fenced flusher's): oldest first
+            _, fresh, _ = await client.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=0, start_id="0-0", count=self.batch
+            )
+        changes = [decode_entry(entry_id, fields) for entry_id, fields in fresh if fields]
+        if not changes:
+            await self.owner.status()
+            return 0
+        t0 = time.perf_counter()
+        batch = await self._apply(changes)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, GROUP, *batch.ids)
+            pipe.xdel(stream, *batch.ids)
+            await pipe.execute()
+        self.s.m_flush.observe(time.perf_counter() - t0)
+        self.s.m_batch.observe(len(batch.ids))
+        self.s.m_flushed.inc(len(batch.ids))
+        await self.owner.status()
+        return len(batch.ids)
+
+    async def _apply(self, changes: list[Change]) -> Batch:
+        s = self.s
+        async with s.cluster.write() as conn:
+            last_id, epoch = (await conn.execute(text(CHECKPOINT_SQL), {"stream": s.stream})).one()
+            if epoch != self.epoch:
+                raise FlusherFenced(
+                    f"flusher {self.consumer} of {s.stream} was taken over (epoch {epoch}, this one {self.epoch});"
+                    " it stopped without applying its batch"
+                )
+            batch = plan_batch(changes, last_id)
+            dead = await self._write(conn, batch.apply)
+            if batch.last_id is not None:
+                await conn.execute(text(ADVANCE_SQL), {"stream": s.stream, "last_id": batch.last_id})
+            if dead:  # before COMMIT: a dead letter is never lost (a retried batch may repeat it)
+                async with self.owner.redis.client.pipeline(transaction=False) as pipe:
+                    for change, error in dead:
+                        fields = {
+                            "change": change.id,
+                            "k": change.key,
+                            "o": change.op,
+                            "d": change.data,
+                            "error": error,
+                        }
+                        pipe.xadd(s.dead_stream, fields)
+                    await pipe.execute()
+                s.m_dead.inc(len(dead))
+            if s.invalidates:
+                self._invalidate_on_commit(batch.apply)
+        return batch
+
+    def _invalidate_on_commit(self, applied: list[Change]) -> None:
+        keys: list[str] = []
+        for change in applied:
+            row = (
+                self.s.loads(change.data) if change.op == SAVE else {self.s.table.key_column: self.s.loads(change.data)}
+            )
+            keys.extend(template.format_map(row) for template in self.s.invalidates)
+        if keys:
+            self.s.front.invalidate_on_commit(*keys)
+
+    async def _write(self, conn: Any, changes: list[Change]) -> list[tuple[Change, str]]:
+        """Apply ``changes`` (one per key); the ones the database rejected, with its error."""
+        try:
+            async with conn.begin_nested():
+                await self._statements(conn, changes)
+            return []
+        except REJECTED:
+            pass
+        dead = []
+        for change in changes:  # one savepoint each: find the rejected ones, keep the rest
+            try:
+                async with conn.begin_nested():
+                    await self._statements(conn, [change])
+            except REJECTED as exc:
+                dead.append((change, str(getattr(exc, "orig", exc)).strip()))
+        return dead
+
+    async def _statements(self, conn: Any, changes: list[Change]) -> None:
+        table = self.s.table
+        rows = [self.s.loads(c.data) for c in changes if c.op == SAVE]
+        deletes = [self.s.loads(c.data) for c in changes if c.op == DELETE]
+        if rows and self.types is None:
+            result = await conn.execute(text(COLUMN_TYPES_SQL), {"table": table.qualified})
+            self.types = {name: kind for name, kind in result}
+        for columns, group in group_rows(rows):
+            sql = text(unnest_upsert_sql(table, columns, self.types or {}))
+            await conn.execute(sql, unnest_params(columns, group))
+        if deletes:
+            await conn.execute(text(table.delete_sql()), {"keys": deletes})
+
+    async def run(self) -> None:
+        """Flush until :meth:`stop` (a database or Redis outage is logged and retried, so is a takeover)."""
+        while not self._stop.is_set():
+            try:
+                if await self.run_round() < self.batch:  # not a full batch: let changes gather (and coalesce)
+                    await aevent_wait(self._stop, self.interval)
+            except FlusherFenced:  # another flusher took over; take it back after a pause (it may be a one-off)
+                log.warning("flusher %s of %s was taken over; retrying in 1 s", self.consumer, self.s.stream)
+                self.epoch = None
+                await aevent_wait(self._stop, 1.0)
+            except Exception as exc:  # keep flushing through outages: nothing unflushed is acknowledged
+                log.warning("flush round of %s failed (%s); retrying", self.s.stream, exc)
+                await aevent_wait(self._stop, 1.0)
+
+    async def drain(self) -> int:
+        """Flush until the stream is empty (``--once``); the number of entries handled."""
+        total = 0
+        while True:
+            handled = await self.run_round()
+            total += handled
+            if not handled:
+                return total
+
+    def start(self) -> None:
+        """Run :meth:`run` in the background."""
+        self._runner = aspawn(self.run, f"dbscale-flusher-{self.s.table.label}")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after the current round (safe from a signal handler)."""
+        self._stop.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background flusher (the current round finishes in the blocking twin)."""
+        self._stop.set()
+        if self._runner is not None:
+            await ajoin(self._runner, timeout)
+            self._runner = None
+        if self.owner.flusher_running is self:
+            self.owner.flusher_running = None
+
+
+__all__ = ["GROUP", "AsyncFlusher", "AsyncWriteBehind"]

@@ -1,0 +1,268 @@
+"""The decisions of write-through and write-behind, without I/O: versions, coalescing, batch plans, SQL, scripts.
+
+Theory of operation.
+
+*Write-through* orders the writes of one key by a **version** taken inside the writing transaction
+after a transaction-scoped advisory lock on the key (:data:`VERSION_SQL`): two writers of a key
+serialize on the lock, so the later one commits later and draws the larger number from the
+sequence. The cache is written only after COMMIT, by :data:`SET_IF_NEWER` (Lua, atomic): an entry
+is replaced only by a strictly larger version, so whichever order the post-commit sets arrive in,
+the entry ends at the last commit. A delete leaves a *tombstone* (the delete's version, no data)
+for ``tombstone_ttl`` seconds, so a late set of an older version cannot resurrect the row. A fill
+after a miss carries version 0: it lands only on an absent key, and any committed write replaces it.
+
+*Write-behind* appends each change to a Redis Stream and updates the cache entry in the same Lua
+script (:data:`SAVE_SCRIPT`), so the cache and the stream agree on the order of changes. A flusher
+reads the oldest pending entries, :func:`coalesce` keeps the last change per key (stream order),
+and :func:`plan_batch` drops entries at or below the stream id the database already recorded
+(the checkpoint written in the same transaction as the rows): a redelivered batch is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The sequence every write-through version is drawn from (one per database).
+VERSION_SEQUENCE = "dbscale_write_version"
+#: Per stream: the last applied stream id and the epoch of the flusher allowed to apply.
+CHECKPOINT_TABLE = "dbscale_write_behind"
+
+INSTALL_SQL = (
+    f"CREATE SEQUENCE IF NOT EXISTS {VERSION_SEQUENCE}",
+    f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} ("
+    " stream text PRIMARY KEY, last_id text NOT NULL DEFAULT '0-0', epoch bigint NOT NULL DEFAULT 0)",
+)
+#: Serializes concurrent installs (``CREATE … IF NOT EXISTS`` alone can still race on the catalog).
+INSTALL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('dbscale_write_install', 0))"
+
+#: Lock the key for the rest of the transaction, then draw its version (after the lock, by the CTE order).
+VERSION_SQL = (
+    "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0)))"
+    f" SELECT nextval('{VERSION_SEQUENCE}') FROM l"
+)
+
+TAKEOVER_SQL = (
+    f"INSERT INTO {CHECKPOINT_TABLE} (stream, epoch) VALUES (:stream, 1)"
+    " ON CONFLICT (stream) DO UPDATE SET epoch = "
+    f"{CHECKPOINT_TABLE}.epoch + 1 RETURNING epoch"
+)
+CHECKPOINT_SQL = f"SELECT last_id, epoch FROM {CHECKPOINT_TABLE} WHERE stream = :stream FOR UPDATE"
+ADVANCE_SQL = f"UPDATE {CHECKPOINT_TABLE} SET last_id = :last_id WHERE stream = :stream"
+
+# KEYS[1] entry hash; ARGV: version, data, tombstone flag ("1"/"0"), ttl ms, channel, message.
+# Applied only over a strictly smaller version (or no entry); then the L1s of every process drop the key.
+SET_IF_NEWER = """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 't', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return 1
+"""
+
+# KEYS[1] stream, KEYS[2] entry hash; ARGV: key, op ("s"/"d"), data, ttl ms, channel, message.
+# One atomic step: the stream order of a key's changes is the order its cache entry saw them.
+SAVE_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
+local tomb = '0'
+if ARGV[2] == 'd' then tomb = '1' end
+redis.call('HSET', KEYS[2], 'v', id, 'd', ARGV[3], 't', tomb)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return id
+"""
+
+SAVE, DELETE = "s", "d"
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL identifier (double-quoted, quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The table a strategy writes: a name (optionally schema-qualified) and its key column."""
+
+    name: str
+    key_column: str
+    schema: str | None = None
+
+    @classmethod
+    def of(cls, target: Any, key_column: str) -> TableSpec:
+        """From a table name (``"users"``, ``"app.users"``) or a SQLAlchemy ``Table`` (its name and schema)."""
+        if isinstance(target, str):
+            schema, _, name = target.rpartition(".")
+            return cls(name, key_column, schema or None)
+        found = getattr(target, "name", None)
+        if not isinstance(found, str):
+            raise TypeError(f"{target!r}: pass a table name or a SQLAlchemy Table (an ORM class: pass its __table__)")
+        return cls(found, key_column, getattr(target, "schema", None))
+
+    @property
+    def qualified(self) -> str:
+        """The quoted, qualified table name for SQL."""
+        table = quote_ident(self.name)
+        return f"{quote_ident(self.schema)}.{table}" if self.schema else table
+
+    @property
+    def label(self) -> str:
+        """The plain name (for Redis keys, locks and metrics)."""
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+    def select_sql(self) -> str:
+        """One row by key, as a mapping of its columns."""
+        return f"SELECT * FROM {self.qualified} WHERE {quote_ident(self.key_column)} = :key"
+
+    def delete_sql(self) -> str:
+        """Delete the rows whose keys are in the array ``:keys``."""
+        return f"DELETE FROM {self.qualified} WHERE {quote_ident(self.key_column)} = ANY(:keys)"
+
+    def upsert_sql(self, columns: Sequence[str], rows: int) -> str:
+        """A multi-row ``INSERT … ON CONFLICT (key) DO UPDATE`` of ``rows`` rows; parameters ``p{row}_{col}``."""
+        if self.key_column not in columns:
+            raise ValueError(f"the row has no key column {self.key_column!r} (columns: {', '.join(columns)})")
+        cols = ", ".join(quote_ident(c) for c in columns)
+        values = ", ".join("(" + ", ".join(f":p{r}_{c}" for c in range(len(columns))) + ")" for r in range(rows))
+        updates = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in columns if c != self.key_column]
+        action = "DO UPDATE SET " + ", ".join(updates) if updates else "DO NOTHING"
+        return (
+            f"INSERT INTO {self.qualified} ({cols}) VALUES {values}"
+            f" ON CONFLICT ({quote_ident(self.key_column)}) {action}"
+        )
+
+
+def unnest_upsert_sql(table: TableSpec, columns: Sequence[str], types: Mapping[str, str]) -> str:
+    """The upsert of any number of rows as one statement with one array parameter per column (``c0``, ``c1`` …).
+
+    Each array is cast to its column's type (``types``: column -> SQL type; an unknown column is
+    left for the database to reject).
+    """
+    if table.key_column not in columns:
+        raise ValueError(f"the row has no key column {table.key_column!r} (columns: {', '.join(columns)})")
+    cols = ", ".join(quote_ident(c) for c in columns)
+    arrays = ", ".join(f"CAST(:c{i} AS {types.get(c, 'text')}[])" for i, c in enumerate(columns))
+    updates = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in columns if c != table.key_column]
+    action = "DO UPDATE SET " + ", ".join(updates) if updates else "DO NOTHING"
+    return (
+        f"INSERT INTO {table.qualified} ({cols}) SELECT * FROM unnest({arrays})"
+        f" ON CONFLICT ({quote_ident(table.key_column)}) {action}"
+    )
+
+
+def unnest_params(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The array parameters of :func:`unnest_upsert_sql` for ``rows`` (each having exactly ``columns``)."""
+    return {f"c{i}": [row[c] for row in rows] for i, c in enumerate(columns)}
+
+
+#: The SQL type of every column of a table (``:table`` is its quoted, qualified name).
+COLUMN_TYPES_SQL = (
+    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+    " WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+)
+
+
+def upsert_params(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters of :meth:`TableSpec.upsert_sql` for ``rows`` (each having exactly ``columns``)."""
+    return {f"p{r}_{c}": row[name] for r, row in enumerate(rows) for c, name in enumerate(columns)}
+
+
+def cache_key(template: str, key_column: str, row: Mapping[str, Any]) -> str:
+    """The cache key of ``row`` from a template such as ``"user:{id}"`` (fields name columns)."""
+    try:
+        return template.format_map(row)
+    except (KeyError, IndexError) as exc:
+        raise KeyError(
+            f"key template {template!r} names {exc} which the row lacks (key column {key_column!r})"
+        ) from None
+
+
+def parse_stream_id(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id ``"ms-seq"`` as a comparable pair."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def as_str(value: str | bytes) -> str:
+    """A Redis reply field as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stream entry: ``op`` :data:`SAVE` (``data`` is the row) or :data:`DELETE` (``data`` is the key value)."""
+
+    id: str
+    key: str
+    op: str
+    data: bytes
+
+
+def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any]) -> Change:
+    """A :class:`Change` from a stream entry as redis-py returns it."""
+    get = {as_str(k): v for k, v in fields.items()}
+    data = get.get("d", b"")
+    return Change(as_str(entry_id), as_str(get.get("k", b"")), as_str(get.get("o", b"")), bytes(data) if data else b"")
+
+
+def coalesce(changes: Iterable[Change]) -> list[Change]:
+    """The last change of each key in stream order (later ids win), ordered by id."""
+    last: dict[str, Change] = {}
+    for change in sorted(changes, key=lambda c: parse_stream_id(c.id)):
+        last[change.key] = change
+    return sorted(last.values(), key=lambda c: parse_stream_id(c.id))
+
+
+@dataclass
+class Batch:
+    """What one flush transaction does: the changes to apply and the checkpoint to record."""
+
+    apply: list[Change] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # every entry of the batch: acknowledged after the commit
+    skipped: int = 0  # entries at or below the checkpoint (a redelivered, already applied batch)
+    last_id: str | None = None  # the new checkpoint (None: nothing new)
+
+
+def plan_batch(changes: Sequence[Change], applied: str) -> Batch:
+    """Plan a flush: drop entries at or below ``applied`` (already in the database), coalesce the rest."""
+    floor = parse_stream_id(applied)
+    fresh = [c for c in changes if parse_stream_id(c.id) > floor]
+    batch = Batch(apply=coalesce(fresh), ids=[c.id for c in changes], skipped=len(changes) - len(fresh))
+    if fresh:
+        batch.last_id = max((c.id for c in fresh), key=parse_stream_id)
+    return batch
+
+
+def group_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str, ...], list[Mapping[str, Any]]]]:
+    """Rows grouped by their column set (one multi-row upsert per group), in first-seen order."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return list(groups.items())
+
+
+__all__ = [
+    "CHECKPOINT_TABLE",
+    "COLUMN_TYPES_SQL",
+    "DELETE",
+    "SAVE",
+    "SAVE_SCRIPT",
+    "SET_IF_NEWER",
+    "VERSION_SEQUENCE",
+    "VERSION_SQL",
+    "Batch",
+    "Change",
+    "TableSpec",
+    "cache_key",
+    "coalesce",
+    "decode_entry",
+    "group_rows",
+    "parse_stream_id",
+    "plan_batch",
+    "quote_ident",
+    "unnest_params",
+    "unnest_upsert_sql",
+    "upsert_params",
+]
