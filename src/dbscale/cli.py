@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
+from dbscale.cli_load import register as register_load_command
 from dbscale.cli_project import register as register_project_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
@@ -207,6 +208,7 @@ for _action in NodeAction:
 
 app.command("advise")(advise_command)
 register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
+register_load_command(app)  # dbscale load FILE --table T
 
 
 def main() -> None:

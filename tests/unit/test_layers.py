@@ -92,13 +92,21 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.probe": ("dbscale.cluster",),
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),
+    "dbscale.cli_load": ("dbscale",),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
     "dbscale.cli": ("dbscale",),
 }
 #: Rooms nothing outside them (and the tools) may import.
-TOOLS = ("dbscale.cli", "dbscale.cli_advise", "dbscale.cli_project", "dbscale.demo", "dbscale.local")
+TOOLS = (
+    "dbscale.cli",
+    "dbscale.cli_advise",
+    "dbscale.cli_load",
+    "dbscale.cli_project",
+    "dbscale.demo",
+    "dbscale.local",
+)
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except
 #: its planned shells (``router``, ``reshard``); each planned room names its pure core.

@@ -187,7 +187,6 @@ __all__ = [
     "PROGRESS_TABLE",
     "READ_PROGRESS",
     "RECORD_PROGRESS",
-    "DumpFailed",
     "ProgressBar",
     "RejectFile",
     "bad_row_error",
@@ -204,7 +203,7 @@ __all__ = [
 ]
 
 
-class DumpFailed(Exception):
+class _DumpFailed(Exception):
     """Raised inside a batch's transaction when psycopg cannot dump a row's value (rolls the batch back)."""
 
     def __init__(self, index: int, error: BaseException) -> None:

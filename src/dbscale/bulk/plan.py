@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 OnError = Literal["stop", "skip"]
 CopyFormat = Literal["binary", "text", "csv"]
+InputFormat = Literal["rows", "text", "csv"]
 
 #: Types psycopg dumps in binary COPY from the Python values a caller naturally holds. A column of
 #: any other type (enums, domains, arrays of custom types, geometry …) makes the load use text COPY,
@@ -94,8 +95,12 @@ class Rejected:
 def to_values(raw: Any, columns: Sequence[str]) -> tuple[Any, ...]:
     """A row given as a tuple/list (in column order) or a mapping (by column name) as a tuple.
 
-    Raises :class:`ValueError` naming the problem (wrong count, missing or unknown keys).
+    Raises :class:`ValueError` naming the problem (wrong count, missing or unknown keys). An
+    exception in place of a row stands for input that could not be read (e.g. a line that is not
+    JSON); its message becomes the reason.
     """
+    if isinstance(raw, Exception):
+        raise ValueError(f"unreadable input: {raw}")
     if isinstance(raw, Mapping):
         missing = [c for c in columns if c not in raw]
         extra = [k for k in raw if k not in columns]
@@ -340,6 +345,7 @@ __all__ = [
     "Batch",
     "Chunk",
     "CopyFormat",
+    "InputFormat",
     "Located",
     "OnError",
     "Progress",

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -31,8 +31,8 @@ from dbscale.bulk.base import (
     FORGET_PROGRESS,
     READ_PROGRESS,
     RECORD_PROGRESS,
-    DumpFailed,
     RejectFile,
+    _DumpFailed,
     bad_row_error,
     check_options,
     close_callback,
@@ -46,6 +46,7 @@ from dbscale.bulk.base import (
 )
 from dbscale.bulk.plan import (
     Batch,
+    InputFormat,
     OnError,
     Progress,
     Rejected,
@@ -82,7 +83,7 @@ class BulkLoader:
         reject_file: str | Path | None = None,
         shard_key: str | None = None,
         entity: str | None = None,
-        input_format: Literal["rows", "csv"] = "rows",
+        input_format: InputFormat = "rows",
         group_for: Callable[[Row], str] | None = None,
     ) -> None:
         check_options(batch_rows, on_error, reject_file)
@@ -97,6 +98,7 @@ class BulkLoader:
         self.shard_key = shard_key
         self.entity = entity or table
         self.raw_csv = input_format == "csv"
+        self.text_values = input_format == "text"
         self.group_for = group_for
         self.callback = progress_callback(progress, table)
         self.progress = Progress()
@@ -201,8 +203,8 @@ class BulkLoader:
                             try:
                                 copy.write_row(batch.values[i])
                             except (TypeError, ValueError, psycopg.DataError) as exc:
-                                raise DumpFailed(i, exc) from exc
-        except DumpFailed as exc:
+                                raise _DumpFailed(i, exc) from exc
+        except _DumpFailed as exc:
             row = batch.row(exc.index)
             column, value = dump_culprit(batch.values[exc.index], self.oids, self.columns)
             reason = f"cannot be sent as {self._type_of(column)}: {exc.error}"
@@ -249,7 +251,7 @@ class BulkLoader:
         self.columns = self.columns or list(types)
         self.types = [types[c][0] for c in self.columns]
         self.oids = [types[c][1] for c in self.columns]
-        self.binary = copy_format(self.types) == "binary"
+        self.binary = copy_format(self.types) == "binary" and not self.text_values
         if self.shard_key is not None and self.shard_key not in self.columns:
             raise BulkLoadError(f"shard_key {self.shard_key!r} is not among the loaded columns {self.columns}")
 
@@ -325,13 +327,15 @@ def bulk_load(
     reject_file: str | Path | None = None,
     shard_key: str | None = None,
     entity: str | None = None,
-    input_format: Literal["rows", "csv"] = "rows",
+    input_format: InputFormat = "rows",
 ) -> Progress:
     """Load ``rows`` into ``table`` with COPY, committing every ``batch_rows`` rows.
 
     ``rows``: an iterable (read lazily, so memory stays bounded) of tuples in ``columns`` order or
-    mappings by column name; with ``input_format="csv"``, raw CSV records as bytes (the server
-    parses them; see :func:`dbscale.bulk.plan.csv_records`). ``columns``: default every column of
+    mappings by column name, holding Python values of the columns' types (sent with binary COPY
+    where psycopg can dump every column type, text COPY otherwise); with ``input_format="text"``,
+    values the server should parse from their text form (strings from a file: text COPY); with
+    ``input_format="csv"``, raw CSV records as bytes (sent as is; see :func:`dbscale.bulk.csv_records`). ``columns``: default every column of
     the table. ``progress``: a progress bar on stderr (True), none (False), or a callable given the
     :class:`~dbscale.bulk.plan.Progress` after each batch.
 
