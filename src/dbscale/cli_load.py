@@ -114,6 +114,9 @@ def load(
     ] = None,
     header: Annotated[bool, typer.Option("--header", help="The CSV file starts with a header line.")] = False,
     batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per COPY and commit.")] = 10_000,
+    parallel: Annotated[
+        int, typer.Option("--parallel", help="Connections per group loading side by side (the server parses in each).")
+    ] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after what an earlier run committed.")] = False,
     on_error: Annotated[OnError, typer.Option("--on-error", help="stop at a bad row, or skip it.")] = OnError.stop,
     reject_file: Annotated[
@@ -154,6 +157,7 @@ def load(
                     rows,
                     columns=names,
                     batch_rows=batch_rows,
+                    parallel=parallel,
                     progress=callback,
                     on_error=on_error.value,
                     resume=load_id(table, file),

@@ -161,7 +161,8 @@ def test_a_loader_killed_mid_load_then_resumed_loads_exactly_the_input(
             time.sleep(0.01)
             with cluster.write() as conn:
                 found = conn.execute(
-                    text("SELECT position FROM dbscale_bulk_loads WHERE load_id = :id"), {"id": load_id(target, data)}
+                    text("SELECT max(position) FROM dbscale_bulk_loads WHERE starts_with(load_id, :id)"),
+                    {"id": load_id(target, data)},
                 ).scalar()
             position = int(found or 0)
     finally:
@@ -186,6 +187,19 @@ def test_library_loads_tuples_and_dicts_binary_and_names_a_bad_python_value(clus
         bulk_load(cluster, target, [(3_000, "x", 1, None, None), (3_001, "y", "many", None, None)], progress=False)
     assert (caught.value.row, caught.value.column, caught.value.value) == (2, "qty", "many")
     assert counts(cluster, target) == (2_101, 2_101)  # the row before the bad one is committed
+
+
+def test_parallel_lanes_commit_nothing_after_a_bad_row_and_resume_exactly(cluster: Cluster, target: str) -> None:
+    """Lane 0 holds the bad row (first of chunk 3); lane 1's later chunk 4 runs beside it but must not commit."""
+    rows = [(n, "p", "bad" if n == 2_001 else n, None, None) for n in range(1, 4_001)]
+    with pytest.raises(dbscale.BadRowError) as caught:
+        bulk_load(cluster, target, rows, batch_rows=1_000, parallel=2, resume="lanes", restart=True, progress=False)
+    assert (caught.value.row, caught.value.column) == (2_001, "qty")
+    assert counts(cluster, target) == (2_000, 2_000)
+    fixed = [(n, "p", n, None, None) for n in range(1, 4_001)]
+    again = bulk_load(cluster, target, fixed, batch_rows=1_000, parallel=2, resume="lanes", progress=False)
+    assert (again.loaded, again.skipped) == (2_000, 2_000)
+    assert counts(cluster, target) == (4_000, 4_000)
 
 
 def test_the_async_twin_loads_and_resumes(topology_config_path: Path, target: str, cluster: Cluster) -> None:

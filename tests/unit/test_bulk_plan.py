@@ -18,6 +18,7 @@ from dbscale.bulk.plan import (
     csv_records,
     key_from_text,
     locate,
+    previous_lane,
     split_failed,
     to_values,
 )
@@ -140,3 +141,16 @@ def test_rejected_describes_row_column_and_value() -> None:
     bad = Rejected(500_001, 'invalid input syntax for type integer: "x"', "qty", "x")
     assert bad.describe() == "row 500001, column 'qty' (value 'x'): invalid input syntax for type integer: \"x\""
     assert Row(1, (1,)).number == 1
+
+
+def test_lanes_take_alternate_chunks_and_resume_per_lane() -> None:
+    rows = [(n,) for n in range(1, 51)]
+    progress = Progress()
+    positions = {"g#0": 20, "g#1": 10}  # lane 0 (chunks 1-10, 21-30, …) committed chunk 1; lane 1 nothing
+    seen: dict[str, list[int]] = {}
+    for chunk in chunks(rows, 10, tuple, 1, None, "g", positions, progress, lanes=2):
+        for target, batch in chunk.batches.items():
+            seen.setdefault(target, []).extend(batch.numbers)
+    assert seen == {"g#0": [*range(21, 31), *range(41, 51)], "g#1": [*range(11, 21), *range(31, 41)]}
+    assert progress.skipped == 10
+    assert (previous_lane("g#1"), previous_lane("g#0"), previous_lane("g")) == ("g#0", "", "")

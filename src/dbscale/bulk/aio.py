@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dbscale._compat import AWorkers
+from dbscale._compat import AEvent, AWorkers, aevent_wait
 from dbscale.bulk.base import (
     COLUMNS_SQL,
     CREATE_PROGRESS,
@@ -31,6 +31,7 @@ from dbscale.bulk.base import (
     READ_PROGRESS,
     RECORD_PROGRESS,
     RejectFile,
+    _Abandoned,
     _DumpFailed,
     bad_row_error,
     check_options,
@@ -53,7 +54,9 @@ from dbscale.bulk.plan import (
     chunks,
     copy_format,
     csv_fields,
+    group_of,
     key_from_text,
+    previous_lane,
     split_failed,
     to_values,
 )
@@ -63,6 +66,18 @@ if TYPE_CHECKING:
     from dbscale.cluster_aio import AsyncCluster
 
 Work = tuple[int, int] | Rejected
+
+
+class _Gate:
+    """Whether a lane's batch has finished, and finished well (orders the commits of a group's lanes)."""
+
+    def __init__(self) -> None:
+        self.done = AEvent()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
 
 
 class AsyncBulkLoader:
@@ -75,6 +90,7 @@ class AsyncBulkLoader:
         *,
         columns: list[str] | None = None,
         batch_rows: int = 10_000,
+        parallel: int = 1,
         progress: bool | Callable[[Progress], None] = True,
         on_error: OnError = "stop",
         resume: str | None = None,
@@ -85,11 +101,12 @@ class AsyncBulkLoader:
         input_format: InputFormat = "rows",
         group_for: Callable[[Row], str] | None = None,
     ) -> None:
-        check_options(batch_rows, on_error, reject_file)
+        check_options(batch_rows, parallel, on_error, reject_file)
         self.cluster = cluster
         self.table = table
         self.columns = list(columns) if columns else []
         self.batch_rows = batch_rows
+        self.lanes = parallel
         self.on_error = on_error
         self.resume = resume
         self.restart = restart
@@ -116,16 +133,35 @@ class AsyncBulkLoader:
         positions = await self._positions(groups) if self.resume else {}
         convert = self._check_raw if self.raw_csv else self._to_values
         width = None if self.raw_csv else len(self.columns)
-        workers = AWorkers(len(groups), "dbscale-bulk")
+        workers = AWorkers(len(groups) * self.lanes, "dbscale-bulk")
+        pending: dict[str, Batch] = {}
         try:
-            for chunk in chunks(rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress):
+            for n, chunk in enumerate(
+                chunks(
+                    rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes
+                ),
+                1,
+            ):
                 if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
                     first = chunk.rejected[0].number
-                    await self._flush({g: b.before(first) for g, b in chunk.batches.items()}, workers)
+                    pending.update({t: b.before(first) for t, b in chunk.batches.items()})
+                    await self._flush(pending, workers)
                     await self._reject(chunk.rejected[0])
                 for bad in chunk.rejected:
                     await self._reject(bad)
-                await self._flush(chunk.batches, workers)
+                if any(target in pending for target in chunk.batches):
+                    await self._flush(pending, workers)
+                    pending = {}
+                pending.update(chunk.batches)
+                if n % self.lanes == 0:  # one chunk per lane: load them side by side
+                    await self._flush(pending, workers)
+                    pending = {}
+            await self._flush(pending, workers)
+        except psycopg.Error as exc:  # not a row's fault: the statement, the server, the connection
+            raise BulkLoadError(
+                f"loading {self.table!r} failed: {str(exc).strip()} ({self.progress.loaded} rows committed in this run;"
+                " fix the cause and load again with the same resume id to continue after them)"
+            ) from exc
         finally:
             workers.close()
             self.rejects.close()
@@ -134,28 +170,57 @@ class AsyncBulkLoader:
         return self.progress
 
     async def _flush(self, batches: dict[str, Batch], workers: AWorkers) -> None:
-        """Load each group's batch: one group inline, several in parallel."""
-        batches = {group: batch for group, batch in batches.items() if len(batch)}
+        """Load each target's batch: one inline, several side by side.
+
+        With ``on_error="stop"``, a group's lanes commit in input order (each lane's transaction
+        waits, after its COPY, for the lane before it): a bad row stops the load with nothing after
+        it committed, as with one lane.
+        """
+        batches = {target: batch for target, batch in batches.items() if len(batch)}
         if not batches:
             return
         if len(batches) == 1:
-            results = {group: await self._load(group, batch) for group, batch in batches.items()}
+            results = {target: await self._load(target, batch) for target, batch in batches.items()}
         else:
-            results = await workers.run({g: self._call(g, batch) for g, batch in batches.items()}, FOREVER)
-        for group, (loaded, rejected, count) in results.items():
+            gates = {target: _Gate() for target in batches} if self.on_error == "stop" and self.lanes > 1 else {}
+            calls = {t: self._call(t, b, gates.get(previous_lane(t)), gates.get(t)) for t, b in batches.items()}
+            results = await workers.run(calls, FOREVER)
+        for target, (loaded, rejected, count) in results.items():
             self.progress.loaded += loaded
             self.progress.rejected += rejected
             self.progress.batches += count
+            group = group_of(target)
             self.progress.per_group[group] = self.progress.per_group.get(group, 0) + loaded
         self.progress.seconds = elapsed(self._start)
         if self.callback is not None:
             self.callback(self.progress)
 
-    def _call(self, group: str, batch: Batch) -> Callable[[], Awaitable[tuple[int, int, int]]]:
-        return lambda: self._load(group, batch)
+    def _call(
+        self, target: str, batch: Batch, after: _Gate | None, gate: _Gate | None
+    ) -> Callable[[], Awaitable[tuple[int, int, int]]]:
+        return lambda: self._load(target, batch, after, gate)
 
-    async def _load(self, group: str, batch: Batch) -> tuple[int, int, int]:
-        """Load one group's batch, splitting it around bad rows; (rows loaded, rows rejected, commits)."""
+    async def _load(
+        self, target: str, batch: Batch, after: _Gate | None = None, gate: _Gate | None = None
+    ) -> tuple[int, int, int]:
+        """Load one target's batch, splitting it around bad rows; (rows loaded, rows rejected, commits).
+
+        ``after``: commit only once that lane has finished well (else roll back and give up);
+        ``gate``: opened when this batch is done, saying whether it finished well.
+        """
+        loaded = rejected = commits = 0
+        ok = False
+        try:
+            loaded, rejected, commits = await self._split_load(target, batch, after)
+            ok = True
+        except _Abandoned:
+            pass
+        finally:
+            if gate is not None:
+                gate.finish(ok)
+        return loaded, rejected, commits
+
+    async def _split_load(self, target: str, batch: Batch, after: _Gate | None) -> tuple[int, int, int]:
         work: deque[Work] = deque([(0, len(batch))])
         loaded = rejected = commits = unrecorded = 0
         while work:
@@ -166,7 +231,7 @@ class AsyncBulkLoader:
                 unrecorded += 1
                 continue
             lo, hi = item
-            failure = await self._copy(group, batch, lo, hi, unrecorded)
+            failure = await self._copy(target, batch, lo, hi, unrecorded, after)
             if failure is None:
                 loaded += hi - lo
                 commits += 1
@@ -181,19 +246,19 @@ class AsyncBulkLoader:
                 )
             work.extendleft(reversed([*retry, *split.after]))
         if unrecorded and self.resume:
-            await self._record(group, batch.numbers[-1], unrecorded)
+            await self._record(target, batch.numbers[-1], unrecorded)
         return loaded, rejected, commits
 
     async def _copy(
-        self, group: str, batch: Batch, lo: int, hi: int, unrecorded: int
+        self, target: str, batch: Batch, lo: int, hi: int, unrecorded: int, after: _Gate | None = None
     ) -> tuple[int | None, Rejected] | None:
         """COPY ``batch[lo:hi]`` and record the resume position in one transaction; None, or where it failed."""
         try:
-            async with self.cluster.write(group) as conn:
+            async with self.cluster.write(group_of(target)) as conn:
                 pg: Any = (await conn.get_raw_connection()).driver_connection
                 if self.resume:
                     await pg.execute(
-                        RECORD_PROGRESS, [self.resume, self.table, batch.numbers[hi - 1], hi - lo, unrecorded]
+                        RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded)
                     )
                 cur = pg.cursor()
                 async with cur.copy(self._statement()) as copy:
@@ -207,6 +272,10 @@ class AsyncBulkLoader:
                                 await copy.write_row(batch.values[i])
                             except (TypeError, ValueError, psycopg.DataError) as exc:
                                 raise _DumpFailed(i, exc) from exc
+                if after is not None:  # the lane before commits first; if it stopped, so does this one
+                    await aevent_wait(after.done, FOREVER)
+                    if not after.ok:
+                        raise _Abandoned
         except _DumpFailed as exc:
             row = batch.row(exc.index)
             column, value = dump_culprit(batch.values[exc.index], self.oids, self.columns)
@@ -226,11 +295,16 @@ class AsyncBulkLoader:
         if committed is None:
             self.progress.rejected += 1
 
-    async def _record(self, group: str, position: int, rejected: int) -> None:
-        """Move the resume position past rejected rows that no later batch of this group covered."""
-        async with self.cluster.write(group) as conn:
+    async def _record(self, target: str, position: int, rejected: int) -> None:
+        """Move the resume position past rejected rows that no later batch of this target covered."""
+        async with self.cluster.write(group_of(target)) as conn:
             pg: Any = (await conn.get_raw_connection()).driver_connection
-            await pg.execute(RECORD_PROGRESS, [self.resume, self.table, position, 0, rejected])
+            await pg.execute(RECORD_PROGRESS, self._record_args(target, position, 0, rejected))
+
+    def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
+        """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
+        load_id = f"{self.resume}{target[len(group_of(target)) :]}"
+        return [load_id, self.table, position, loaded, rejected, self.batch_rows, self.lanes]
 
     # -- set-up ----------------------------------------------------------------------------------------
     async def _describe(self, groups: list[str]) -> None:
@@ -259,17 +333,23 @@ class AsyncBulkLoader:
             raise BulkLoadError(f"shard_key {self.shard_key!r} is not among the loaded columns {self.columns}")
 
     async def _positions(self, groups: list[str]) -> dict[str, int]:
-        """Each group's recorded resume position for this load (forgotten first with ``restart``)."""
+        """Each target's recorded resume position for this load (forgotten first with ``restart``).
+
+        A load resumed with another ``batch_rows`` or ``parallel`` would put rows in other lanes
+        than the recorded positions speak of: the recorded settings are adopted.
+        """
         positions: dict[str, int] = {}
         for group in groups:
             async with self.cluster.write(group) as conn:
                 pg: Any = (await conn.get_raw_connection()).driver_connection
                 await pg.execute(CREATE_PROGRESS)
                 if self.restart:
-                    await pg.execute(FORGET_PROGRESS, [self.resume])
-                cur = await pg.execute(READ_PROGRESS, [self.resume])
-                found = await cur.fetchone()
-            positions[group] = int(found[0]) if found else 0
+                    await pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
+                cur = await pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
+                found = await cur.fetchall()
+            for load_id, position, batch_rows, lanes in found:
+                self.batch_rows, self.lanes = int(batch_rows), int(lanes)
+                positions[group + str(load_id)[len(str(self.resume)) :]] = int(position)
         return positions
 
     def _sharded(self) -> bool:
@@ -323,6 +403,7 @@ async def bulk_load_async(
     *,
     columns: list[str] | None = None,
     batch_rows: int = 10_000,
+    parallel: int = 1,
     progress: bool | Callable[[Progress], None] = True,
     on_error: OnError = "stop",
     resume: str | None = None,
@@ -347,7 +428,9 @@ async def bulk_load_async(
     ``reject_file`` (JSON lines with the reason) and goes on. ``resume``: a load id under which the
     committed position is recorded in each batch's transaction (table ``dbscale_bulk_loads``), so
     running again with the same id after a crash or a bad row skips exactly what is committed;
-    ``restart=True`` forgets that record first. ``shard_key``: route each row by this column
+    ``restart=True`` forgets that record first (a resumed load keeps the ``batch_rows`` and
+    ``parallel`` it was recorded with). ``parallel``: connections per group loading side by side
+    (chunk ``k`` of ``batch_rows`` rows goes to lane ``k % parallel``; each lane commits in order). ``shard_key``: route each row by this column
     through ``cluster.shard_for(entity or table, key)`` and load the shard groups in parallel.
     """
     loader = AsyncBulkLoader(
@@ -355,6 +438,7 @@ async def bulk_load_async(
         table,
         columns=columns,
         batch_rows=batch_rows,
+        parallel=parallel,
         progress=progress,
         on_error=on_error,
         resume=resume,

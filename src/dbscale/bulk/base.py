@@ -24,18 +24,23 @@ from dbscale.errors import BadRowError, BulkLoadError
 
 #: The resume bookkeeping, one row per load, in each target database (written in each batch's transaction).
 PROGRESS_TABLE = "dbscale_bulk_loads"
+#: One row per load and lane: ``load_id`` is the caller's resume id (``id#lane`` with parallel lanes);
+#: ``position`` the input row number up to which that lane's rows are committed or rejected; the
+#: batch size and lane count fix which rows a lane holds, so a resume adopts them.
 CREATE_PROGRESS = (
     f"CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (load_id text PRIMARY KEY, target text NOT NULL,"
     " position bigint NOT NULL, loaded bigint NOT NULL, rejected bigint NOT NULL,"
-    " updated_at timestamptz NOT NULL DEFAULT now())"
+    " batch_rows integer NOT NULL, lanes integer NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
 )
-READ_PROGRESS = f"SELECT position FROM {PROGRESS_TABLE} WHERE load_id = %s"
+READ_PROGRESS = (
+    f"SELECT load_id, position, batch_rows, lanes FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
+)
 RECORD_PROGRESS = (
-    f"INSERT INTO {PROGRESS_TABLE} AS p (load_id, target, position, loaded, rejected) VALUES (%s, %s, %s, %s, %s)"
-    " ON CONFLICT (load_id) DO UPDATE SET position = excluded.position, loaded = p.loaded + excluded.loaded,"
-    " rejected = p.rejected + excluded.rejected, updated_at = now()"
+    f"INSERT INTO {PROGRESS_TABLE} AS p (load_id, target, position, loaded, rejected, batch_rows, lanes)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (load_id) DO UPDATE SET position = excluded.position,"
+    " loaded = p.loaded + excluded.loaded, rejected = p.rejected + excluded.rejected, updated_at = now()"
 )
-FORGET_PROGRESS = f"DELETE FROM {PROGRESS_TABLE} WHERE load_id = %s"
+FORGET_PROGRESS = f"DELETE FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
 #: The table's loadable columns in order, with their types (generated columns cannot be loaded).
 COLUMNS_SQL = (
     "SELECT attname, format_type(atttypid, atttypmod), atttypid::int FROM pg_attribute"
@@ -57,10 +62,12 @@ def copy_statement(table: str, columns: Sequence[str], fmt: str) -> sql.Composed
     )
 
 
-def check_options(batch_rows: int, on_error: str, reject_file: str | Path | None) -> None:
+def check_options(batch_rows: int, parallel: int, on_error: str, reject_file: str | Path | None) -> None:
     """Refuse settings that cannot work, before anything is loaded."""
     if batch_rows < 1:
         raise BulkLoadError(f"batch_rows={batch_rows}: must be at least 1 (e.g. 10000)")
+    if parallel < 1:
+        raise BulkLoadError(f"parallel={parallel}: must be at least 1 (connections per group; e.g. 2)")
     if on_error not in ("stop", "skip"):
         raise BulkLoadError(f"on_error={on_error!r}: use 'stop' (raise on the first bad row) or 'skip'")
     if on_error == "stop" and reject_file is not None:
@@ -201,6 +208,10 @@ __all__ = [
     "shown",
     "table_identifier",
 ]
+
+
+class _Abandoned(Exception):
+    """Raised inside a lane's transaction when the lane before it stopped on a bad row (rolls this one back)."""
 
 
 class _DumpFailed(Exception):

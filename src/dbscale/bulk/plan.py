@@ -202,7 +202,7 @@ class Batch:
 
 @dataclass(slots=True)
 class Chunk:
-    """One chunk of input: each group's batch (input order kept), the rows that could not be converted."""
+    """One chunk of input: each target's batch (input order kept), the rows that could not be converted."""
 
     batches: dict[str, Batch]
     rejected: list[Rejected]
@@ -231,6 +231,22 @@ def convert_rows(
     return numbers, values, rejected
 
 
+def target_name(group: str, lane: int, lanes: int) -> str:
+    """The name a group's lane loads and records its position under: ``main``, or ``main#1`` with parallel lanes."""
+    return group if lanes == 1 else f"{group}#{lane}"
+
+
+def group_of(target: str) -> str:
+    """The group of a target name (see :func:`target_name`)."""
+    return target.split("#", 1)[0]
+
+
+def previous_lane(target: str) -> str:
+    """The target of the lane before ``target`` in the same group (``main#2`` → ``main#1``), ``""`` for the first."""
+    group, _, lane = target.partition("#")
+    return f"{group}#{int(lane) - 1}" if lane and int(lane) > 0 else ""
+
+
 def chunks(
     raw_rows: Iterable[Any],
     size: int,
@@ -240,39 +256,49 @@ def chunks(
     default_group: str,
     positions: Mapping[str, int],
     progress: Progress,
+    lanes: int = 1,
 ) -> Iterator[Chunk]:
     """Number the input rows, convert them and route them, ``size`` rows at a time (bounded memory).
 
-    Rows at or below their group's recorded resume position are left out (``progress.skipped``).
-    ``group_for`` None: every row goes to ``default_group`` (no per-row routing cost).
+    Chunk ``k`` (rows ``k·size+1 … (k+1)·size``) goes to lane ``k % lanes`` of each group, so a lane's
+    rows are fixed by ``size`` and ``lanes`` alone and its batches commit in input order. The
+    batches are keyed by target (:func:`target_name`); rows at or below their target's recorded
+    resume position are left out (``progress.skipped``). ``group_for`` None: every row goes to
+    ``default_group`` (no per-row routing cost).
     """
     source = iter(raw_rows)
-    floor = min(positions.values()) if positions else 0
     first = 1
     while raw := list(islice(source, size)):
         last = first + len(raw) - 1
+        lane = ((first - 1) // size) % lanes
         progress.read = last
-        if last <= floor:
-            progress.skipped += len(raw)
+        if group_for is None:
+            target = target_name(default_group, lane, lanes)
+            floor = positions.get(target, 0)
+            if floor >= last:
+                progress.skipped += len(raw)
+                first = last + 1
+                yield Chunk({}, [])  # keeps one chunk per lane in step
+                continue
+            start = first
+            if floor >= first:
+                raw, progress.skipped, start = raw[floor - first + 1 :], progress.skipped + floor - first + 1, floor + 1
+            numbers, values, rejected = convert_rows(raw, start, convert, width)
             first = last + 1
+            yield Chunk({target: Batch(numbers, values)} if values else {}, rejected)
             continue
-        if first <= floor:
-            raw, progress.skipped, first = raw[floor - first + 1 :], progress.skipped + floor - first + 1, floor + 1
         numbers, values, rejected = convert_rows(raw, first, convert, width)
         first = last + 1
-        if group_for is None:
-            yield Chunk({default_group: Batch(numbers, values)} if values else {}, rejected)
-            continue
         routed: dict[str, tuple[list[int], list[Any]]] = {}
         for number, value in zip(numbers, values, strict=True):
-            group = group_for(Row(number, value))
-            if number <= positions.get(group, 0):
+            target = target_name(group_for(Row(number, value)), lane, lanes)
+            if number <= positions.get(target, 0):
                 progress.skipped += 1
                 continue
-            group_numbers, group_values = routed.setdefault(group, ([], []))
-            group_numbers.append(number)
-            group_values.append(value)
-        yield Chunk({group: Batch(*pair) for group, pair in routed.items()}, rejected)
+            target_numbers, target_values = routed.setdefault(target, ([], []))
+            target_numbers.append(number)
+            target_values.append(value)
+        yield Chunk({target: Batch(*pair) for target, pair in routed.items()}, rejected)
 
 
 # -- failed batches -------------------------------------------------------------------------------------
@@ -357,9 +383,12 @@ __all__ = [
     "copy_format",
     "csv_fields",
     "csv_records",
+    "group_of",
     "key_from_text",
     "locate",
+    "previous_lane",
     "split_failed",
+    "target_name",
     "to_values",
     "value_of",
 ]
