@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import csv
 import datetime
-import os
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from _topology import bench_config
 from sqlalchemy import text
 
 from dbscale import Cluster, bulk_load
+from dbscale.bulk import csv_records
 
 DBSCALE = str(Path(sys.executable).with_name("dbscale"))
 COLUMNS = "id bigint, name text, qty integer NOT NULL, price numeric(10,2), day date"
@@ -75,13 +75,21 @@ def run(args: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def peak_rss_mb(args: list[str]) -> float:
-    """Run ``args`` to completion; its peak resident memory (MB)."""
+    """Run ``args`` to completion; its peak resident memory (MB), read from /proc (``VmHWM``, reset at exec)."""
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
+    status = Path(f"/proc/{child.pid}/status")
+    peak = 0
+    while child.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.05)
+    if child.wait() != 0:
         raise SystemExit(f"{args[:3]} exited {child.returncode}")
-    return usage.ru_maxrss / 1024
+    return peak / 1024
 
 
 def main() -> None:
@@ -109,6 +117,18 @@ def main() -> None:
         def check() -> None:
             with cluster.write() as conn:
                 assert conn.scalar(text(f"SELECT count(*) FROM {table}")) == args.rows
+
+        fresh()
+        cli = [DBSCALE, "load", "--table", table, "--config", str(config), "--no-progress"]
+        rss_small = peak_rss_mb([*cli[:2], str(data), *cli[2:]])
+        big = workdir / "big.csv"
+        with big.open("wb") as out, data.open("rb") as src:  # the same rows, rss_factor times (no key: no conflict)
+            chunk = src.read()
+            for _ in range(args.rss_factor):
+                out.write(chunk)
+        fresh()
+        rss_big = peak_rss_mb([*cli[:2], str(big), *cli[2:]])
+        big.unlink()
 
         def dbscale_cli() -> None:
             run([DBSCALE, "load", str(data), "--table", table, "--config", str(config), "--no-progress"])
@@ -140,8 +160,13 @@ def main() -> None:
                     cur.executemany(insert, batch)
                     conn.commit()
 
+        def dbscale_lib() -> None:
+            with data.open("rb") as f:
+                bulk_load(cluster, table, csv_records(f), input_format="csv", parallel=2, progress=False)
+
         from_file: dict[str, Callable[[], None]] = {
-            "dbscale load (CLI)": dbscale_cli,
+            "dbscale load (CLI process)": dbscale_cli,
+            "dbscale.bulk_load(csv_records(file)) in a running process": dbscale_lib,
             "psql \\copy": psql_copy,
             "asyncpg copy_records_to_table (csv module)": asyncpg_copy,
         }
@@ -157,6 +182,7 @@ def main() -> None:
             times["INSERT batches of 1,000 (executemany)"].append(timed(textbook))
             check()
 
+        startup = statistics.median(timed(lambda: run([DBSCALE, "load", "--help"])) for _ in range(3))
         records = list(typed(data))
 
         def lib() -> None:
@@ -185,16 +211,6 @@ def main() -> None:
         records.clear()
 
         fresh()
-        cli = [DBSCALE, "load", "--table", table, "--config", str(config), "--no-progress"]
-        rss_small = peak_rss_mb([*cli[:2], str(data), *cli[2:]])
-        big = workdir / "big.csv"
-        with big.open("wb") as out, data.open("rb") as src:  # the same rows, rss_factor times (no key: no conflict)
-            chunk = src.read()
-            for _ in range(args.rss_factor):
-                out.write(chunk)
-        fresh()
-        rss_big = peak_rss_mb([*cli[:2], str(big), *cli[2:]])
-        fresh()
         with cluster.write() as conn:
             conn.execute(text(f"DROP TABLE {table}"))
     for path in workdir.iterdir():
@@ -208,9 +224,14 @@ def main() -> None:
     for name, samples in times.items():
         med = statistics.median(samples)
         print(f"| {name} | {med:.2f} | {args.rows / med:,.0f} | {psql / med:.2f}× |")
-    ours = statistics.median(times["dbscale load (CLI)"])
+    ours = statistics.median(times["dbscale load (CLI process)"])
     slow = statistics.median(times["INSERT batches of 1,000 (executemany)"])
+    lib = statistics.median(times["dbscale.bulk_load(csv_records(file)) in a running process"])
     print(f"\n`dbscale load` vs psql \\copy: {psql / ours:.2f}×; vs INSERT batches: {slow / ours:.1f}×")
+    print(
+        f"`dbscale.bulk_load` in a running process vs psql \\copy: {psql / lib:.2f}×; vs INSERT batches: {slow / lib:.1f}×"
+    )
+    print(f"`dbscale load --help` (interpreter start and imports alone): {startup:.2f} s")
     print(f"\n## Typed records already in memory ({args.rows:,} rows)\n")
     print("| contender | seconds | rows/s |")
     print("|---|---|---|")

@@ -227,11 +227,8 @@ class BadRowError(BulkLoadError, ValueError):
     rows to a reject file and go on.
     """
 
-    def __init__(
-        self, message: str, *, row: int, column: str | None = None, value: object = None, committed: int = 0
-    ) -> None:
+    def __init__(self, message: str, *, row: int, column: str | None = None, value: object = None) -> None:
         super().__init__(message)
         self.row = row
         self.column = column
         self.value = value
-        self.committed = committed

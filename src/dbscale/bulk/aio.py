@@ -226,7 +226,7 @@ class AsyncBulkLoader:
         while work:
             item = work.popleft()
             if isinstance(item, Rejected):
-                await self._reject(item, self.progress.loaded + loaded)
+                await self._reject(item, counted=True)
                 rejected += 1
                 unrecorded += 1
                 continue
@@ -287,12 +287,12 @@ class AsyncBulkLoader:
             return rejected_from(exc, batch, lo, hi, self.columns)
         return None
 
-    async def _reject(self, bad: Rejected, committed: int | None = None) -> None:
+    async def _reject(self, bad: Rejected, counted: bool = False) -> None:
         """Set ``bad`` aside (``skip``), or stop the load with an error naming it (``stop``)."""
         if self.on_error == "stop":
-            raise bad_row_error(bad, self.progress.loaded if committed is None else committed, self.resume)
+            raise bad_row_error(bad, self.resume)
         self.rejects.write(bad)
-        if committed is None:
+        if not counted:  # a batch's rejections are counted when its lane reports
             self.progress.rejected += 1
 
     async def _record(self, target: str, position: int, rejected: int) -> None:

@@ -97,16 +97,15 @@ def shown(row: Row) -> Any:
     return row.values.decode(errors="replace").rstrip("\r\n") if isinstance(row.values, bytes) else row.values
 
 
-def bad_row_error(bad: Rejected, committed: int, resume: str | None) -> BadRowError:
+def bad_row_error(bad: Rejected, resume: str | None) -> BadRowError:
     """The error of a ``stop`` load: the row, column and value, what is committed, and how to go on."""
     again = f"run again with resume={resume!r} (CLI: --resume)" if resume else "load the rest again"
     return BadRowError(
-        f"{bad.describe()}. The {committed} rows before it in this run are committed; fix the row and {again}, "
+        f"{bad.describe()}. The rows before it are committed, none after it; fix the row and {again}, "
         "or use on_error='skip' (CLI: --on-error skip) to set bad rows aside in a reject file",
         row=bad.number,
         column=bad.column,
         value=bad.value,
-        committed=committed,
     )
 
 

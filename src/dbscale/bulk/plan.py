@@ -1,12 +1,14 @@
-"""Bulk loading decisions, without I/O: rows to tuples, batches per group, resume positions, bad-row search.
+"""Bulk loading decisions, without I/O: rows to tuples, chunks per target, resume positions, bad-row search.
 
-Theory of operation. Input rows are numbered 1, 2, 3 … in the order they arrive (``Row.number``).
-Rows are routed to a group (one group unless the table is sharded) and collected into batches of
-at most ``batch_rows``; each batch is one ``COPY`` and one transaction, which also records the
-group's *resume position*: the number of the last input row the group has dealt with (loaded or
-rejected). A group's rows arrive in input order and its batches commit in that order, so every
-row of that group numbered at or below its position is in the table (or in the reject file), and
-none above it is. Resuming skips, per group, exactly the rows at or below its recorded position.
+Theory of operation. Input rows are numbered 1, 2, 3 … in the order they arrive (``Row.number``)
+and read ``batch_rows`` at a time (a *chunk*; memory stays bounded). Chunk ``k`` goes to lane
+``k % parallel`` of the group each row is routed to (one group unless the table is sharded); a
+group's lane is a *target* (``main``, or ``main#1`` with parallel lanes). Each target's batch is one
+``COPY`` and one transaction, which also records the target's *resume position*: the number of the
+last input row the target has dealt with (loaded or rejected). A target's rows arrive in input
+order and its batches commit in that order, so every row of that target numbered at or below its
+position is in the table (or in the reject file), and none above it is. Resuming skips, per
+target, exactly the rows at or below its recorded position.
 
 A batch that fails is split by :func:`split_failed`: when the server names the row it stopped at,
 the rows before it are retried as their own batch, that row is rejected (or reported, with

@@ -227,7 +227,7 @@ class BulkLoader:
         while work:
             item = work.popleft()
             if isinstance(item, Rejected):
-                self._reject(item, self.progress.loaded + loaded)
+                self._reject(item, counted=True)
                 rejected += 1
                 unrecorded += 1
                 continue
@@ -286,12 +286,12 @@ class BulkLoader:
             return rejected_from(exc, batch, lo, hi, self.columns)
         return None
 
-    def _reject(self, bad: Rejected, committed: int | None = None) -> None:
+    def _reject(self, bad: Rejected, counted: bool = False) -> None:
         """Set ``bad`` aside (``skip``), or stop the load with an error naming it (``stop``)."""
         if self.on_error == "stop":
-            raise bad_row_error(bad, self.progress.loaded if committed is None else committed, self.resume)
+            raise bad_row_error(bad, self.resume)
         self.rejects.write(bad)
-        if committed is None:
+        if not counted:  # a batch's rejections are counted when its lane reports
             self.progress.rejected += 1
 
     def _record(self, target: str, position: int, rejected: int) -> None:
