@@ -142,6 +142,9 @@ class AsyncBulkLoader:
                 ),
                 1,
             ):
+                if any(target in pending for target in chunk.batches):
+                    await self._flush(pending, workers)
+                    pending = {}
                 if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
                     first = chunk.rejected[0].number
                     pending.update({t: b.before(first) for t, b in chunk.batches.items()})
@@ -149,9 +152,6 @@ class AsyncBulkLoader:
                     await self._reject(chunk.rejected[0])
                 for bad in chunk.rejected:
                     await self._reject(bad)
-                if any(target in pending for target in chunk.batches):
-                    await self._flush(pending, workers)
-                    pending = {}
                 pending.update(chunk.batches)
                 if n % self.lanes == 0:  # one chunk per lane: load them side by side
                     await self._flush(pending, workers)

@@ -143,6 +143,9 @@ class BulkLoader:
                 ),
                 1,
             ):
+                if any(target in pending for target in chunk.batches):
+                    self._flush(pending, workers)
+                    pending = {}
                 if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
                     first = chunk.rejected[0].number
                     pending.update({t: b.before(first) for t, b in chunk.batches.items()})
@@ -150,9 +153,6 @@ class BulkLoader:
                     self._reject(chunk.rejected[0])
                 for bad in chunk.rejected:
                     self._reject(bad)
-                if any(target in pending for target in chunk.batches):
-                    self._flush(pending, workers)
-                    pending = {}
                 pending.update(chunk.batches)
                 if n % self.lanes == 0:  # one chunk per lane: load them side by side
                     self._flush(pending, workers)
