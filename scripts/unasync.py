@@ -38,6 +38,7 @@ FILES = [
     (Path("src/dbscale/cache/wrap_aio.py"), Path("src/dbscale/cache/wrap.py")),
     (Path("src/dbscale/cache/writes/through_aio.py"), Path("src/dbscale/cache/writes/through.py")),
     (Path("src/dbscale/cache/writes/behind_aio.py"), Path("src/dbscale/cache/writes/behind.py")),
+    (Path("src/dbscale/bulk/aio.py"), Path("src/dbscale/bulk/shell.py")),
 ]
 STAMP = "# auto-generated from {name} by scripts/unasync.py — do not edit\n"
 
@@ -87,7 +88,6 @@ RULES: list[tuple[str, str]] = [
     ),
     (r"^    from sqlalchemy\.ext\.asyncio import AsyncConnection$", "    from sqlalchemy import Connection"),
     (r"\bdbscale\.cqrs\.log_aio\b", "dbscale.cqrs.log"),
-    (r"\bThe asyncio (event log|projector)\b", r"The synchronous \1"),
     # the shard shell (sharding/router_aio.py)
     (
         r"^from collections\.abc import Awaitable, Callable, Mapping, Sequence$",
@@ -126,6 +126,12 @@ RULES: list[tuple[str, str]] = [
     (r"\bdbscale\.cache\.writes\.(through|behind)_aio\b", r"dbscale.cache.writes.\1"),
     (r"\bThe asyncio (write-through|write-behind) cache\b", r"The synchronous \1 cache"),
     (r"\bAsync(RedisEntries|WriteThrough|WriteBehind|Flusher)\b", r"\1"),
+    (r"\bThe asyncio (event log|projector|bulk loader)\b", r"The synchronous \1"),
+    (r"^from collections\.abc import Awaitable, Callable, Iterable$", "from collections.abc import Callable, Iterable"),
+    (r"\bAwaitable\[(tuple\[int, int, int\])\]", r"\1"),
+    (r"\bdbscale\.cluster_aio\b", "dbscale.cluster_sync"),
+    (r"\bAsyncBulkLoader\b", "BulkLoader"),
+    (r"\bbulk_load_async\b", "bulk_load"),
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call

@@ -4,10 +4,13 @@ from importlib import metadata
 
 from dbscale import cqrs, sharding
 from dbscale.advisor import Advice, advise, advise_async
+from dbscale.bulk import bulk_load, bulk_load_async
 from dbscale.cluster import AsyncCluster, Cluster
 from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
 from dbscale.errors import (
     AuthenticationFailed,
+    BadRowError,
+    BulkLoadError,
     CacheError,
     CacheUnavailable,
     ClusterClosed,
@@ -37,6 +40,8 @@ __all__ = [
     "AsyncCluster",
     "AsyncReadConnection",
     "AuthenticationFailed",
+    "BadRowError",
+    "BulkLoadError",
     "CacheConfig",
     "CacheError",
     "CacheUnavailable",
@@ -64,6 +69,8 @@ __all__ = [
     "__version__",
     "advise",
     "advise_async",
+    "bulk_load",
+    "bulk_load_async",
     "cqrs",
     "load_config",
     "sharding",

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dbscale.cli_advise import advise as advise_command
+from dbscale.cli_load import register as register_load_command
 from dbscale.cli_project import register as register_project_commands
 from dbscale.cli_top import run_top
 from dbscale.cli_writes import register as register_write_commands
@@ -360,6 +361,9 @@ register_write_commands(app)  # dbscale write-behind run | dead-letters | status
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     print(f"dbscale: warning: {str(message).removeprefix('dbscale: ')}", file=sys.stderr)
+
+
+register_load_command(app)  # dbscale load FILE --table T
 
 
 def main() -> None:

@@ -217,6 +217,8 @@ __all__ = [
     "AdvisorError",
     "AdvisorQueryError",
     "AuthenticationFailed",
+    "BadRowError",
+    "BulkLoadError",
     "CacheEntryError",
     "CacheError",
     "CacheKeyError",
@@ -264,3 +266,23 @@ class AdvisorQueryError(AdvisorError, ValueError):
 
 class MissingExtensionError(AdvisorError):
     """HypoPG or pg_stat_statements is not available on the database; the message says how to enable it."""
+
+
+class BulkLoadError(DbscaleError):
+    """A bulk load (:func:`dbscale.bulk_load`, ``dbscale load``) cannot run as asked; the message says what to change."""
+
+
+class BadRowError(BulkLoadError, ValueError):
+    """An input row cannot be loaded (wrong type, constraint violation, wrong number of values).
+
+    The message names the input row number (1-based, header excluded), the column and the value
+    when known. Every row before it is committed; fix the row and run again with ``resume=`` (CLI:
+    ``--resume``) to continue after what is committed, or load with ``on_error="skip"`` to send bad
+    rows to a reject file and go on.
+    """
+
+    def __init__(self, message: str, *, row: int, column: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.column = column
+        self.value = value

@@ -97,6 +97,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.cli_project": ("dbscale",),
     "dbscale.cli_advise": ("dbscale",),
     "dbscale.cli_writes": ("dbscale",),
+    "dbscale.cli_load": ("dbscale",),
     # the development tools: they may use the library; the library never uses them
     "dbscale.local": (),
     "dbscale.demo": ("dbscale",),
@@ -116,6 +117,7 @@ TOOLS = (
     "dbscale.cli_top",
     "dbscale.demo_workload",
     "dbscale.cli_writes",
+    "dbscale.cli_load",
 )
 
 #: Pure modules: decisions without I/O (globs over module names). The sharding room is pure except

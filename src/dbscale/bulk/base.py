@@ -1,0 +1,234 @@
+"""What the asyncio and blocking bulk loaders share: SQL, the reject file, the progress bar, driver-error reading.
+
+The loaders (``bulk/aio.py`` and its generated twin ``bulk/shell.py``) differ only in how they wait;
+everything else they need that is not a pure decision (``bulk/plan.py``) lives here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from psycopg import sql
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.pq import Format
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+
+from dbscale.bulk.plan import Batch, Progress, Rejected, Row, locate, value_of
+from dbscale.errors import BadRowError, BulkLoadError
+
+#: The resume bookkeeping, one row per load, in each target database (written in each batch's transaction).
+PROGRESS_TABLE = "dbscale_bulk_loads"
+#: One row per load and lane: ``load_id`` is the caller's resume id (``id#lane`` with parallel lanes);
+#: ``position`` the input row number up to which that lane's rows are committed or rejected; the
+#: batch size and lane count fix which rows a lane holds, so a resume adopts them.
+CREATE_PROGRESS = (
+    f"CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (load_id text PRIMARY KEY, target text NOT NULL,"
+    " position bigint NOT NULL, loaded bigint NOT NULL, rejected bigint NOT NULL,"
+    " batch_rows integer NOT NULL, lanes integer NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+)
+READ_PROGRESS = (
+    f"SELECT load_id, position, batch_rows, lanes FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
+)
+RECORD_PROGRESS = (
+    f"INSERT INTO {PROGRESS_TABLE} AS p (load_id, target, position, loaded, rejected, batch_rows, lanes)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (load_id) DO UPDATE SET position = excluded.position,"
+    " loaded = p.loaded + excluded.loaded, rejected = p.rejected + excluded.rejected, updated_at = now()"
+)
+FORGET_PROGRESS = f"DELETE FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
+#: The table's loadable columns in order, with their types (generated columns cannot be loaded).
+COLUMNS_SQL = (
+    "SELECT attname, format_type(atttypid, atttypmod), atttypid::int FROM pg_attribute"
+    " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
+    " ORDER BY attnum"
+)
+FOREVER = 1e9  # a deadline for the parallel shard flushes that nothing reaches
+
+
+def table_identifier(table: str) -> sql.Composable:
+    """``schema.table`` or ``table`` as a quoted identifier."""
+    return sql.Identifier(*table.split(".", 1))
+
+
+def copy_statement(table: str, columns: Sequence[str], fmt: str) -> sql.Composed:
+    """``COPY t (a, b) FROM STDIN (FORMAT binary|text|csv)``."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
+        table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(fmt)
+    )
+
+
+def check_options(batch_rows: int, parallel: int, on_error: str, reject_file: str | Path | None) -> None:
+    """Refuse settings that cannot work, before anything is loaded."""
+    if batch_rows < 1:
+        raise BulkLoadError(f"batch_rows={batch_rows}: must be at least 1 (e.g. 10000)")
+    if parallel < 1:
+        raise BulkLoadError(f"parallel={parallel}: must be at least 1 (connections per group; e.g. 2)")
+    if on_error not in ("stop", "skip"):
+        raise BulkLoadError(f"on_error={on_error!r}: use 'stop' (raise on the first bad row) or 'skip'")
+    if on_error == "stop" and reject_file is not None:
+        raise BulkLoadError("a reject file is written only with on_error='skip'")
+
+
+def rejected_from(
+    exc: BaseException, batch: Batch, lo: int, hi: int, columns: Sequence[str]
+) -> tuple[int | None, Rejected]:
+    """Where a failed COPY of ``batch[lo:hi]`` stopped (an index into the batch, if the server said) and why."""
+    diag = getattr(exc, "diag", None)
+    where = locate(
+        getattr(diag, "context", None), getattr(diag, "message_detail", None), getattr(diag, "column_name", None)
+    )
+    reason = (getattr(diag, "message_primary", None) or str(exc)).strip()
+    if where.line is None or not 1 <= where.line <= hi - lo:
+        return None, Rejected(batch.numbers[lo], reason)
+    index = lo + where.line - 1
+    row = batch.row(index)
+    return index, Rejected(
+        row.number, reason, where.column, value_of(row, columns, where.column, where.value), shown(row)
+    )
+
+
+def shown(row: Row) -> Any:
+    """A row's data as the reject file shows it (a raw CSV record as text)."""
+    return row.values.decode(errors="replace").rstrip("\r\n") if isinstance(row.values, bytes) else row.values
+
+
+def bad_row_error(bad: Rejected, resume: str | None) -> BadRowError:
+    """The error of a ``stop`` load: the row, column and value, what is committed, and how to go on."""
+    again = f"run again with resume={resume!r} (CLI: --resume)" if resume else "load the rest again"
+    return BadRowError(
+        f"{bad.describe()}. The rows before it are committed, none after it; fix the row and {again}, "
+        "or use on_error='skip' (CLI: --on-error skip) to set bad rows aside in a reject file",
+        row=bad.number,
+        column=bad.column,
+        value=bad.value,
+    )
+
+
+class RejectFile:
+    """Rejected rows as JSON lines ``{"row", "column", "value", "reason", "data"}``, appended (resume keeps earlier ones)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()  # shard groups load in parallel threads (blocking flavour)
+
+    def write(self, bad: Rejected) -> None:
+        """Append one rejected row (flushed at once: the file is the record of what was set aside)."""
+        if self.path is None:
+            return
+        record = {"row": bad.number, "column": bad.column, "value": bad.value, "reason": bad.reason, "data": bad.data}
+        line = orjson.dumps(record, default=str) + b"\n"
+        with self._lock:
+            if self._file is None:
+                self._file = self.path.open("ab")
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file if one was opened."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProgressBar:
+    """A rich progress bar on stderr: rows loaded, rows/s, elapsed (no total: the input is a stream)."""
+
+    def __init__(self, table: str) -> None:
+        self._bar = RichBar(
+            TextColumn(f"loading {table}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} rows/s"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._task = self._bar.add_task("load", total=None, rate="-")
+        self._bar.start()
+
+    def __call__(self, progress: Progress) -> None:
+        self._bar.update(self._task, completed=progress.loaded, rate=f"{progress.rows_per_second:,.0f}")
+
+    def close(self) -> None:
+        """Stop drawing."""
+        self._bar.stop()
+
+
+def progress_callback(progress: bool | Callable[[Progress], None], table: str) -> Callable[[Progress], None] | None:
+    """The callback to call after each flush: ours (``True``), the caller's, or none."""
+    if progress is True:
+        return ProgressBar(table)
+    if progress is False:
+        return None
+    return progress
+
+
+def close_callback(callback: Callable[[Progress], None] | None) -> None:
+    """Stop our progress bar (a caller's callback is left alone)."""
+    if isinstance(callback, ProgressBar):
+        callback.close()
+
+
+def elapsed(start: float) -> float:
+    """Seconds since ``start`` (``time.perf_counter()``)."""
+    return time.perf_counter() - start
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """A server error caused by the data of some row (a data exception or a constraint), not by the connection or SQL."""
+    code = getattr(exc, "sqlstate", None) or ""
+    return code[:2] in ("22", "23")
+
+
+__all__ = [
+    "COLUMNS_SQL",
+    "CREATE_PROGRESS",
+    "FOREVER",
+    "FORGET_PROGRESS",
+    "PROGRESS_TABLE",
+    "READ_PROGRESS",
+    "RECORD_PROGRESS",
+    "ProgressBar",
+    "RejectFile",
+    "bad_row_error",
+    "check_options",
+    "close_callback",
+    "copy_statement",
+    "dump_culprit",
+    "elapsed",
+    "is_row_error",
+    "progress_callback",
+    "rejected_from",
+    "shown",
+    "table_identifier",
+]
+
+
+class _Abandoned(Exception):
+    """Raised inside a lane's transaction when the lane before it stopped on a bad row (rolls this one back)."""
+
+
+class _DumpFailed(Exception):
+    """Raised inside a batch's transaction when psycopg cannot dump a row's value (rolls the batch back)."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+def dump_culprit(values: Sequence[object], oids: Sequence[int], columns: Sequence[str]) -> tuple[str | None, object]:
+    """The first column whose value psycopg cannot dump in binary for its type (the column and the value)."""
+    tx = Transformer()
+    for column, value, oid in zip(columns, values, oids, strict=False):
+        tx.set_dumper_types([oid], Format.BINARY)
+        try:
+            tx.dump_sequence([value], [PyFormat.BINARY])
+        except Exception:
+            return column, value
+    return None, None

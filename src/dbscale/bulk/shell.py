@@ -1,0 +1,453 @@
+# auto-generated from aio.py by scripts/unasync.py — do not edit
+"""The synchronous bulk loader: COPY per batch, one commit per batch, resumable, shard-aware.
+
+``bulk/aio.py`` is the source; ``bulk/shell.py`` (blocking) is generated from it by
+``scripts/unasync.py``. The decisions (numbering, routing, batching, resume skipping, splitting a
+failed batch) are in ``bulk/plan.py``; SQL, the reject file and the progress bar in ``bulk/base.py``.
+
+Each batch is one transaction on its group's primary (through the group's router, so a write goes
+where ``cluster.write()`` would): the resume record (``dbscale_bulk_loads``) is updated and the rows
+are sent with ``COPY … FROM STDIN`` — binary when psycopg can dump every column type, text
+otherwise, CSV as is for raw CSV records — then the router commits. A batch that fails on a row is
+split (:func:`dbscale.bulk.plan.split_failed`) and its good rows are committed without the bad one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from dbscale._compat import Event, Workers, event_wait
+from dbscale.bulk.base import (
+    COLUMNS_SQL,
+    CREATE_PROGRESS,
+    FOREVER,
+    FORGET_PROGRESS,
+    READ_PROGRESS,
+    RECORD_PROGRESS,
+    RejectFile,
+    _Abandoned,
+    _DumpFailed,
+    bad_row_error,
+    check_options,
+    close_callback,
+    copy_statement,
+    dump_culprit,
+    elapsed,
+    is_row_error,
+    progress_callback,
+    rejected_from,
+    shown,
+)
+from dbscale.bulk.plan import (
+    Batch,
+    InputFormat,
+    OnError,
+    Progress,
+    Rejected,
+    Row,
+    chunks,
+    copy_format,
+    csv_fields,
+    group_of,
+    key_from_text,
+    previous_lane,
+    split_failed,
+    to_values,
+)
+from dbscale.errors import BulkLoadError
+
+if TYPE_CHECKING:
+    from dbscale.cluster_sync import Cluster
+
+Work = tuple[int, int] | Rejected
+
+
+class _Gate:
+    """Whether a lane's batch has finished, and finished well (orders the commits of a group's lanes)."""
+
+    def __init__(self) -> None:
+        self.done = Event()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+
+class BulkLoader:
+    """One load of ``rows`` into ``table`` (see :func:`bulk_load` for the parameters)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        batch_rows: int = 10_000,
+        parallel: int = 1,
+        progress: bool | Callable[[Progress], None] = True,
+        on_error: OnError = "stop",
+        resume: str | None = None,
+        restart: bool = False,
+        reject_file: str | Path | None = None,
+        shard_key: str | None = None,
+        entity: str | None = None,
+        input_format: InputFormat = "rows",
+        group_for: Callable[[Row], str] | None = None,
+    ) -> None:
+        check_options(batch_rows, parallel, on_error, reject_file)
+        self.cluster = cluster
+        self.table = table
+        self.columns = list(columns) if columns else []
+        self.batch_rows = batch_rows
+        self.lanes = parallel
+        self.on_error = on_error
+        self.resume = resume
+        self.restart = restart
+        self.rejects = RejectFile(reject_file)
+        self.shard_key = shard_key
+        self.entity = entity or table
+        self.raw_csv = input_format == "csv"
+        self.text_values = input_format == "text"
+        self.group_for = group_for
+        self.callback = progress_callback(progress, table)
+        self.progress = Progress()
+        self.types: list[str] = []
+        self.oids: list[int] = []
+        self.binary = False
+        self._start = time.perf_counter()
+
+    # -- the load ------------------------------------------------------------------------------------
+    def run(self, rows: Iterable[Any]) -> Progress:
+        """Load every row; the counts (loaded, rejected, skipped by resume, batches, seconds)."""
+        self._start = time.perf_counter()
+        groups = list(self.cluster.config.groups) if self._sharded() else [self.cluster.default_group()]
+        self._describe(groups)
+        group_for = self._router()
+        positions = self._positions(groups) if self.resume else {}
+        convert = self._check_raw if self.raw_csv else self._to_values
+        width = None if self.raw_csv else len(self.columns)
+        workers = Workers(len(groups) * self.lanes, "dbscale-bulk")
+        pending: dict[str, Batch] = {}
+        try:
+            for n, chunk in enumerate(
+                chunks(
+                    rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes
+                ),
+                1,
+            ):
+                if any(target in pending for target in chunk.batches):
+                    self._flush(pending, workers)
+                    pending = {}
+                if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
+                    first = chunk.rejected[0].number
+                    pending.update({t: b.before(first) for t, b in chunk.batches.items()})
+                    self._flush(pending, workers)
+                    self._reject(chunk.rejected[0])
+                for bad in chunk.rejected:
+                    self._reject(bad)
+                pending.update(chunk.batches)
+                if n % self.lanes == 0:  # one chunk per lane: load them side by side
+                    self._flush(pending, workers)
+                    pending = {}
+            self._flush(pending, workers)
+        except psycopg.Error as exc:  # not a row's fault: the statement, the server, the connection
+            raise BulkLoadError(
+                f"loading {self.table!r} failed: {str(exc).strip()} ({self.progress.loaded} rows committed in this run;"
+                " fix the cause and load again with the same resume id to continue after them)"
+            ) from exc
+        finally:
+            workers.close()
+            self.rejects.close()
+            close_callback(self.callback)
+        self.progress.seconds = elapsed(self._start)
+        return self.progress
+
+    def _flush(self, batches: dict[str, Batch], workers: Workers) -> None:
+        """Load each target's batch: one inline, several side by side.
+
+        With ``on_error="stop"``, a group's lanes commit in input order (each lane's transaction
+        waits, after its COPY, for the lane before it): a bad row stops the load with nothing after
+        it committed, as with one lane.
+        """
+        batches = {target: batch for target, batch in batches.items() if len(batch)}
+        if not batches:
+            return
+        if len(batches) == 1:
+            results = {target: self._load(target, batch) for target, batch in batches.items()}
+        else:
+            gates = {target: _Gate() for target in batches} if self.on_error == "stop" and self.lanes > 1 else {}
+            calls = {t: self._call(t, b, gates.get(previous_lane(t)), gates.get(t)) for t, b in batches.items()}
+            results = workers.run(calls, FOREVER)
+        for target, (loaded, rejected, count) in results.items():
+            self.progress.loaded += loaded
+            self.progress.rejected += rejected
+            self.progress.batches += count
+            group = group_of(target)
+            self.progress.per_group[group] = self.progress.per_group.get(group, 0) + loaded
+        self.progress.seconds = elapsed(self._start)
+        if self.callback is not None:
+            self.callback(self.progress)
+
+    def _call(
+        self, target: str, batch: Batch, after: _Gate | None, gate: _Gate | None
+    ) -> Callable[[], tuple[int, int, int]]:
+        return lambda: self._load(target, batch, after, gate)
+
+    def _load(
+        self, target: str, batch: Batch, after: _Gate | None = None, gate: _Gate | None = None
+    ) -> tuple[int, int, int]:
+        """Load one target's batch, splitting it around bad rows; (rows loaded, rows rejected, commits).
+
+        ``after``: commit only once that lane has finished well (else roll back and give up);
+        ``gate``: opened when this batch is done, saying whether it finished well.
+        """
+        loaded = rejected = commits = 0
+        ok = False
+        try:
+            loaded, rejected, commits = self._split_load(target, batch, after)
+            ok = True
+        except _Abandoned:
+            pass
+        finally:
+            if gate is not None:
+                gate.finish(ok)
+        return loaded, rejected, commits
+
+    def _split_load(self, target: str, batch: Batch, after: _Gate | None) -> tuple[int, int, int]:
+        work: deque[Work] = deque([(0, len(batch))])
+        loaded = rejected = commits = unrecorded = 0
+        while work:
+            item = work.popleft()
+            if isinstance(item, Rejected):
+                self._reject(item, counted=True)
+                rejected += 1
+                unrecorded += 1
+                continue
+            lo, hi = item
+            failure = self._copy(target, batch, lo, hi, unrecorded, after)
+            if failure is None:
+                loaded += hi - lo
+                commits += 1
+                unrecorded = 0
+                continue
+            index, bad = failure
+            split = split_failed(lo, hi, index)
+            retry: list[Work] = [split.before] if split.before else []
+            if split.reject is not None:
+                retry.append(
+                    bad if index is not None else replace(bad, number=batch.numbers[lo], data=shown(batch.row(lo)))
+                )
+            work.extendleft(reversed([*retry, *split.after]))
+        if unrecorded and self.resume:
+            self._record(target, batch.numbers[-1], unrecorded)
+        return loaded, rejected, commits
+
+    def _copy(
+        self, target: str, batch: Batch, lo: int, hi: int, unrecorded: int, after: _Gate | None = None
+    ) -> tuple[int | None, Rejected] | None:
+        """COPY ``batch[lo:hi]`` and record the resume position in one transaction; None, or where it failed."""
+        try:
+            with self.cluster.write(group_of(target)) as conn:
+                pg: Any = conn.connection.driver_connection
+                if self.resume:
+                    pg.execute(RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded))
+                cur = pg.cursor()
+                with cur.copy(self._statement()) as copy:
+                    if self.raw_csv:
+                        copy.write(b"".join(batch.values[lo:hi]))
+                    else:
+                        if self.binary:
+                            copy.set_types(self.oids)
+                        for i in range(lo, hi):
+                            try:
+                                copy.write_row(batch.values[i])
+                            except (TypeError, ValueError, psycopg.DataError) as exc:
+                                raise _DumpFailed(i, exc) from exc
+                if after is not None:  # the lane before commits first; if it stopped, so does this one
+                    event_wait(after.done, FOREVER)
+                    if not after.ok:
+                        raise _Abandoned
+        except _DumpFailed as exc:
+            row = batch.row(exc.index)
+            column, value = dump_culprit(batch.values[exc.index], self.oids, self.columns)
+            reason = f"cannot be sent as {self._type_of(column)}: {exc.error}"
+            return exc.index, Rejected(row.number, reason, column, value, row.values)
+        except psycopg.Error as exc:
+            if not is_row_error(exc):
+                raise
+            return rejected_from(exc, batch, lo, hi, self.columns)
+        return None
+
+    def _reject(self, bad: Rejected, counted: bool = False) -> None:
+        """Set ``bad`` aside (``skip``), or stop the load with an error naming it (``stop``)."""
+        if self.on_error == "stop":
+            raise bad_row_error(bad, self.resume)
+        self.rejects.write(bad)
+        if not counted:  # a batch's rejections are counted when its lane reports
+            self.progress.rejected += 1
+
+    def _record(self, target: str, position: int, rejected: int) -> None:
+        """Move the resume position past rejected rows that no later batch of this target covered."""
+        with self.cluster.write(group_of(target)) as conn:
+            pg: Any = conn.connection.driver_connection
+            pg.execute(RECORD_PROGRESS, self._record_args(target, position, 0, rejected))
+
+    def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
+        """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
+        load_id = f"{self.resume}{target[len(group_of(target)) :]}"
+        return [load_id, self.table, position, loaded, rejected, self.batch_rows, self.lanes]
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def _describe(self, groups: list[str]) -> None:
+        """Read the table's columns and types (on the first group that has the table); pick the COPY format."""
+        found: list[tuple[str, str, int]] = []
+        for group in groups:
+            with self.cluster.write(group) as conn:
+                pg: Any = conn.connection.driver_connection
+                cur = pg.execute(COLUMNS_SQL, [self.table])
+                found = cur.fetchall()
+            if found:
+                break
+        if not found:
+            raise BulkLoadError(
+                f"table {self.table!r} does not exist on group {groups[0]!r}: create it first (bulk_load loads, it does not create)"
+            )
+        types = {name: (type_name, oid) for name, type_name, oid in found}
+        unknown = [c for c in self.columns if c not in types]
+        if unknown:
+            raise BulkLoadError(f"{self.table!r} has no column {', '.join(map(repr, unknown))} (it has {list(types)})")
+        self.columns = self.columns or list(types)
+        self.types = [types[c][0] for c in self.columns]
+        self.oids = [types[c][1] for c in self.columns]
+        self.binary = copy_format(self.types) == "binary" and not self.text_values
+        if self.shard_key is not None and self.shard_key not in self.columns:
+            raise BulkLoadError(f"shard_key {self.shard_key!r} is not among the loaded columns {self.columns}")
+
+    def _positions(self, groups: list[str]) -> dict[str, int]:
+        """Each target's recorded resume position for this load (forgotten first with ``restart``).
+
+        A load resumed with another ``batch_rows`` or ``parallel`` would put rows in other lanes
+        than the recorded positions speak of: the recorded settings are adopted.
+        """
+        positions: dict[str, int] = {}
+        for group in groups:
+            with self.cluster.write(group) as conn:
+                pg: Any = conn.connection.driver_connection
+                pg.execute(CREATE_PROGRESS)
+                if self.restart:
+                    pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
+                cur = pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
+                found = cur.fetchall()
+            for load_id, position, batch_rows, lanes in found:
+                self.batch_rows, self.lanes = int(batch_rows), int(lanes)
+                positions[group + str(load_id)[len(str(self.resume)) :]] = int(position)
+        return positions
+
+    def _sharded(self) -> bool:
+        return self.group_for is not None or self.shard_key is not None
+
+    def _router(self) -> Callable[[Row], str] | None:
+        """The seam that names a row's group: the caller's, the cluster's shard map, or None (the default group)."""
+        if self.group_for is not None:
+            return self.group_for
+        if self.shard_key is None:
+            return None
+        shard_for = getattr(self.cluster, "shard_for", None)
+        if shard_for is None:
+            raise BulkLoadError(
+                "shard_key given but this cluster has no shard map (Cluster.shard_for): configure sharding, "
+                "or load without shard_key into one group"
+            )
+        index, type_name, entity = (
+            self.columns.index(self.shard_key),
+            self.types[self.columns.index(self.shard_key)],
+            self.entity,
+        )
+
+        def group_for(row: Row) -> str:
+            values = row.values
+            key = key_from_text(csv_fields(values)[index], type_name) if isinstance(values, bytes) else values[index]
+            return str(shard_for(entity, key))
+
+        return group_for
+
+    def _statement(self) -> Any:
+        return copy_statement(self.table, self.columns, "csv" if self.raw_csv else "binary" if self.binary else "text")
+
+    def _type_of(self, column: str | None) -> str:
+        return self.types[self.columns.index(column)] if column in self.columns else "its column type"
+
+    def _to_values(self, raw: Any) -> tuple[Any, ...]:
+        return to_values(raw, self.columns)
+
+    @staticmethod
+    def _check_raw(raw: Any) -> bytes:
+        if not isinstance(raw, bytes):
+            raise ValueError(f"input_format='csv' takes raw CSV records as bytes, not {type(raw).__name__}")
+        return raw
+
+
+def bulk_load(
+    cluster: Cluster,
+    table: str,
+    rows: Iterable[Any],
+    *,
+    columns: list[str] | None = None,
+    batch_rows: int = 10_000,
+    parallel: int = 1,
+    progress: bool | Callable[[Progress], None] = True,
+    on_error: OnError = "stop",
+    resume: str | None = None,
+    restart: bool = False,
+    reject_file: str | Path | None = None,
+    shard_key: str | None = None,
+    entity: str | None = None,
+    input_format: InputFormat = "rows",
+) -> Progress:
+    """Load ``rows`` into ``table`` with COPY, committing every ``batch_rows`` rows.
+
+    ``rows``: an iterable (read lazily, so memory stays bounded) of tuples in ``columns`` order or
+    mappings by column name, holding Python values of the columns' types (sent with binary COPY
+    where psycopg can dump every column type, text COPY otherwise); with ``input_format="text"``,
+    values the server should parse from their text form (strings from a file: text COPY); with
+    ``input_format="csv"``, raw CSV records as bytes (sent as is; see :func:`dbscale.bulk.csv_records`). ``columns``: default every column of
+    the table. ``progress``: a progress bar on stderr (True), none (False), or a callable given the
+    :class:`~dbscale.bulk.plan.Progress` after each batch.
+
+    ``on_error="stop"`` raises :class:`~dbscale.BadRowError` naming the input row (1-based), the
+    column and the value, after committing every row before it; ``"skip"`` writes bad rows to
+    ``reject_file`` (JSON lines with the reason) and goes on. ``resume``: a load id under which the
+    committed position is recorded in each batch's transaction (table ``dbscale_bulk_loads``), so
+    running again with the same id after a crash or a bad row skips exactly what is committed;
+    ``restart=True`` forgets that record first (a resumed load keeps the ``batch_rows`` and
+    ``parallel`` it was recorded with). ``parallel``: connections per group loading side by side
+    (chunk ``k`` of ``batch_rows`` rows goes to lane ``k % parallel``; each lane commits in order). ``shard_key``: route each row by this column
+    through ``cluster.shard_for(entity or table, key)`` and load the shard groups in parallel.
+    """
+    loader = BulkLoader(
+        cluster,
+        table,
+        columns=columns,
+        batch_rows=batch_rows,
+        parallel=parallel,
+        progress=progress,
+        on_error=on_error,
+        resume=resume,
+        restart=restart,
+        reject_file=reject_file,
+        shard_key=shard_key,
+        entity=entity,
+        input_format=input_format,
+    )
+    return loader.run(rows)
+
+
+__all__ = ["BulkLoader", "bulk_load"]
