@@ -262,16 +262,15 @@ def test_rows_routed_through_the_group_seam_land_on_their_shard_groups(cluster: 
 
 
 def test_a_sharded_table_loads_every_row_onto_the_shard_cluster_shard_for_names(cluster: Cluster, target: str) -> None:
-    if not hasattr(cluster, "shard_for"):
-        pytest.skip("Cluster.shard_for (the sharding I/O API) is not merged yet; the seam is tested above")
     rows = [(n, "s", n, None, None) for n in range(1, 5_001)]
-    result = bulk_load(cluster, target, rows, shard_key="id", entity=target, batch_rows=1_000, progress=False)
+    result = bulk_load(cluster, target, rows, shard_key="id", batch_rows=1_000, progress=False)  # default scheme
     assert result.loaded == 5_000
     for group in result.per_group:
         with cluster.write(group) as conn:
             ids = conn.execute(text(f"SELECT id FROM {target}")).scalars().all()
-        assert all(cluster.shard_for(target, i) == group for i in ids)  # type: ignore[attr-defined]
+        assert ids and all(cluster.shard_for(i) == group for i in ids)
     assert sum(result.per_group.values()) == 5_000
+    assert set(result.per_group) == {"shard0", "shard1"}  # the session topology's shard groups
 
 
 def test_the_loader_refuses_what_cannot_work(cluster: Cluster, target: str) -> None:

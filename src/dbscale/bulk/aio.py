@@ -112,7 +112,7 @@ class AsyncBulkLoader:
         self.restart = restart
         self.rejects = RejectFile(reject_file)
         self.shard_key = shard_key
-        self.entity = entity or table
+        self.entity = entity
         self.raw_csv = input_format == "csv"
         self.text_values = input_format == "text"
         self.group_for = group_for
@@ -361,22 +361,15 @@ class AsyncBulkLoader:
             return self.group_for
         if self.shard_key is None:
             return None
-        shard_for = getattr(self.cluster, "shard_for", None)
-        if shard_for is None:
-            raise BulkLoadError(
-                "shard_key given but this cluster has no shard map (Cluster.shard_for): configure sharding, "
-                "or load without shard_key into one group"
-            )
-        index, type_name, entity = (
-            self.columns.index(self.shard_key),
-            self.types[self.columns.index(self.shard_key)],
-            self.entity,
-        )
+        shard_map = self.cluster.shard_map  # a ConfigError naming [sharding] when the cluster has none
+        # the named entity's scheme; else the table's own [sharding.entities.<table>] if there is one, else the default
+        entity = self.entity if self.entity is not None or self.table not in shard_map.entities else self.table
+        index, type_name = self.columns.index(self.shard_key), self.types[self.columns.index(self.shard_key)]
 
         def group_for(row: Row) -> str:
             values = row.values
             key = key_from_text(csv_fields(values)[index], type_name) if isinstance(values, bytes) else values[index]
-            return str(shard_for(entity, key))
+            return shard_map.group_for(entity, key)
 
         return group_for
 
@@ -431,7 +424,8 @@ async def bulk_load_async(
     ``restart=True`` forgets that record first (a resumed load keeps the ``batch_rows`` and
     ``parallel`` it was recorded with). ``parallel``: connections per group loading side by side
     (chunk ``k`` of ``batch_rows`` rows goes to lane ``k % parallel``; each lane commits in order). ``shard_key``: route each row by this column
-    through ``cluster.shard_for(entity or table, key)`` and load the shard groups in parallel.
+    through ``cluster.shard_for(entity, key)`` (no ``entity``: the table's own
+    ``[sharding.entities.<table>]`` scheme if configured, else the default scheme) and load the shard groups in parallel.
     """
     loader = AsyncBulkLoader(
         cluster,
