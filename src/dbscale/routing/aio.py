@@ -21,11 +21,12 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Executable, event
+from sqlalchemy import Connection, Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
-from sqlalchemy.util import await_only
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing.core import ReadPlan, primary_down
@@ -37,6 +38,7 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
+from dbscale.routing.fast import prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor_aio import AsyncMonitor
@@ -79,21 +81,33 @@ class AsyncGroupRouter(GroupRouterBase):
         await self.monitor.stop()
 
     # -- connections ------------------------------------------------------------------------------
+    def engine(self, node: str, read_only: bool) -> AsyncEngine:
+        """The engine of ``node`` (its read-only twin for reads), made on first use."""
+        engine = self._engines.get((node, read_only))
+        if engine is None:
+            engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
+        return engine
+
     async def connect(self, node: str, *, read_only: bool = False) -> AsyncConnection:
         """Check out a pooled connection to ``node``; count waits, translate pool errors."""
+        engine, fairy = self.engine(node, read_only), await self.checkout(node, read_only)
+        return AsyncConnection(engine, Connection(engine.sync_engine, connection=fairy))
+
+    async def checkout(self, node: str, read_only: bool) -> PoolProxiedConnection:
+        """A pooled DBAPI connection to ``node`` (no SQLAlchemy ``Connection`` around it); count waits, translate pool errors."""
         started = time.perf_counter()
+        engine = self.engine(node, read_only)
         try:
-            engine = self._engines.get((node, read_only))
-            if engine is None:
-                engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
-            conn = await engine.connect()
+            fairy = await greenlet_spawn(engine.sync_engine.pool.connect)
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
             raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
+        except psycopg.Error as exc:  # connecting failed: raised as SQLAlchemy's engine.connect() raises it
+            raise translate(exc, None, None, is_connection_error(exc)) from exc
         waited = time.perf_counter() - started
         if waited > 0.001:
             self.metrics.pool_wait(node, waited)
-        return conn
+        return fairy
 
     async def replay_lsn(self, conn: AsyncConnection) -> int:
         """The replay position of the replica behind ``conn``."""
@@ -307,6 +321,11 @@ class AsyncReadConnection:
     or, with ``snapshot``, all in one ``REPEATABLE READ`` transaction. Until a statement has returned, a
     connection error moves the read to another eligible node once (the failed node is banned);
     after that, errors propagate. ``node`` says where it ran.
+
+    Outside ``snapshot``, :meth:`execute` and :meth:`exec_driver_sql` send ``text()`` and plain Core
+    ``select()`` statements on the pooled psycopg connection itself (:mod:`dbscale.routing.fast`);
+    the SQLAlchemy ``AsyncConnection`` is made only when something needs it (the ORM, other
+    statements, :attr:`connection`).
     """
 
     def __init__(self, router: AsyncGroupRouter, mark: Mark | None, snapshot: bool = False) -> None:
@@ -314,6 +333,8 @@ class AsyncReadConnection:
         self._mark = mark
         self._snapshot = snapshot
         self._conn: AsyncConnection | None = None
+        self._fairy: PoolProxiedConnection | None = None
+        self._engine: AsyncEngine | None = None
         self._node: str | None = None
         self._held: str | None = None
         self._delivered = False
@@ -339,9 +360,17 @@ class AsyncReadConnection:
     @property
     def connection(self) -> AsyncConnection:
         """The underlying ``AsyncConnection`` (statements run on it directly are not retried)."""
-        assert self._conn is not None
         self._delivered = True
-        return self._conn
+        return self._sa()
+
+    def _sa(self) -> AsyncConnection:
+        """The SQLAlchemy connection over the checked-out DBAPI connection, made on first use (no I/O)."""
+        conn = self._conn
+        if conn is None:
+            assert self._engine is not None and self._fairy is not None
+            engine = self._engine
+            conn = self._conn = AsyncConnection(engine, Connection(engine.sync_engine, connection=self._fairy))
+        return conn
 
     async def open(self, exclude: frozenset[str]) -> None:
         """Plan, check out and (under a causal mark) verify; retry once on a connection error."""
@@ -353,8 +382,9 @@ class AsyncReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = self._conn = await self._connect(node)
+            await self._connect(node)
             if plan.verify_lsn is not None:
+                conn = self._sa()
                 if not await r.verify(conn, node, plan):
                     await self._swap_to_writer()
                 elif self._snapshot:
@@ -401,25 +431,20 @@ class AsyncReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        self._conn = await self._connect(writer)
+        await self._connect(writer)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
         self._mark = None
 
-    async def _connect(self, node: str) -> AsyncConnection:
-        """A connection from ``node``'s read pool: read-only sessions in autocommit, so a statement is one
-        round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
+    async def _connect(self, node: str) -> None:
+        """Check out a connection from ``node``'s read pool: read-only sessions in autocommit, so a statement
+        is one round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
         with the first statement; the pool sets autocommit back on checkin, client-side only)."""
-        conn = await self._router.connect(node, read_only=True)
+        self._engine = self._router.engine(node, True)
+        self._fairy = await self._router.checkout(node, True)
         if self._snapshot:
-            try:
-                await conn.execution_options(isolation_level="REPEATABLE READ")
-            except BaseException:
-                with suppress(sa_exc.SQLAlchemyError):
-                    await asyncio.shield(conn.close())
-                raise
-        return conn
+            await self._sa().execution_options(isolation_level="REPEATABLE READ")
 
     async def _failed(self, exc: BaseException) -> None:
         r = self._router
@@ -440,21 +465,23 @@ class AsyncReadConnection:
         shielded, so a cancellation landing here leaks neither.
         """
         conn, self._conn = self._conn, None
+        fairy, self._fairy = self._fairy, None
         held, self._held = self._held, None
         if held is not None:
             self._router.release(held)
         if conn is not None:
             with suppress(sa_exc.SQLAlchemyError):
                 await asyncio.shield(conn.close())
+        elif fairy is not None and not checkin_idle(fairy):
+            with suppress(sa_exc.SQLAlchemyError, psycopg.Error):
+                await asyncio.shield(greenlet_spawn(fairy.close))
 
-    async def _run(self, call: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+    async def _run(self, call: Callable[[], Awaitable[Any]]) -> Any:
         if self._delivered:
-            assert self._conn is not None
-            return await call(self._conn)
+            return await call()
         while True:
-            assert self._conn is not None
             try:
-                result = await call(self._conn)
+                result = await call()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
                 if not is_connection_error(exc):
                     raise
@@ -467,8 +494,7 @@ class AsyncReadConnection:
 
     def orm_session(self) -> AsyncSession:
         """A session (``AsyncSession``) on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
-        assert self._conn is not None
-        session = AsyncSession(bind=self._conn, join_transaction_mode="rollback_only", sync_session_class=ReadSession)
+        session = AsyncSession(bind=self._sa(), join_transaction_mode="rollback_only", sync_session_class=ReadSession)
         self._attach(session.sync_session)
         return session
 
@@ -490,8 +516,7 @@ class AsyncReadConnection:
             return None
         session = state.session
         while True:
-            assert self._conn is not None
-            session.bind = self._conn.sync_connection
+            session.bind = self._sa().sync_connection
             try:
                 result = state.invoke_statement()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -509,19 +534,57 @@ class AsyncReadConnection:
 
     async def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.execute`` with the one-retry rule."""
-        return await self._run(lambda c: c.execute(statement, parameters, **kw))
+        if not kw and not self._snapshot:
+            assert self._engine is not None
+            prepared = prepare(statement, parameters, self._engine.dialect)
+            if prepared is not None:
+                sql, params, keys = prepared
+                return await self._run(lambda: self._fast(sql, params, keys))
+        return await self._run(lambda: self._sa().execute(statement, parameters, **kw))
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.exec_driver_sql`` with the one-retry rule."""
-        return await self._run(lambda c: c.exec_driver_sql(statement, parameters, **kw))
+        if not kw and not self._snapshot and not isinstance(parameters, list):
+            return await self._run(lambda: self._fast(statement, parameters, None))
+        return await self._run(lambda: self._sa().exec_driver_sql(statement, parameters, **kw))
 
     async def scalar(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.scalar`` with the one-retry rule."""
-        return await self._run(lambda c: c.scalar(statement, parameters, **kw))
+        return (await self.execute(statement, parameters, **kw)).scalar()
 
     async def scalars(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.scalars`` with the one-retry rule."""
-        return await self._run(lambda c: c.scalars(statement, parameters, **kw))
+        return (await self.execute(statement, parameters, **kw)).scalars()
+
+    async def _fast(self, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
+        """Run one statement on the psycopg connection (:mod:`dbscale.routing.fast`); errors as SQLAlchemy raises them."""
+        fairy = self._fairy
+        assert fairy is not None
+        driver: Any = fairy.driver_connection
+        cur = driver.cursor()
+        try:
+            await cur.execute(sql, params)
+            description = cur.description
+            rows = await cur.fetchall() if description is not None else ()
+        except psycopg.Error as exc:
+            lost = is_connection_error(exc)
+            if lost:
+                await greenlet_spawn(fairy.invalidate, exc)
+            raise translate(exc, sql, params, lost) from exc
+        return result(description, keys, rows, cur.rowcount)
+
+
+def checkin_idle(fairy: PoolProxiedConnection) -> bool:
+    """Return ``fairy`` to its pool when that needs no I/O (its session is idle, or it was invalidated).
+
+    The pool's reset (a ``ROLLBACK`` call, which psycopg sends only inside a transaction) is skipped:
+    there is nothing to roll back. False: the caller must close it the usual way.
+    """
+    driver: Any = fairy.driver_connection
+    if driver is not None and driver.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    fairy._checkin(transaction_was_reset=True)
+    return True
 
 
 __all__ = ["AsyncGroupRouter", "AsyncReadConnection"]

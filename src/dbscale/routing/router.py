@@ -24,6 +24,7 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.pool import PoolProxiedConnection
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing.core import ReadPlan, primary_down
@@ -35,6 +36,7 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
+from dbscale.routing.fast import prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import SyncMonitor
@@ -77,21 +79,33 @@ class GroupRouter(GroupRouterBase):
         self.monitor.stop()
 
     # -- connections ------------------------------------------------------------------------------
+    def engine(self, node: str, read_only: bool) -> Engine:
+        """The engine of ``node`` (its read-only twin for reads), made on first use."""
+        engine = self._engines.get((node, read_only))
+        if engine is None:
+            engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
+        return engine
+
     def connect(self, node: str, *, read_only: bool = False) -> Connection:
         """Check out a pooled connection to ``node``; count waits, translate pool errors."""
+        engine, fairy = self.engine(node, read_only), self.checkout(node, read_only)
+        return Connection(engine, connection=fairy)
+
+    def checkout(self, node: str, read_only: bool) -> PoolProxiedConnection:
+        """A pooled DBAPI connection to ``node`` (no SQLAlchemy ``Connection`` around it); count waits, translate pool errors."""
         started = time.perf_counter()
+        engine = self.engine(node, read_only)
         try:
-            engine = self._engines.get((node, read_only))
-            if engine is None:
-                engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
-            conn = engine.connect()
+            fairy = engine.pool.connect()
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
             raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
+        except psycopg.Error as exc:  # connecting failed: raised as SQLAlchemy's engine.connect() raises it
+            raise translate(exc, None, None, is_connection_error(exc)) from exc
         waited = time.perf_counter() - started
         if waited > 0.001:
             self.metrics.pool_wait(node, waited)
-        return conn
+        return fairy
 
     def replay_lsn(self, conn: Connection) -> int:
         """The replay position of the replica behind ``conn``."""
@@ -305,6 +319,11 @@ class ReadConnection:
     or, with ``snapshot``, all in one ``REPEATABLE READ`` transaction. Until a statement has returned, a
     connection error moves the read to another eligible node once (the failed node is banned);
     after that, errors propagate. ``node`` says where it ran.
+
+    Outside ``snapshot``, :meth:`execute` and :meth:`exec_driver_sql` send ``text()`` and plain Core
+    ``select()`` statements on the pooled psycopg connection itself (:mod:`dbscale.routing.fast`);
+    the SQLAlchemy ``Connection`` is made only when something needs it (the ORM, other
+    statements, :attr:`connection`).
     """
 
     def __init__(self, router: GroupRouter, mark: Mark | None, snapshot: bool = False) -> None:
@@ -312,6 +331,8 @@ class ReadConnection:
         self._mark = mark
         self._snapshot = snapshot
         self._conn: Connection | None = None
+        self._fairy: PoolProxiedConnection | None = None
+        self._engine: Engine | None = None
         self._node: str | None = None
         self._held: str | None = None
         self._delivered = False
@@ -337,9 +358,17 @@ class ReadConnection:
     @property
     def connection(self) -> Connection:
         """The underlying ``Connection`` (statements run on it directly are not retried)."""
-        assert self._conn is not None
         self._delivered = True
-        return self._conn
+        return self._sa()
+
+    def _sa(self) -> Connection:
+        """The SQLAlchemy connection over the checked-out DBAPI connection, made on first use (no I/O)."""
+        conn = self._conn
+        if conn is None:
+            assert self._engine is not None and self._fairy is not None
+            engine = self._engine
+            conn = self._conn = Connection(engine, connection=self._fairy)
+        return conn
 
     def open(self, exclude: frozenset[str]) -> None:
         """Plan, check out and (under a causal mark) verify; retry once on a connection error."""
@@ -351,8 +380,9 @@ class ReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = self._conn = self._connect(node)
+            self._connect(node)
             if plan.verify_lsn is not None:
+                conn = self._sa()
                 if not r.verify(conn, node, plan):
                     self._swap_to_writer()
                 elif self._snapshot:
@@ -399,25 +429,20 @@ class ReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        self._conn = self._connect(writer)
+        self._connect(writer)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
         self._mark = None
 
-    def _connect(self, node: str) -> Connection:
-        """A connection from ``node``'s read pool: read-only sessions in autocommit, so a statement is one
-        round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
+    def _connect(self, node: str) -> None:
+        """Check out a connection from ``node``'s read pool: read-only sessions in autocommit, so a statement
+        is one round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
         with the first statement; the pool sets autocommit back on checkin, client-side only)."""
-        conn = self._router.connect(node, read_only=True)
+        self._engine = self._router.engine(node, True)
+        self._fairy = self._router.checkout(node, True)
         if self._snapshot:
-            try:
-                conn.execution_options(isolation_level="REPEATABLE READ")
-            except BaseException:
-                with suppress(sa_exc.SQLAlchemyError):
-                    conn.close()
-                raise
-        return conn
+            self._sa().execution_options(isolation_level="REPEATABLE READ")
 
     def _failed(self, exc: BaseException) -> None:
         r = self._router
@@ -438,21 +463,23 @@ class ReadConnection:
         shielded, so a cancellation landing here leaks neither.
         """
         conn, self._conn = self._conn, None
+        fairy, self._fairy = self._fairy, None
         held, self._held = self._held, None
         if held is not None:
             self._router.release(held)
         if conn is not None:
             with suppress(sa_exc.SQLAlchemyError):
                 conn.close()
+        elif fairy is not None and not checkin_idle(fairy):
+            with suppress(sa_exc.SQLAlchemyError, psycopg.Error):
+                fairy.close()
 
-    def _run(self, call: Callable[[Connection], Any]) -> Any:
+    def _run(self, call: Callable[[], Any]) -> Any:
         if self._delivered:
-            assert self._conn is not None
-            return call(self._conn)
+            return call()
         while True:
-            assert self._conn is not None
             try:
-                result = call(self._conn)
+                result = call()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
                 if not is_connection_error(exc):
                     raise
@@ -465,8 +492,7 @@ class ReadConnection:
 
     def orm_session(self) -> Session:
         """A session (``Session``) on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
-        assert self._conn is not None
-        session = ReadSession(bind=self._conn, join_transaction_mode="rollback_only")
+        session = ReadSession(bind=self._sa(), join_transaction_mode="rollback_only")
         self._attach(session)
         return session
 
@@ -488,8 +514,7 @@ class ReadConnection:
             return None
         session = state.session
         while True:
-            assert self._conn is not None
-            session.bind = self._conn
+            session.bind = self._sa()
             try:
                 result = state.invoke_statement()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -507,19 +532,57 @@ class ReadConnection:
 
     def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.execute`` with the one-retry rule."""
-        return self._run(lambda c: c.execute(statement, parameters, **kw))
+        if not kw and not self._snapshot:
+            assert self._engine is not None
+            prepared = prepare(statement, parameters, self._engine.dialect)
+            if prepared is not None:
+                sql, params, keys = prepared
+                return self._run(lambda: self._fast(sql, params, keys))
+        return self._run(lambda: self._sa().execute(statement, parameters, **kw))
 
     def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.exec_driver_sql`` with the one-retry rule."""
-        return self._run(lambda c: c.exec_driver_sql(statement, parameters, **kw))
+        if not kw and not self._snapshot and not isinstance(parameters, list):
+            return self._run(lambda: self._fast(statement, parameters, None))
+        return self._run(lambda: self._sa().exec_driver_sql(statement, parameters, **kw))
 
     def scalar(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.scalar`` with the one-retry rule."""
-        return self._run(lambda c: c.scalar(statement, parameters, **kw))
+        return self.execute(statement, parameters, **kw).scalar()
 
     def scalars(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.scalars`` with the one-retry rule."""
-        return self._run(lambda c: c.scalars(statement, parameters, **kw))
+        return self.execute(statement, parameters, **kw).scalars()
+
+    def _fast(self, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
+        """Run one statement on the psycopg connection (:mod:`dbscale.routing.fast`); errors as SQLAlchemy raises them."""
+        fairy = self._fairy
+        assert fairy is not None
+        driver: Any = fairy.driver_connection
+        cur = driver.cursor()
+        try:
+            cur.execute(sql, params)
+            description = cur.description
+            rows = cur.fetchall() if description is not None else ()
+        except psycopg.Error as exc:
+            lost = is_connection_error(exc)
+            if lost:
+                fairy.invalidate(exc)
+            raise translate(exc, sql, params, lost) from exc
+        return result(description, keys, rows, cur.rowcount)
+
+
+def checkin_idle(fairy: PoolProxiedConnection) -> bool:
+    """Return ``fairy`` to its pool when that needs no I/O (its session is idle, or it was invalidated).
+
+    The pool's reset (a ``ROLLBACK`` call, which psycopg sends only inside a transaction) is skipped:
+    there is nothing to roll back. False: the caller must close it the usual way.
+    """
+    driver: Any = fairy.driver_connection
+    if driver is not None and driver.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    fairy._checkin(transaction_was_reset=True)
+    return True
 
 
 __all__ = ["GroupRouter", "ReadConnection"]
