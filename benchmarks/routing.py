@@ -3,10 +3,12 @@
 Reads: a primary-key select through ``cluster.read()`` vs raw psycopg on the same replica
 (autocommit, prepared: one round trip, the floor). Writes: a one-row UPDATE through
 ``cluster.write()`` (which also records the causal token) vs a raw psycopg transaction on the same
-primary (BEGIN, UPDATE, COMMIT; prepared). Both directly to the servers. A default SQLAlchemy engine
-(``pool_pre_ping=True``, a transaction per ``connect()``) is measured alongside, for reference, and
-a bare engine doing the routed path's round trips (autocommit read; BEGIN, UPDATE, COMMIT), which
-shows what SQLAlchemy itself costs over raw psycopg. Sync
+primary (BEGIN, UPDATE, COMMIT; prepared). Both directly to the servers. The routed path runs
+``text()`` statements on the pooled psycopg connection (``dbscale.routing.fast``), so its rows are
+SQLAlchemy ``Row`` objects all the same. A default SQLAlchemy engine (``pool_pre_ping=True``, a
+transaction per ``connect()``) is measured alongside, for reference, and a bare engine doing the
+routed path's round trips (autocommit read; BEGIN, UPDATE, COMMIT), which shows what SQLAlchemy
+itself costs over raw psycopg. Sync
 and asyncio. The paths of a comparison run interleaved, rotating which goes first, so drift in the
 machine affects each side alike; medians and p90 per path, ratios of medians against raw psycopg.
 
@@ -166,6 +168,8 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
     raw_write = await psycopg.AsyncConnection.connect(libpq_conninfo(primary))
     sa_read = create_async_engine(sqlalchemy_url(replica, async_=True), pool_pre_ping=True)
     sa_write = create_async_engine(sqlalchemy_url(primary, async_=True), pool_pre_ping=True)
+    sa_read_floor = create_async_engine(sqlalchemy_url(replica, async_=True), isolation_level="AUTOCOMMIT")
+    sa_write_floor = create_async_engine(sqlalchemy_url(primary, async_=True))
     try:
         await acl.start()
 
@@ -180,6 +184,14 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
             async with sa_read.connect() as conn:
                 return (await conn.execute(SA_SELECT, {"id": key(i)})).scalar_one()
 
+        async def sa_select_floor(i: int) -> object:
+            async with sa_read_floor.connect() as conn:
+                return (await conn.execute(SA_SELECT, {"id": key(i)})).scalar_one()
+
+        async def sa_update_floor(i: int) -> object:
+            async with sa_write_floor.begin() as conn:
+                return await conn.execute(SA_UPDATE, {"id": key(i)})
+
         async def raw_update(i: int) -> object:
             await raw_write.execute(UPDATE, (key(i),), prepare=True)
             await raw_write.commit()
@@ -193,8 +205,18 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
             async with sa_write.begin() as conn:
                 return await conn.execute(SA_UPDATE, {"id": key(i)})
 
-        reads = {"raw psycopg": raw_select, "cluster.read()": routed_select, "SQLAlchemy engine, defaults": sa_select}
-        writes = {"raw psycopg": raw_update, "cluster.write()": routed_update, "SQLAlchemy engine, defaults": sa_update}
+        reads = {
+            "raw psycopg": raw_select,
+            "cluster.read()": routed_select,
+            "SQLAlchemy engine, defaults": sa_select,
+            FLOOR_READ: sa_select_floor,
+        }
+        writes = {
+            "raw psycopg": raw_update,
+            "cluster.write()": routed_update,
+            "SQLAlchemy engine, defaults": sa_update,
+            FLOOR_WRITE: sa_update_floor,
+        }
         rows: list[Row] = []
         for op, paths in (("write", writes), ("read", reads)):
             await ainterleave(paths, min(2000, iterations))
@@ -207,6 +229,8 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
         await raw_write.close()
         await sa_read.dispose()
         await sa_write.dispose()
+        await sa_read_floor.dispose()
+        await sa_write_floor.dispose()
 
 
 def run(config_path: Path, iterations: int) -> list[Row]:

@@ -88,7 +88,11 @@ RULES: list[tuple[str, str]] = [
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
     (r"\bgreenlet_spawn\(([\w.]+)(?:, ([^()]*))?\)", r"\1(\2)"),  # SQLAlchemy's bridge into a sync call: the call
-    (r"\bAsyncConnection\([\w.]+, (Connection\(.*\))\)", r"\1"),  # an AsyncConnection over a sync one: the sync one
+    (r"\bAsyncConnection\([\w.]+, (Connection\(.*\))\)", r"\1"),
+    (
+        r"\bAsyncWriteConnection\((\w+), Connection\(\w+, (connection=\w+)\)\)",
+        r"WriteConnection(\1, \2)",
+    ),  # an AsyncConnection over a sync one: the sync one
     (r"\bawait asyncio\.shield\((.*)\)$", r"\1"),  # a close that a cancellation must not cut short
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
@@ -104,6 +108,7 @@ RULES: list[tuple[str, str]] = [
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
+    (r"\bAsyncWriteConnection\b", "WriteConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
     (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),
@@ -115,7 +120,6 @@ RULES: list[tuple[str, str]] = [
     (r"\.sync_session\b", ""),
     (r"\bAsyncConnection\b", "Connection"),
     (r"\.sync_connection\b", ""),
-    (r"\.get_raw_connection\(\)", ".connection"),
     (r"\bAsyncEngine\b", "Engine"),
 ]
 

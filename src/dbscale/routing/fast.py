@@ -22,7 +22,7 @@ through PgBouncer).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -30,6 +30,7 @@ from sqlalchemy import Dialect, Executable, Select, TextClause
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.cursor import _NO_RESULT_METADATA
 from sqlalchemy.engine.result import IteratorResult, ResultMetaData, SimpleResultMetaData
+from sqlalchemy.engine.row import Row
 from sqlalchemy.sql.compiler import Compiled
 
 #: Statements compiled per (statement id, dialect id); the entry keeps the statement alive, so the id stays its own.
@@ -124,13 +125,79 @@ def prepare(statement: Executable, parameters: Any, dialect: Dialect) -> tuple[s
     return plan.sql, params, plan.keys
 
 
+def _no_rows() -> Iterator[Any]:
+    """Fetching from a statement that returns no rows raises what a ``CursorResult`` raises."""
+    _NO_RESULT_METADATA._we_dont_return_rows()
+    yield None
+
+
 class FastResult(IteratorResult[Any]):
-    """A SQLAlchemy ``Result`` over rows fetched by the fast path, with ``rowcount`` and ``returns_rows``."""
+    """A SQLAlchemy ``Result`` over rows fetched by the fast path, with ``rowcount`` and ``returns_rows``.
+
+    The usual one-call consumers (``scalar_one()``, ``scalar()``, ``first()``, ``one()``, ``all()``,
+    ``fetchall()``) take a short path while the result is untouched by ``unique()``/``columns()``;
+    everything else, and every error case, is SQLAlchemy's own ``Result`` code.
+    """
 
     def __init__(self, metadata: ResultMetaData, rows: Sequence[Any], rowcount: int) -> None:
-        super().__init__(metadata, iter(rows))
+        returns_rows = metadata is not _NO_RESULT_METADATA
+        super().__init__(metadata, iter(rows) if returns_rows else _no_rows())
+        self._plain = metadata
         self.rowcount = rowcount
-        self.returns_rows = metadata is not _NO_RESULT_METADATA
+        self.returns_rows = returns_rows
+
+    def _rest(self) -> list[Any] | None:
+        """The remaining raw rows (the result is then exhausted), or None when the short path does not apply."""
+        if self._metadata is not self._plain or self._unique_filter_state or self._post_creational_filter:
+            return None
+        if not self.returns_rows or self._hard_closed:
+            return None
+        rest = list(self.iterator)
+        self.iterator = iter(())
+        return rest
+
+    def _make(self, data: Any) -> Row[Any]:
+        md: Any = self._plain
+        return Row(md, None, md._key_to_index, data)
+
+    def _back(self, rest: list[Any]) -> None:
+        self.iterator = iter(rest)
+
+    def scalar_one(self) -> Any:
+        rest = self._rest()
+        if rest is not None and len(rest) == 1:
+            return rest[0][0]
+        if rest is not None:
+            self._back(rest)
+        return super().scalar_one()
+
+    def scalar(self) -> Any:
+        rest = self._rest()
+        if rest is not None:
+            return rest[0][0] if rest else None
+        return super().scalar()
+
+    def first(self) -> Any:
+        rest = self._rest()
+        if rest is not None:
+            return self._make(rest[0]) if rest else None
+        return super().first()
+
+    def one(self) -> Any:
+        rest = self._rest()
+        if rest is not None and len(rest) == 1:
+            return self._make(rest[0])
+        if rest is not None:
+            self._back(rest)
+        return super().one()
+
+    def all(self) -> Any:
+        rest = self._rest()
+        if rest is not None:
+            return [self._make(data) for data in rest]
+        return super().all()
+
+    fetchall = all
 
 
 def result(

@@ -41,6 +41,7 @@ from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import SyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
+from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
@@ -86,17 +87,31 @@ class GroupRouter(GroupRouterBase):
             engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
         return engine
 
-    def connect(self, node: str, *, read_only: bool = False) -> Connection:
-        """Check out a pooled connection to ``node``; count waits, translate pool errors."""
+    def connect(self, node: str, *, read_only: bool = False, begin: bool = False) -> Connection:
+        """Check out a pooled connection to ``node``; count waits, translate pool errors; ``begin`` a transaction."""
         engine, fairy = self.engine(node, read_only), self.checkout(node, read_only)
-        return Connection(engine, connection=fairy)
+        conn = WriteConnection(engine, connection=fairy)
+        if begin:
+            sync = conn
+            assert sync is not None
+            if sync._has_events:  # a ``begin`` listener may do I/O
+                conn.begin()
+            else:
+                sync.begin()  # no I/O: psycopg sends BEGIN with the first statement
+        return conn
 
     def checkout(self, node: str, read_only: bool) -> PoolProxiedConnection:
-        """A pooled DBAPI connection to ``node`` (no SQLAlchemy ``Connection`` around it); count waits, translate pool errors."""
+        """A pooled DBAPI connection to ``node`` (no SQLAlchemy ``Connection`` around it); count waits, translate pool errors.
+
+        Under asyncio, without SQLAlchemy's greenlet when the checkout needs no I/O (:mod:`dbscale.routing.quick`).
+        """
         started = time.perf_counter()
         engine = self.engine(node, read_only)
         try:
-            fairy = engine.pool.connect()
+            pool = engine.pool
+            fairy = checkout_without_io(pool)
+            if fairy is None:
+                fairy = pool.connect()
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
             raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
@@ -201,8 +216,7 @@ class GroupRouter(GroupRouterBase):
             target = self.write_target(writer)
             conn: Connection | None = None
             try:
-                conn = self.connect(target)
-                conn.begin()
+                conn = self.connect(target, begin=True)
                 if self.write_suspect:
                     conn.exec_driver_sql(READY_SQL)
                 return conn, writer, target
@@ -250,10 +264,11 @@ class GroupRouter(GroupRouterBase):
             self.metrics.writes[writer].inc()
             self._after_commit(lsn)
         finally:
-            conn.close()
+            if not conn.closed:
+                conn.close()
 
     def _commit(self, conn: Connection) -> int | None:
-        """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
+        """Commit and close ``conn``; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
 
         One simple-protocol message (:data:`COMMIT_SQL`), which the server runs in order: whether the
         transaction has an xid (wrote anything), ``COMMIT``, then ``pg_current_wal_insert_lsn()`` in
@@ -261,9 +276,11 @@ class GroupRouter(GroupRouterBase):
         end. Returns that LSN, or None when the transaction wrote nothing (no token) or the mode
         needs none. A failed transaction, or one that never reached the server, commits as usual.
         """
-        driver: Any = conn.connection.driver_connection
+        sync = conn
+        assert sync is not None
+        driver: Any = sync.connection.driver_connection  # no I/O: the transaction holds a valid connection
         if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
-            conn.commit()
+            settle(sync)
             return None
         try:
             cur = driver.cursor()
@@ -280,7 +297,7 @@ class GroupRouter(GroupRouterBase):
             if lost:
                 conn.invalidate()
             raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
-        conn.commit()  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
+        settle(sync)  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
         return record_boundary(parse_lsn(lsn)) if wrote else None
 
     def _after_commit(self, lsn: int | None) -> None:
@@ -532,9 +549,10 @@ class ReadConnection:
 
     def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.execute`` with the one-retry rule."""
-        if not kw and not self._snapshot:
-            assert self._engine is not None
-            prepared = prepare(statement, parameters, self._engine.dialect)
+        engine = self._engine
+        assert engine is not None
+        if not kw and not self._snapshot and not engine._has_events:
+            prepared = prepare(statement, parameters, engine.dialect)
             if prepared is not None:
                 sql, params, keys = prepared
                 return self._run(lambda: self._fast(sql, params, keys))
@@ -542,7 +560,9 @@ class ReadConnection:
 
     def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
         """``Connection.exec_driver_sql`` with the one-retry rule."""
-        if not kw and not self._snapshot and not isinstance(parameters, list):
+        engine = self._engine
+        assert engine is not None
+        if not kw and not self._snapshot and not engine._has_events and not isinstance(parameters, list):
             return self._run(lambda: self._fast(statement, parameters, None))
         return self._run(lambda: self._sa().exec_driver_sql(statement, parameters, **kw))
 
@@ -556,33 +576,51 @@ class ReadConnection:
 
     def _fast(self, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
         """Run one statement on the psycopg connection (:mod:`dbscale.routing.fast`); errors as SQLAlchemy raises them."""
-        fairy = self._fairy
-        assert fairy is not None
-        driver: Any = fairy.driver_connection
-        cur = driver.cursor()
+        assert self._fairy is not None
         try:
-            cur.execute(sql, params)
-            description = cur.description
-            rows = cur.fetchall() if description is not None else ()
+            return run_fast(self._fairy.driver_connection, sql, params, keys)
         except psycopg.Error as exc:
-            lost = is_connection_error(exc)
-            if lost:
-                fairy.invalidate(exc)
-            raise translate(exc, sql, params, lost) from exc
-        return result(description, keys, rows, cur.rowcount)
+            sync = self._sa()
+            assert sync is not None
+            sync._handle_dbapi_exception(exc, sql, params, None, None)
+            raise  # not reached: SQLAlchemy raised its own exception (invalidating the connection if it is lost)
 
 
-def checkin_idle(fairy: PoolProxiedConnection) -> bool:
-    """Return ``fairy`` to its pool when that needs no I/O (its session is idle, or it was invalidated).
+class WriteConnection(Connection):
+    """The ``Connection`` a write runs on: ``execute()`` of ``text()`` and plain Core ``select()``
+    statements inside the write's transaction goes to the psycopg connection directly
+    (:mod:`dbscale.routing.fast`); everything else is SQLAlchemy's own."""
 
-    The pool's reset (a ``ROLLBACK`` call, which psycopg sends only inside a transaction) is skipped:
-    there is nothing to roll back. False: the caller must close it the usual way.
+    def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None) -> Any:
+        sync = self
+        if execution_options is None and sync is not None and sync.in_transaction() and not sync._has_events:
+            prepared = prepare(statement, parameters, sync.dialect)
+            if prepared is not None:
+                sql, params, keys = prepared
+                try:
+                    return run_fast(sync.connection.driver_connection, sql, params, keys)
+                except psycopg.Error as exc:
+                    sync._handle_dbapi_exception(exc, sql, params, None, None)
+                    raise  # not reached
+        return super().execute(statement, parameters, execution_options=execution_options)
+
+
+def settle(conn: Connection) -> None:
+    """End SQLAlchemy's transaction on ``conn`` (psycopg sends ``COMMIT`` only if one is open) and close it.
+
+    One call for both, so asyncio code crosses into SQLAlchemy's greenlet once.
     """
-    driver: Any = fairy.driver_connection
-    if driver is not None and driver.info.transaction_status != TransactionStatus.IDLE:
-        return False
-    fairy._checkin(transaction_was_reset=True)
-    return True
+    conn.commit()
+    conn.close()
 
 
-__all__ = ["GroupRouter", "ReadConnection"]
+def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
+    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`."""
+    cur = driver.cursor()
+    cur.execute(sql, params)
+    description = cur.description
+    rows = cur.fetchall() if description is not None else ()
+    return result(description, keys, rows, cur.rowcount)
+
+
+__all__ = ["GroupRouter", "ReadConnection", "WriteConnection"]
