@@ -298,7 +298,7 @@ class AsyncGroupRouter(GroupRouterBase):
             lost = is_connection_error(exc)
             if lost:
                 await conn.invalidate()
-            raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+            raise translate(exc, COMMIT_SQL, None, lost) from exc
         await greenlet_spawn(settle, sync)  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
         return record_boundary(parse_lsn(lsn)) if wrote else None
 

@@ -296,7 +296,7 @@ class GroupRouter(GroupRouterBase):
             lost = is_connection_error(exc)
             if lost:
                 conn.invalidate()
-            raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+            raise translate(exc, COMMIT_SQL, None, lost) from exc
         settle(sync)  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
         return record_boundary(parse_lsn(lsn)) if wrote else None
 
