@@ -35,9 +35,19 @@ class Item(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
 
 
-class Column_:
-    def __init__(self, name: str) -> None:
-        self.name = name
+NAMES = ("id", "payload")
+
+
+class PGResult:
+    """What :func:`fast.columns` reads of libpq's result."""
+
+    def __init__(self, status: int, names: list[bytes]) -> None:
+        self.status = status
+        self.nfields = len(names)
+        self._names = names
+
+    def fname(self, i: int) -> bytes:
+        return self._names[i]
 
 
 def test_text_takes_the_fast_path_with_its_parameters() -> None:
@@ -92,29 +102,37 @@ def test_executemany_stays_on_sqlalchemy() -> None:
 
 
 def test_rows_behave_like_sqlalchemy_rows() -> None:
-    description = [Column_("id"), Column_("payload")]
     rows = [(1, "a"), (2, "b")]
-    assert fast.result(description, None, rows, 2).all()[1].payload == "b"
-    assert fast.result(description, None, rows, 2).mappings().all() == [
+    assert fast.result(NAMES, rows, 2).all()[1].payload == "b"
+    assert fast.result(NAMES, rows, 2).mappings().all() == [
         {"id": 1, "payload": "a"},
         {"id": 2, "payload": "b"},
     ]
-    assert fast.result(description, None, rows, 2).scalars().all() == [1, 2]
-    assert fast.result(description, None, rows, 2).first()._mapping["payload"] == "a"  # type: ignore[union-attr]
-    assert fast.result(description, None, rows[:1], 1).one().id == 1
-    assert fast.result(description, None, rows[:1], 1).scalar_one() == 1
-    assert fast.result(description, None, [], 0).scalar() is None
-    assert fast.result(description, None, rows, 2).unique().all() == rows
-    partly = fast.result(description, None, rows, 2)
+    assert fast.result(NAMES, rows, 2).scalars().all() == [1, 2]
+    assert fast.result(NAMES, rows, 2).first()._mapping["payload"] == "a"  # type: ignore[union-attr]
+    assert fast.result(NAMES, rows[:1], 1).one().id == 1
+    assert fast.result(NAMES, rows[:1], 1).scalar_one() == 1
+    assert fast.result(NAMES, [], 0).scalar() is None
+    assert fast.result(NAMES, rows, 2).unique().all() == rows
+    partly = fast.result(NAMES, rows, 2)
     assert partly.fetchone() == (1, "a") and partly.all() == [(2, "b")]
     with pytest.raises(sa_exc.MultipleResultsFound):
-        fast.result(description, None, rows, 2).scalar_one()
+        fast.result(NAMES, rows, 2).scalar_one()
     with pytest.raises(sa_exc.NoResultFound):
-        fast.result(description, None, [], 0).one()
+        fast.result(NAMES, [], 0).one()
 
 
 def test_a_statement_without_rows_reports_rowcount_and_refuses_fetches() -> None:
-    done = fast.result(None, None, (), 3)
+    done = fast.result(None, (), 3)
     assert done.rowcount == 3 and not done.returns_rows
     with pytest.raises(sa_exc.ResourceClosedError):
         done.scalar_one()
+
+
+def test_column_names_come_from_the_statement_or_the_result() -> None:
+    rows = PGResult(fast.TUPLES_OK, [b"k", "värde".encode()])
+    assert fast.columns(rows, "utf-8", None) == ("k", "värde")
+    assert fast.columns(rows, "utf-8", ("a", "b")) == ("a", "b")  # a Core select's own keys
+    assert fast.columns(rows, "utf-8", ("a",)) == ("k", "värde")  # keys that do not fit: the result's
+    assert fast.columns(PGResult(1, []), "utf-8", None) is None  # COMMAND_OK: no rows
+    assert fast.columns(None, "utf-8", None) is None

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from sqlalchemy import Dialect, Executable, Select, TextClause
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.cursor import _NO_RESULT_METADATA
@@ -39,6 +40,7 @@ _BY_ID: dict[tuple[int, int], tuple[Executable, _Plan | None]] = {}
 _BY_KEY: dict[tuple[Any, int], _Plan | None] = {}
 _MAX = 2000  # entries per cache; a cache that fills up is cleared (statements are usually module constants)
 _METADATA: dict[tuple[str, ...], SimpleResultMetaData] = {}
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class _Plan:
@@ -200,18 +202,27 @@ class FastResult(IteratorResult[Any]):
     fetchall = all
 
 
-def result(
-    description: Sequence[Any] | None, keys: tuple[str, ...] | None, rows: Sequence[Any], rowcount: int
-) -> FastResult:
-    """The rows of one statement as a :class:`FastResult`; ``description`` None: the statement returns no rows."""
-    if description is None:
+def columns(pgresult: Any, encoding: str, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The names of a statement's columns (``keys`` when they fit), or None when it returned no rows.
+
+    Read from libpq's result directly: psycopg's ``cursor.description`` builds an object per column.
+    """
+    if pgresult is None or pgresult.status != TUPLES_OK:
+        return None
+    count = pgresult.nfields
+    if keys is not None and len(keys) == count:
+        return keys
+    return tuple(pgresult.fname(i).decode(encoding) for i in range(count))
+
+
+def result(names: tuple[str, ...] | None, rows: Sequence[Any], rowcount: int) -> FastResult:
+    """The rows of one statement as a :class:`FastResult`; ``names`` None: the statement returns no rows."""
+    if names is None:
         return FastResult(_NO_RESULT_METADATA, (), rowcount)
-    if keys is None or len(keys) != len(description):
-        keys = tuple(column.name for column in description)
-    metadata = _METADATA.get(keys)
+    metadata = _METADATA.get(names)
     if metadata is None:
-        metadata = SimpleResultMetaData(keys)
-        _remember(_METADATA, keys, metadata)
+        metadata = SimpleResultMetaData(names)
+        _remember(_METADATA, names, metadata)
     return FastResult(metadata, rows, rowcount)
 
 
@@ -220,4 +231,4 @@ def translate(exc: psycopg.Error, sql: str | None, params: Any, invalidated: boo
     return sa_exc.DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=invalidated)
 
 
-__all__ = ["FastResult", "prepare", "result", "translate"]
+__all__ = ["FastResult", "columns", "prepare", "result", "translate"]

@@ -36,7 +36,7 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
-from dbscale.routing.fast import prepare, result, translate
+from dbscale.routing.fast import columns, prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor import SyncMonitor
@@ -618,9 +618,9 @@ def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -
     """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`."""
     cur = driver.cursor()
     cur.execute(sql, params)
-    description = cur.description
-    rows = cur.fetchall() if description is not None else ()
-    return result(description, keys, rows, cur.rowcount)
+    names = columns(cur.pgresult, cur._encoding, keys)
+    rows = cur.fetchall() if names is not None else ()
+    return result(names, rows, cur.rowcount)
 
 
 __all__ = ["GroupRouter", "ReadConnection", "WriteConnection"]
