@@ -3,10 +3,12 @@
 Reads: a primary-key select through ``cluster.read()`` vs raw psycopg on the same replica
 (autocommit, prepared: one round trip, the floor). Writes: a one-row UPDATE through
 ``cluster.write()`` (which also records the causal token) vs a raw psycopg transaction on the same
-primary (BEGIN, UPDATE, COMMIT; prepared). Both directly to the servers. A default SQLAlchemy engine
-(``pool_pre_ping=True``, a transaction per ``connect()``) is measured alongside, for reference, and
-a bare engine doing the routed path's round trips (autocommit read; BEGIN, UPDATE, COMMIT), which
-shows what SQLAlchemy itself costs over raw psycopg. Sync
+primary (BEGIN, UPDATE, COMMIT; prepared). Both directly to the servers. The routed path runs
+``text()`` statements on the pooled psycopg connection (``dbscale.routing.fast``), so its rows are
+SQLAlchemy ``Row`` objects all the same. A default SQLAlchemy engine (``pool_pre_ping=True``, a
+transaction per ``connect()``) is measured alongside, for reference, and a bare engine doing the
+routed path's round trips (autocommit read; BEGIN, UPDATE, COMMIT), which shows what SQLAlchemy
+itself costs over raw psycopg. Sync
 and asyncio. The paths of a comparison run interleaved, rotating which goes first, so drift in the
 machine affects each side alike; medians and p90 per path, ratios of medians against raw psycopg.
 
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from dbscale import AsyncCluster, Cluster
 from dbscale.config import libpq_conninfo, load_config, sqlalchemy_url
+from dbscale.routing.aio import COMMIT_SQL
 
 ROWS = 10_000
 SELECT = "SELECT payload FROM bench_routing WHERE id = %s"
@@ -42,6 +45,10 @@ TARGETS = {"read": 1.3, "write": 1.2}
 # The same round trips as the routed path through a bare SQLAlchemy engine: what any SQLAlchemy-based path pays.
 FLOOR_READ = "SQLAlchemy engine, autocommit, no ping"
 FLOOR_WRITE = "SQLAlchemy engine, no ping"
+# The causal token's cost on its own: raw psycopg sending the routed path's COMMIT message, and the
+# routed write with the token turned off (read_your_writes = "off"), which makes raw psycopg's round trips.
+RAW_TOKEN = "raw psycopg, COMMIT + token message"
+NO_TOKEN = 'cluster.write(), read_your_writes = "off"'
 
 Row = tuple[str, str, str, float, float, float]  # flavour, operation, path, median µs, p90 µs, ratio
 
@@ -87,10 +94,16 @@ def key(i: int) -> int:
     return i * 7919 % ROWS + 1
 
 
+def no_token(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"groups": {"main": {**overrides["groups"]["main"], "read_your_writes": "off"}}}
+
+
 def run_sync(config: Path, overrides: dict[str, Any], primary: str, replica: str, iterations: int) -> list[Row]:
     cluster = Cluster.from_config(config, **overrides)
+    untokened = Cluster.from_config(config, **no_token(overrides))
     raw_read = psycopg.connect(libpq_conninfo(replica), autocommit=True)
     raw_write = psycopg.connect(libpq_conninfo(primary))
+    raw_token = psycopg.connect(libpq_conninfo(primary))
     sa_read = create_engine(sqlalchemy_url(replica), pool_pre_ping=True)
     sa_write = create_engine(sqlalchemy_url(primary), pool_pre_ping=True)
     sa_read_floor = create_engine(sqlalchemy_url(replica), isolation_level="AUTOCOMMIT")
@@ -126,6 +139,18 @@ def run_sync(config: Path, overrides: dict[str, Any], primary: str, replica: str
             with cluster.write() as conn:
                 return conn.execute(SA_UPDATE, {"id": key(i)})
 
+        def raw_update_token(i: int) -> object:
+            raw_token.execute(UPDATE, (key(i),), prepare=True)
+            cur = raw_token.cursor()
+            cur.execute(COMMIT_SQL, prepare=False)
+            cur.nextset()
+            cur.nextset()
+            return cur.fetchone()
+
+        def routed_update_no_token(i: int) -> object:
+            with untokened.write() as conn:
+                return conn.execute(SA_UPDATE, {"id": key(i)})
+
         def sa_update(i: int) -> object:
             with sa_write.begin() as conn:
                 return conn.execute(SA_UPDATE, {"id": key(i)})
@@ -139,6 +164,8 @@ def run_sync(config: Path, overrides: dict[str, Any], primary: str, replica: str
         writes = {
             "raw psycopg": raw_update,
             "cluster.write()": routed_update,
+            RAW_TOKEN: raw_update_token,
+            NO_TOKEN: routed_update_no_token,
             "SQLAlchemy engine, defaults": sa_update,
             FLOOR_WRITE: sa_update_floor,
         }
@@ -152,8 +179,10 @@ def run_sync(config: Path, overrides: dict[str, Any], primary: str, replica: str
         return rows
     finally:
         cluster.close()
+        untokened.close()
         raw_read.close()
         raw_write.close()
+        raw_token.close()
         sa_read.dispose()
         sa_write.dispose()
         sa_read_floor.dispose()
@@ -162,10 +191,14 @@ def run_sync(config: Path, overrides: dict[str, Any], primary: str, replica: str
 
 async def run_async(config: Path, overrides: dict[str, Any], primary: str, replica: str, iterations: int) -> list[Row]:
     acl = AsyncCluster.from_config(config, **overrides)
+    untokened = AsyncCluster.from_config(config, **no_token(overrides))
     raw_read = await psycopg.AsyncConnection.connect(libpq_conninfo(replica), autocommit=True)
     raw_write = await psycopg.AsyncConnection.connect(libpq_conninfo(primary))
+    raw_token = await psycopg.AsyncConnection.connect(libpq_conninfo(primary))
     sa_read = create_async_engine(sqlalchemy_url(replica, async_=True), pool_pre_ping=True)
     sa_write = create_async_engine(sqlalchemy_url(primary, async_=True), pool_pre_ping=True)
+    sa_read_floor = create_async_engine(sqlalchemy_url(replica, async_=True), isolation_level="AUTOCOMMIT")
+    sa_write_floor = create_async_engine(sqlalchemy_url(primary, async_=True))
     try:
         await acl.start()
 
@@ -180,6 +213,14 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
             async with sa_read.connect() as conn:
                 return (await conn.execute(SA_SELECT, {"id": key(i)})).scalar_one()
 
+        async def sa_select_floor(i: int) -> object:
+            async with sa_read_floor.connect() as conn:
+                return (await conn.execute(SA_SELECT, {"id": key(i)})).scalar_one()
+
+        async def sa_update_floor(i: int) -> object:
+            async with sa_write_floor.begin() as conn:
+                return await conn.execute(SA_UPDATE, {"id": key(i)})
+
         async def raw_update(i: int) -> object:
             await raw_write.execute(UPDATE, (key(i),), prepare=True)
             await raw_write.commit()
@@ -189,12 +230,36 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
             async with acl.write() as conn:
                 return await conn.execute(SA_UPDATE, {"id": key(i)})
 
+        async def raw_update_token(i: int) -> object:
+            await raw_token.execute(UPDATE, (key(i),), prepare=True)
+            cur = raw_token.cursor()
+            await cur.execute(COMMIT_SQL, prepare=False)
+            cur.nextset()
+            cur.nextset()
+            return await cur.fetchone()
+
+        async def routed_update_no_token(i: int) -> object:
+            async with untokened.write() as conn:
+                return await conn.execute(SA_UPDATE, {"id": key(i)})
+
         async def sa_update(i: int) -> object:
             async with sa_write.begin() as conn:
                 return await conn.execute(SA_UPDATE, {"id": key(i)})
 
-        reads = {"raw psycopg": raw_select, "cluster.read()": routed_select, "SQLAlchemy engine, defaults": sa_select}
-        writes = {"raw psycopg": raw_update, "cluster.write()": routed_update, "SQLAlchemy engine, defaults": sa_update}
+        reads = {
+            "raw psycopg": raw_select,
+            "cluster.read()": routed_select,
+            "SQLAlchemy engine, defaults": sa_select,
+            FLOOR_READ: sa_select_floor,
+        }
+        writes = {
+            "raw psycopg": raw_update,
+            "cluster.write()": routed_update,
+            RAW_TOKEN: raw_update_token,
+            NO_TOKEN: routed_update_no_token,
+            "SQLAlchemy engine, defaults": sa_update,
+            FLOOR_WRITE: sa_update_floor,
+        }
         rows: list[Row] = []
         for op, paths in (("write", writes), ("read", reads)):
             await ainterleave(paths, min(2000, iterations))
@@ -203,10 +268,14 @@ async def run_async(config: Path, overrides: dict[str, Any], primary: str, repli
         return rows
     finally:
         await acl.close()
+        await untokened.close()
         await raw_read.close()
         await raw_write.close()
+        await raw_token.close()
         await sa_read.dispose()
         await sa_write.dispose()
+        await sa_read_floor.dispose()
+        await sa_write_floor.dispose()
 
 
 def run(config_path: Path, iterations: int) -> list[Row]:
@@ -252,8 +321,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {flavour} | {op} | {name} | {med:.1f} | {p90:.1f} | {ratio:.2f} |")
     missed = []
     for flavour, op, name, _, _, ratio in rows:
-        if name.startswith("cluster.") and ratio > TARGETS[op]:
+        if name in ("cluster.read()", "cluster.write()") and ratio > TARGETS[op]:
             missed.append(f"{flavour} {name} {ratio:.2f} > {TARGETS[op]}")
+    by = {(flavour, name): med for flavour, op, name, med, _, _ in rows if op == "write"}
+    for flavour in ("sync", "async"):
+        print(
+            f"{flavour}: cluster.write() / raw psycopg with the same token message = "
+            f"{by[flavour, 'cluster.write()'] / by[flavour, RAW_TOKEN]:.2f}; "
+            f"token off / raw psycopg = {by[flavour, NO_TOKEN] / by[flavour, 'raw psycopg']:.2f}"
+        )
     targets = ", ".join(f"{op} <= {limit}x" for op, limit in TARGETS.items())
     print(f"\ntargets: {targets} — {'met' if not missed else 'NOT met: ' + '; '.join(missed)}")
     return 0 if not missed else 1

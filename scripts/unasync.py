@@ -51,9 +51,12 @@ RULES: list[tuple[str, str]] = [
         r"^from collections\.abc import AsyncIterator, Awaitable, Callable$",
         "from collections.abc import Callable, Iterator",
     ),
-    (r"^from sqlalchemy import Executable, event$", "from sqlalchemy import Connection, Engine, Executable, event"),
+    (
+        r"^from sqlalchemy import Connection, Executable, event$",
+        "from sqlalchemy import Connection, Engine, Executable, event",
+    ),
     (r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession\n", ""),
-    (r"^from sqlalchemy\.util import await_only\n", ""),
+    (r"^from sqlalchemy\.util import await_only, greenlet_spawn\n", ""),
     (r"\bdbscale\.routing\.monitor_aio\b", "dbscale.routing.monitor"),
     (r"^from contextlib import AbstractAsyncContextManager$", "from contextlib import AbstractContextManager"),
     (
@@ -135,6 +138,12 @@ RULES: list[tuple[str, str]] = [
     # async syntax
     (r"\(await ([\w.]+\([^()]*\))\)", r"\1"),  # (await x.f(a)).g -> x.f(a).g
     (r"\bawait_only\((.*)\)$", r"\1"),  # the greenlet bridge in a sync ORM hook: a plain call
+    (r"\bgreenlet_spawn\(([\w.]+)(?:, ([^()]*))?\)", r"\1(\2)"),  # SQLAlchemy's bridge into a sync call: the call
+    (r"\bAsyncConnection\([\w.]+, (Connection\(.*\))\)", r"\1"),
+    (
+        r"\bAsyncWriteConnection\((\w+), Connection\(\w+, (connection=\w+)\)\)",
+        r"WriteConnection(\1, \2)",
+    ),  # an AsyncConnection over a sync one: the sync one
     (r"\bawait asyncio\.shield\((.*)\)$", r"\1"),  # a close that a cancellation must not cut short
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
@@ -151,6 +160,7 @@ RULES: list[tuple[str, str]] = [
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
+    (r"\bAsyncWriteConnection\b", "WriteConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),
     (r"\bAsyncClusterCausality\b", "ClusterCausality"),
     (r"\bAsyncProber\b", "Prober"),

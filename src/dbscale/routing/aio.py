@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Executable, event
+from sqlalchemy import Connection, Executable, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
-from sqlalchemy.util import await_only
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
 from dbscale.routing.context import CommitHooks, arun_hooks
@@ -38,10 +39,12 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
+from dbscale.routing.fast import columns, prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor_aio import AsyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
+from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
@@ -75,21 +78,47 @@ class AsyncGroupRouter(GroupRouterBase):
         await self.monitor.stop()
 
     # -- connections ------------------------------------------------------------------------------
-    async def connect(self, node: str, *, read_only: bool = False) -> AsyncConnection:
-        """Check out a pooled connection to ``node``; count waits, translate pool errors."""
+    def engine(self, node: str, read_only: bool) -> AsyncEngine:
+        """The engine of ``node`` (its read-only twin for reads), made on first use."""
+        engine = self._engines.get((node, read_only))
+        if engine is None:
+            engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
+        return engine
+
+    async def connect(self, node: str, *, read_only: bool = False, begin: bool = False) -> AsyncConnection:
+        """Check out a pooled connection to ``node``; count waits, translate pool errors; ``begin`` a transaction."""
+        engine, fairy = self.engine(node, read_only), await self.checkout(node, read_only)
+        conn = AsyncWriteConnection(engine, Connection(engine.sync_engine, connection=fairy))
+        if begin:
+            sync = conn.sync_connection
+            assert sync is not None
+            if sync._has_events:  # a ``begin`` listener may do I/O
+                await conn.begin()
+            else:
+                sync.begin()  # no I/O: psycopg sends BEGIN with the first statement
+        return conn
+
+    async def checkout(self, node: str, read_only: bool) -> PoolProxiedConnection:
+        """A pooled DBAPI connection to ``node`` (no SQLAlchemy ``Connection`` around it); count waits, translate pool errors.
+
+        Under asyncio, without SQLAlchemy's greenlet when the checkout needs no I/O (:mod:`dbscale.routing.quick`).
+        """
         started = time.perf_counter()
+        engine = self.engine(node, read_only)
         try:
-            engine = self._engines.get((node, read_only))
-            if engine is None:
-                engine = self._engines[node, read_only] = self.engine_for(node, read_only=read_only)
-            conn = await engine.connect()
+            pool = engine.sync_engine.pool
+            fairy = checkout_without_io(pool)
+            if fairy is None:
+                fairy = await greenlet_spawn(pool.connect)
         except sa_exc.TimeoutError as exc:
             self.metrics.pool_timeout(node)
             raise PoolTimeout(f"{node}: no pooled connection free within pool_timeout; raise pool_size") from exc
+        except psycopg.Error as exc:  # connecting failed: raised as SQLAlchemy's engine.connect() raises it
+            raise translate(exc, None, None, is_connection_error(exc)) from exc
         waited = time.perf_counter() - started
         if waited > 0.001:
             self.metrics.pool_wait(node, waited)
-        return conn
+        return fairy
 
     async def replay_lsn(self, conn: AsyncConnection) -> int:
         """The replay position of the replica behind ``conn``."""
@@ -185,8 +214,7 @@ class AsyncGroupRouter(GroupRouterBase):
             target = self.write_target(writer)
             conn: AsyncConnection | None = None
             try:
-                conn = await self.connect(target)
-                await conn.begin()
+                conn = await self.connect(target, begin=True)
                 if self.write_suspect:
                     await conn.exec_driver_sql(READY_SQL)
                 return conn, writer, target
@@ -236,11 +264,12 @@ class AsyncGroupRouter(GroupRouterBase):
             self._after_commit(lsn)
         finally:
             hooks.close()
-            await asyncio.shield(conn.close())
+            if not conn.closed:
+                await asyncio.shield(conn.close())
         await arun_hooks(hooks.queued)  # committed: before write() returns, with the connection back in the pool
 
     async def _commit(self, conn: AsyncConnection) -> int | None:
-        """Commit; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
+        """Commit and close ``conn``; with ``read_your_writes = "lsn"`` also read the causal LSN, in the same round trip.
 
         One simple-protocol message (:data:`COMMIT_SQL`), which the server runs in order: whether the
         transaction has an xid (wrote anything), ``COMMIT``, then ``pg_current_wal_insert_lsn()`` in
@@ -248,9 +277,11 @@ class AsyncGroupRouter(GroupRouterBase):
         end. Returns that LSN, or None when the transaction wrote nothing (no token) or the mode
         needs none. A failed transaction, or one that never reached the server, commits as usual.
         """
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+        sync = conn.sync_connection
+        assert sync is not None
+        driver: Any = sync.connection.driver_connection  # no I/O: the transaction holds a valid connection
         if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
-            await conn.commit()
+            await greenlet_spawn(settle, sync)
             return None
         try:
             cur = driver.cursor()
@@ -266,8 +297,8 @@ class AsyncGroupRouter(GroupRouterBase):
             lost = is_connection_error(exc)
             if lost:
                 await conn.invalidate()
-            raise sa_exc.DBAPIError.instance(COMMIT_SQL, None, exc, psycopg.Error, connection_invalidated=lost) from exc
-        await conn.commit()  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
+            raise translate(exc, COMMIT_SQL, None, lost) from exc
+        await greenlet_spawn(settle, sync)  # SQLAlchemy's bookkeeping: the session is idle, psycopg sends nothing
         return record_boundary(parse_lsn(lsn)) if wrote else None
 
     def _after_commit(self, lsn: int | None) -> None:
@@ -306,6 +337,11 @@ class AsyncReadConnection:
     or, with ``snapshot``, all in one ``REPEATABLE READ`` transaction. Until a statement has returned, a
     connection error moves the read to another eligible node once (the failed node is banned);
     after that, errors propagate. ``node`` says where it ran.
+
+    Outside ``snapshot``, :meth:`execute` and :meth:`exec_driver_sql` send ``text()`` and plain Core
+    ``select()`` statements on the pooled psycopg connection itself (:mod:`dbscale.routing.fast`);
+    the SQLAlchemy ``AsyncConnection`` is made only when something needs it (the ORM, other
+    statements, :attr:`connection`).
     """
 
     def __init__(self, router: AsyncGroupRouter, mark: Mark | None, snapshot: bool = False) -> None:
@@ -313,6 +349,8 @@ class AsyncReadConnection:
         self._mark = mark
         self._snapshot = snapshot
         self._conn: AsyncConnection | None = None
+        self._fairy: PoolProxiedConnection | None = None
+        self._engine: AsyncEngine | None = None
         self._node: str | None = None
         self._held: str | None = None
         self._delivered = False
@@ -338,9 +376,17 @@ class AsyncReadConnection:
     @property
     def connection(self) -> AsyncConnection:
         """The underlying ``AsyncConnection`` (statements run on it directly are not retried)."""
-        assert self._conn is not None
         self._delivered = True
-        return self._conn
+        return self._sa()
+
+    def _sa(self) -> AsyncConnection:
+        """The SQLAlchemy connection over the checked-out DBAPI connection, made on first use (no I/O)."""
+        conn = self._conn
+        if conn is None:
+            assert self._engine is not None and self._fairy is not None
+            engine = self._engine
+            conn = self._conn = AsyncConnection(engine, Connection(engine.sync_engine, connection=self._fairy))
+        return conn
 
     async def open(self, exclude: frozenset[str]) -> None:
         """Plan, check out and (under a causal mark) verify; retry once on a connection error."""
@@ -352,8 +398,9 @@ class AsyncReadConnection:
         r.acquire(node)
         self._node = self._held = node
         try:
-            conn = self._conn = await self._connect(node)
+            await self._connect(node)
             if plan.verify_lsn is not None:
+                conn = self._sa()
                 if not await r.verify(conn, node, plan):
                     await self._swap_to_writer()
                 elif self._snapshot:
@@ -400,25 +447,20 @@ class AsyncReadConnection:
             )
         r.acquire(writer)
         self._node = self._held = writer
-        self._conn = await self._connect(writer)
+        await self._connect(writer)
         r.metrics.fallbacks.inc()
         r.metrics.causal["primary"].inc()
         r.metrics.reads[writer].inc()
         self._mark = None
 
-    async def _connect(self, node: str) -> AsyncConnection:
-        """A connection from ``node``'s read pool: read-only sessions in autocommit, so a statement is one
-        round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
+    async def _connect(self, node: str) -> None:
+        """Check out a connection from ``node``'s read pool: read-only sessions in autocommit, so a statement
+        is one round trip; under ``snapshot`` a ``REPEATABLE READ`` transaction (psycopg sends its ``BEGIN``
         with the first statement; the pool sets autocommit back on checkin, client-side only)."""
-        conn = await self._router.connect(node, read_only=True)
+        self._engine = self._router.engine(node, True)
+        self._fairy = await self._router.checkout(node, True)
         if self._snapshot:
-            try:
-                await conn.execution_options(isolation_level="REPEATABLE READ")
-            except BaseException:
-                with suppress(sa_exc.SQLAlchemyError):
-                    await asyncio.shield(conn.close())
-                raise
-        return conn
+            await self._sa().execution_options(isolation_level="REPEATABLE READ")
 
     async def _failed(self, exc: BaseException) -> None:
         r = self._router
@@ -439,21 +481,23 @@ class AsyncReadConnection:
         shielded, so a cancellation landing here leaks neither.
         """
         conn, self._conn = self._conn, None
+        fairy, self._fairy = self._fairy, None
         held, self._held = self._held, None
         if held is not None:
             self._router.release(held)
         if conn is not None:
             with suppress(sa_exc.SQLAlchemyError):
                 await asyncio.shield(conn.close())
+        elif fairy is not None and not checkin_idle(fairy):
+            with suppress(sa_exc.SQLAlchemyError, psycopg.Error):
+                await asyncio.shield(greenlet_spawn(fairy.close))
 
-    async def _run(self, call: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+    async def _run(self, call: Callable[[], Awaitable[Any]]) -> Any:
         if self._delivered:
-            assert self._conn is not None
-            return await call(self._conn)
+            return await call()
         while True:
-            assert self._conn is not None
             try:
-                result = await call(self._conn)
+                result = await call()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
                 if not is_connection_error(exc):
                     raise
@@ -466,8 +510,7 @@ class AsyncReadConnection:
 
     def orm_session(self) -> AsyncSession:
         """A session (``AsyncSession``) on this read, its statements under the one-retry rule (:mod:`dbscale.routing.orm`)."""
-        assert self._conn is not None
-        session = AsyncSession(bind=self._conn, join_transaction_mode="rollback_only", sync_session_class=ReadSession)
+        session = AsyncSession(bind=self._sa(), join_transaction_mode="rollback_only", sync_session_class=ReadSession)
         self._attach(session.sync_session)
         return session
 
@@ -489,8 +532,7 @@ class AsyncReadConnection:
             return None
         session = state.session
         while True:
-            assert self._conn is not None
-            session.bind = self._conn.sync_connection
+            session.bind = self._sa().sync_connection
             try:
                 result = state.invoke_statement()
             except (sa_exc.DBAPIError, sa_exc.DisconnectionError) as exc:
@@ -508,19 +550,78 @@ class AsyncReadConnection:
 
     async def execute(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.execute`` with the one-retry rule."""
-        return await self._run(lambda c: c.execute(statement, parameters, **kw))
+        engine = self._engine
+        assert engine is not None
+        if not kw and not self._snapshot and not engine.sync_engine._has_events:
+            prepared = prepare(statement, parameters, engine.dialect)
+            if prepared is not None:
+                sql, params, keys = prepared
+                return await self._run(lambda: self._fast(sql, params, keys))
+        return await self._run(lambda: self._sa().execute(statement, parameters, **kw))
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.exec_driver_sql`` with the one-retry rule."""
-        return await self._run(lambda c: c.exec_driver_sql(statement, parameters, **kw))
+        engine = self._engine
+        assert engine is not None
+        if not kw and not self._snapshot and not engine.sync_engine._has_events and not isinstance(parameters, list):
+            return await self._run(lambda: self._fast(statement, parameters, None))
+        return await self._run(lambda: self._sa().exec_driver_sql(statement, parameters, **kw))
 
     async def scalar(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.scalar`` with the one-retry rule."""
-        return await self._run(lambda c: c.scalar(statement, parameters, **kw))
+        return (await self.execute(statement, parameters, **kw)).scalar()
 
     async def scalars(self, statement: Executable, parameters: Any = None, **kw: Any) -> Any:
         """``AsyncConnection.scalars`` with the one-retry rule."""
-        return await self._run(lambda c: c.scalars(statement, parameters, **kw))
+        return (await self.execute(statement, parameters, **kw)).scalars()
+
+    async def _fast(self, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
+        """Run one statement on the psycopg connection (:mod:`dbscale.routing.fast`); errors as SQLAlchemy raises them."""
+        assert self._fairy is not None
+        try:
+            return await run_fast(self._fairy.driver_connection, sql, params, keys)
+        except psycopg.Error as exc:
+            sync = self._sa().sync_connection
+            assert sync is not None
+            await greenlet_spawn(sync._handle_dbapi_exception, exc, sql, params, None, None)
+            raise  # not reached: SQLAlchemy raised its own exception (invalidating the connection if it is lost)
 
 
-__all__ = ["AsyncGroupRouter", "AsyncReadConnection"]
+class AsyncWriteConnection(AsyncConnection):
+    """The ``AsyncConnection`` a write runs on: ``execute()`` of ``text()`` and plain Core ``select()``
+    statements inside the write's transaction goes to the psycopg connection directly
+    (:mod:`dbscale.routing.fast`); everything else is SQLAlchemy's own."""
+
+    async def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None) -> Any:
+        sync = self.sync_connection
+        if execution_options is None and sync is not None and sync.in_transaction() and not sync._has_events:
+            prepared = prepare(statement, parameters, sync.dialect)
+            if prepared is not None:
+                sql, params, keys = prepared
+                try:
+                    return await run_fast(sync.connection.driver_connection, sql, params, keys)
+                except psycopg.Error as exc:
+                    await greenlet_spawn(sync._handle_dbapi_exception, exc, sql, params, None, None)
+                    raise  # not reached
+        return await super().execute(statement, parameters, execution_options=execution_options)
+
+
+def settle(conn: Connection) -> None:
+    """End SQLAlchemy's transaction on ``conn`` (psycopg sends ``COMMIT`` only if one is open) and close it.
+
+    One call for both, so asyncio code crosses into SQLAlchemy's greenlet once.
+    """
+    conn.commit()
+    conn.close()
+
+
+async def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
+    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`."""
+    cur = driver.cursor()
+    await cur.execute(sql, params)
+    names = columns(cur.pgresult, cur._encoding, keys)
+    rows = await cur.fetchall() if names is not None else ()
+    return result(names, rows, cur.rowcount)
+
+
+__all__ = ["AsyncGroupRouter", "AsyncReadConnection", "AsyncWriteConnection"]

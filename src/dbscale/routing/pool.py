@@ -13,6 +13,7 @@ write raises ``PrimaryUnavailable`` at the caller's first statement, which never
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,13 @@ from sqlalchemy import exc as sa_exc
 
 #: ``ConnectionPoolEntry.info`` key: when the connection last proved usable (on ``clock``).
 USED_KEY = "dbscale_used"
+#: The idle window of each pool with the ping installed (a pool absent here is never pinged).
+_WINDOWS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def idle_window(pool: Any) -> float | None:
+    """The idle window (seconds) after which ``pool``'s connections are pinged; None: never pinged."""
+    return _WINDOWS.get(pool)
 
 
 def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,9 +49,10 @@ def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = 
             raise sa_exc.DisconnectionError(f"ping failed: {type(exc).__name__}") from exc
         record.info[USED_KEY] = clock()
 
+    _WINDOWS[engine.pool] = idle
     event.listen(engine, "connect", used)
     event.listen(engine, "checkin", used)
     event.listen(engine, "checkout", checkout)
 
 
-__all__ = ["USED_KEY", "install_idle_ping"]
+__all__ = ["USED_KEY", "idle_window", "install_idle_ping"]
