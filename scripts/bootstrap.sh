@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what dbscale needs on a fresh Debian 12 machine, idempotently:
-#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG) when missing, then a venv with dbscale[dev,bench].
+#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG, Patroni, etcd) when missing, then a venv with dbscale[dev,bench].
 # As root it installs with apt-get; as an ordinary user it says which packages to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,10 @@ need=()
 [ -f /usr/share/postgresql/15/extension/hypopg.control ] || need+=(postgresql-15-hypopg)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
+# `dbscale up --ha` (Patroni + etcd) and `dbscale up --redis-cluster N` (redis-cli --cluster create)
+command -v patroni >/dev/null 2>&1 || need+=(patroni)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then

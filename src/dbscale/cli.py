@@ -22,7 +22,7 @@ from dbscale.cli_project import register as register_project_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
-from dbscale.probe import NodeStatus, probe_topology
+from dbscale.probe import NodeStatus, probe_patroni, probe_redis_cluster, probe_topology
 
 app = typer.Typer(
     name="dbscale",
@@ -61,9 +61,56 @@ def _fmt_lag(status: NodeStatus) -> str:
     return f"{size} / {secs}"
 
 
-def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
+def _engine_views(state_dir: Path | None, config: Any) -> dict[str, Any]:
+    """Patroni's view of each HA group, and the local Redis Cluster's nodes and slots (if any)."""
+    views: dict[str, Any] = {}
+    patroni = probe_patroni(config)
+    if patroni:
+        views["patroni"] = patroni
+    if state_dir is not None and (state_dir / "state.json").is_file():
+        from dbscale.local import redis_cluster
+
+        nodes = redis_cluster.cluster_nodes(_local(state_dir).state())
+        if nodes:
+            try:
+                views["redis_cluster"] = probe_redis_cluster(redis_cluster.urls(nodes))
+            except Exception as exc:  # every node down: say so instead of failing the whole status
+                views["redis_cluster"] = {"error": str(exc)}
+    return views
+
+
+def _print_engines(views: dict[str, Any]) -> None:
+    for group, view in views.get("patroni", {}).items():
+        table = Table(title=f"patroni: group {group}")
+        for column in ("member", "host:port", "role", "state", "timeline", "lag (bytes)"):
+            table.add_column(column)
+        for m in view.get("members", []):
+            lag = m.get("lag")
+            table.add_row(m.get("name", "?"), f"{m.get('host')}:{m.get('port')}", m.get("role", "?"),
+                          m.get("state", "?"), str(m.get("timeline", "-")), "-" if lag in (None, "") else str(lag))  # fmt: skip
+        out.print(table)
+        if view.get("error"):
+            out.print(f"[red]patroni of {group} unreachable:[/] {view['error']}")
+    cluster = views.get("redis_cluster")
+    if isinstance(cluster, dict):
+        out.print(f"[red]redis cluster unreachable:[/] {cluster['error']}")
+    elif cluster:
+        covered = sum(n.slots for n in cluster if n.role == "master" and n.connected)
+        table = Table(title=f"redis cluster: {covered} of 16384 slots served")
+        for column in ("node", "role", "master", "status", "slots", "ranges"):
+            table.add_column(column)
+        for n in cluster:
+            status = "[green]connected[/]" if n.connected else f"[red]down[/] ({n.flags})"
+            table.add_row(n.address, n.role, n.master or "-", status, str(n.slots), " ".join(n.ranges) or "-")
+        out.print(table)
+
+
+def _print_status(statuses: list[NodeStatus], as_json: bool, engines: dict[str, Any] | None = None) -> None:
     if as_json:
-        print(json.dumps({"nodes": [s.as_dict() for s in statuses]}, indent=2))
+        doc: dict[str, Any] = {"nodes": [s.as_dict() for s in statuses]}
+        for key, view in (engines or {}).items():
+            doc[key] = [n.as_dict() for n in view] if isinstance(view, list) else view
+        print(json.dumps(doc, indent=2))
         return
     table = Table(title="dbscale topology")
     for column in ("node", "group", "role", "port", "status", "replay lag", "router"):
@@ -73,6 +120,7 @@ def _print_status(statuses: list[NodeStatus], as_json: bool) -> None:
         lag = _fmt_lag(s) + (" (replay paused)" if s.replay_paused else "")
         table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, lag, s.router or "-")
     out.print(table)
+    _print_engines(engines or {})
 
 
 def _config_path(state_dir: Path | None, config: Path | None) -> Path:
@@ -94,15 +142,28 @@ def up(
     pgbouncer: Annotated[
         bool | None, typer.Option("--pgbouncer/--no-pgbouncer", help="PgBouncer (transaction mode) per primary.")
     ] = None,
+    ha: Annotated[
+        bool | None, typer.Option("--ha/--no-ha", help="Patroni + etcd run group main and fail over on their own.")
+    ] = None,
+    redis_cluster: Annotated[
+        int | None, typer.Option("--redis-cluster", help="Also start a Redis Cluster of N masters (N >= 3).", min=0)
+    ] = None,
+    redis_cluster_replicas: Annotated[
+        int | None, typer.Option("--redis-cluster-replicas", help="Replicas per Redis Cluster master.", min=0)
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonFlag = False,
 ) -> None:
     """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
     topology = _local(state_dir)
-    topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer)
+    topology.up(
+        replicas=replicas, shards=shards, pgbouncer=pgbouncer,
+        ha=ha, redis_cluster=redis_cluster, redis_cluster_replicas=redis_cluster_replicas,
+    )  # fmt: skip
     if not as_json:
         out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
-    _print_status(probe_topology(load_config(topology.config_path)), as_json)
+    config = load_config(topology.config_path)
+    _print_status(probe_topology(config), as_json, _engine_views(state_dir, config))
 
 
 @app.command()
@@ -137,8 +198,13 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict."""
-    _print_status(probe_topology(load_config(_config_path(state_dir, config))), as_json)
+    """Show every node: group, role, port, health, replay lag (bytes and seconds), and the router's verdict.
+
+    Also Patroni's view of each HA group and the local Redis Cluster's nodes and slots.
+    """
+    loaded = load_config(_config_path(state_dir, config))
+    local_dir = None if config is not None else (state_dir or DEFAULT_STATE_DIR)
+    _print_status(probe_topology(loaded), as_json, _engine_views(local_dir, loaded))
 
 
 @app.command("pgbouncer-config")
@@ -197,7 +263,7 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
         NodeAction.start: "Start a stopped or killed node.",
         NodeAction.pause_replay: "Pause WAL replay on a replica (it falls behind).",
         NodeAction.resume_replay: "Resume WAL replay on a replica.",
-        NodeAction.promote: "Promote a replica to primary.",
+        NodeAction.promote: "Promote a replica to primary (refused under --ha: Patroni promotes).",
     }[action]
     return command
 

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbscale.errors import LocalTopologyError
-from dbscale.local import pgbouncer, postgres, processes, redis_server
-from dbscale.local.binaries import find_binaries
+from dbscale.local import etcd, patroni, pgbouncer, postgres, processes, redis_server
+from dbscale.local import redis_cluster as cluster_of_redis
+from dbscale.local.binaries import find_binaries, find_binary
 from dbscale.local.ports import free_ports
 from dbscale.local.runtime import Runtime
 from dbscale.local.service_user import check_traversable, current_service_user
 from dbscale.local.state import (
     CONFIG_FILE,
+    ETCD_NAME,
     STATE_FILE,
     NodeInfo,
     Shape,
@@ -132,6 +134,8 @@ class LocalTopology:
         rt = self._runtime(state)
         pids: set[int] = set()
         for n in state.nodes:
+            if n.patroni and patroni.pid(n) is not None:
+                pids.add(patroni.pid(n) or 0)
             if n.kind == "postgres":
                 pids.update(postgres.all_pids(n, rt))
             else:
@@ -148,12 +152,17 @@ class LocalTopology:
         shards: int | None = None,
         pgbouncer: bool | None = None,
         *,
+        ha: bool | None = None,
+        redis_cluster: int | None = None,
+        redis_cluster_replicas: int | None = None,
         timeout: float = 60.0,
     ) -> list[NodeInfo]:
         """Create and/or start whatever is not running; return once everything serves and streams.
 
         Shape arguments default to the recorded shape, or 2 replicas / 0 shards / no PgBouncer for a
         new topology. A shape different from the recorded one is an error (``down --purge`` first).
+        ``ha``: Patroni (with etcd) runs group ``main`` and fails over on its own;
+        ``redis_cluster``: also start a Redis Cluster of that many masters (``redis_cluster_replicas`` each).
         """
         user = current_service_user()
         check_traversable(self.state_dir, user)  # before creating anything
@@ -164,7 +173,10 @@ class LocalTopology:
         with self._lock():
             state = load_state(self.state_dir)
             if state is not None:
-                diff = state.shape.mismatches(replicas, shards, pgbouncer)
+                diff = state.shape.mismatches(
+                    replicas, shards, pgbouncer,
+                    ha=ha, redis_cluster=redis_cluster, redis_cluster_replicas=redis_cluster_replicas,
+                )  # fmt: skip
                 if diff:
                     raise LocalTopologyError(
                         f"the topology in {self.state_dir} has a different shape: asked for "
@@ -176,8 +188,13 @@ class LocalTopology:
                     replicas=defaults.replicas if replicas is None else replicas,
                     shards=defaults.shards if shards is None else shards,
                     pgbouncer=defaults.pgbouncer if pgbouncer is None else pgbouncer,
+                    ha=bool(ha),
+                    redis_cluster=redis_cluster or 0,
+                    redis_cluster_replicas=redis_cluster_replicas or 0,
                 )
                 find_binaries(shape.pgbouncer)  # fail before writing anything
+                for tool in (["patroni", "etcd"] if shape.ha else []) + (["redis-cli"] if shape.redis_cluster else []):
+                    find_binary(tool)
                 password = secrets.token_urlsafe(24)
                 state = plan(shape, password, self.state_dir, free_ports(node_count(shape)))
                 save_state(self.state_dir, state)
@@ -190,12 +207,21 @@ class LocalTopology:
                 *(lambda g=g: self._converge_group(state, rt, g, timeout) for g in state.groups()),
                 lambda: redis_server.start(redis, rt, timeout),
             ]
+            cluster_nodes = [n for n in state.nodes if n.kind == "redis-cluster"]
+            if cluster_nodes:
+                tasks.append(
+                    lambda: cluster_of_redis.converge(cluster_nodes, state.shape.redis_cluster_replicas, rt, timeout)
+                )
             _all(tasks, lambda task: task())
             write_config(self.config_path, state)
             return list(state.nodes)
 
     def _converge_group(self, state: TopologyState, rt: Runtime, group: str, timeout: float) -> None:
         members = state.postgres_nodes(group)
+        if any(n.patroni for n in members):  # `up --ha`: Patroni runs the group, PgBouncer follows its leader
+            bouncers = [n for n in state.nodes if n.kind == "pgbouncer" and n.group == group]
+            patroni.converge(members, state.node(ETCD_NAME), next(iter(bouncers), None), rt, timeout)
+            return
         for node in (n for n in members if n.role == "primary"):
             if not postgres.is_initialized(node):
                 if node.upstream is not None:
@@ -232,8 +258,9 @@ class LocalTopology:
             if state is None:
                 return
             rt = self._runtime(state)
-            by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in ("pgbouncer", "postgres", "redis")}
-            for kind in ("pgbouncer", "postgres", "redis"):
+            kinds = ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster")  # etcd after Patroni: it holds the lock
+            by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in kinds}
+            for kind in kinds:
                 _all(by_kind[kind], lambda n: self._stop(n, rt))
             left = self.running_pids()
             if left:
@@ -247,14 +274,22 @@ class LocalTopology:
         """Start one node (no-op if running); a replica is waited for until it streams again."""
         state = self.state()
         node, rt = state.node(name), self._runtime(state)
-        if node.kind == "postgres":
+        if node.patroni:
+            bouncers = [n for n in state.nodes if n.kind == "pgbouncer" and n.group == node.group]
+            patroni.start(node, rt, state.node(ETCD_NAME).port, next(iter(bouncers), None))
+            patroni.wait_member(node, rt, timeout)
+        elif node.kind == "postgres":
             postgres.start(node, rt, timeout)
             if node.role == "replica" and self._pid(state.node(node.upstream or ""), rt) is not None:
                 postgres.wait_streaming(node, rt.password, timeout)
         elif node.kind == "redis":
             redis_server.start(node, rt, timeout)
+        elif node.kind == "etcd":
+            etcd.start(node, rt, timeout)
+        elif node.kind == "redis-cluster":
+            cluster_of_redis.start(node, rt, timeout)
         else:
-            pgbouncer.start(node, rt, state.group_primary(node.group or "").port, timeout)
+            pgbouncer.start(node, rt, self._bouncer_target(state, rt, node.group or ""), timeout)
 
     def stop(self, name: str) -> None:
         """Stop one node cleanly (PostgreSQL fast shutdown) and wait until its processes are gone."""
@@ -265,10 +300,16 @@ class LocalTopology:
         """SIGKILL the node's main process (leaving e.g. a stale ``postmaster.pid``); return its pid."""
         state = self.state()
         node, rt = state.node(name), self._runtime(state)
+        if node.patroni:  # the whole member crashes: Patroni too, or it would just restart PostgreSQL
+            return patroni.kill(node, rt)
         if node.kind == "postgres":
             return postgres.kill(node, rt)
         if node.kind == "redis":
             return redis_server.kill(node, rt)
+        if node.kind == "etcd":
+            return etcd.kill(node, rt)
+        if node.kind == "redis-cluster":
+            return cluster_of_redis.kill(node, rt)
         return pgbouncer.kill(node, rt)
 
     def pause_replay(self, name: str) -> None:
@@ -290,6 +331,12 @@ class LocalTopology:
         """Promote a replica to primary; updates ``state.json`` and ``dbscale.toml``."""
         with self._lock():
             node = self._replica(name, "promote")
+            if node.patroni:
+                raise LocalTopologyError(
+                    f"{name} is managed by Patroni (`dbscale up --ha`): dbscale never promotes in HA mode. "
+                    f"Kill the leader (`dbscale node kill`) to fail over, or run `patronictl -c "
+                    f"{node.node_dir / patroni.CONFIG_NAME} switchover`"
+                )
             state = self.state()
             postgres.promote(node, state.password, timeout)
             state = state.with_role(name, "primary")
@@ -317,16 +364,34 @@ class LocalTopology:
             return postgres.pid(node, rt)
         if node.kind == "redis":
             return redis_server.pid(node, rt)
+        if node.kind == "etcd":
+            return etcd.pid(node, rt)
+        if node.kind == "redis-cluster":
+            return cluster_of_redis.pid(node, rt)
         return pgbouncer.pid(node, rt)
 
     @staticmethod
     def _stop(node: NodeInfo, rt: Runtime) -> None:
-        if node.kind == "postgres":
+        if node.patroni:
+            patroni.stop(node, rt)
+        elif node.kind == "postgres":
             postgres.stop(node, rt)
         elif node.kind == "redis":
             redis_server.stop(node, rt)
+        elif node.kind == "etcd":
+            etcd.stop(node, rt)
+        elif node.kind == "redis-cluster":
+            cluster_of_redis.stop(node, rt)
         else:
             pgbouncer.stop(node, rt)
+
+    @staticmethod
+    def _bouncer_target(state: TopologyState, rt: Runtime, group: str) -> int:
+        """The port PgBouncer of ``group`` pools for: Patroni's leader under ``--ha``, else the recorded primary."""
+        members = state.postgres_nodes(group)
+        if any(n.patroni for n in members):
+            return patroni.wait_leader(members, rt, 30.0).port
+        return state.group_primary(group).port
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
