@@ -73,9 +73,14 @@ def _engine_views(state_dir: Path | None, config: Any) -> dict[str, Any]:
         nodes = redis_cluster.cluster_nodes(_local(state_dir).state())
         if nodes:
             try:
-                views["redis_cluster"] = probe_redis_cluster(redis_cluster.urls(nodes))
+                view = probe_redis_cluster(redis_cluster.urls(nodes))
             except Exception as exc:  # every node down: say so instead of failing the whole status
                 views["redis_cluster"] = {"error": str(exc)}
+            else:
+                names = {f"127.0.0.1:{n.port}": n.name for n in nodes}
+                for entry in view:
+                    entry.name = names.get(entry.address, "")
+                views["redis_cluster"] = view
     return views
 
 
@@ -97,11 +102,13 @@ def _print_engines(views: dict[str, Any]) -> None:
     elif cluster:
         covered = sum(n.slots for n in cluster if n.role == "master" and n.connected)
         table = Table(title=f"redis cluster: {covered} of 16384 slots served")
-        for column in ("node", "role", "master", "status", "slots", "ranges"):
+        for column in ("node", "address", "role", "master", "status", "slots", "ranges"):
             table.add_column(column)
         for n in cluster:
             status = "[green]connected[/]" if n.connected else f"[red]down[/] ({n.flags})"
-            table.add_row(n.address, n.role, n.master or "-", status, str(n.slots), " ".join(n.ranges) or "-")
+            table.add_row(
+                n.name or "-", n.address, n.role, n.master or "-", status, str(n.slots), " ".join(n.ranges) or "-"
+            )
         out.print(table)
 
 

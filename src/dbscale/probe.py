@@ -167,6 +167,7 @@ class RedisClusterNode:
     connected: bool
     slots: int
     ranges: list[str] = field(default_factory=list)
+    name: str = ""  # the local topology's node name, when it knows one
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``dbscale status --json``)."""
