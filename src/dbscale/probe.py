@@ -12,12 +12,8 @@ group's ``patroni`` REST URLs: leader, sync standby, timeline, lag) and a Redis 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
@@ -26,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from dbscale.cluster import Cluster
 from dbscale.config import TopologyConfig, libpq_conninfo, mask_url
+from dbscale.engines import RedisClusterNode, patroni_cluster, probe_redis_cluster
 from dbscale.topology import NodeRef, configured_nodes
 
 
@@ -47,6 +44,9 @@ class NodeStatus:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``dbscale status --json``)."""
         return asdict(self)
+
+
+__all__ = ["NodeStatus", "RedisClusterNode", "probe_patroni", "probe_redis_cluster", "probe_topology"]
 
 
 def _short_error(exc: BaseException | str) -> str:
@@ -135,76 +135,6 @@ def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[Node
     return statuses
 
 
-def patroni_cluster(urls: Sequence[str], timeout: float = 2.0) -> dict[str, Any]:
-    """Patroni's ``GET /cluster`` from the first REST URL that answers; ``{"error": ...}`` when none does."""
-    errors = []
-    for url in urls:
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + "/cluster", timeout=timeout) as resp:
-                view = json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            errors.append(f"{url}: {_short_error(exc)}")
-            continue
-        if isinstance(view, dict):
-            return view
-    return {"members": [], "error": "; ".join(errors) or "no Patroni REST URL configured"}
-
-
 def probe_patroni(config: TopologyConfig, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
     """Patroni's view of every group that lists ``patroni`` REST URLs (empty when none does)."""
     return {name: patroni_cluster(group.patroni, timeout) for name, group in config.groups.items() if group.patroni}
-
-
-@dataclass
-class RedisClusterNode:
-    """One node of a Redis Cluster as ``CLUSTER NODES`` shows it (``slots``: how many it serves)."""
-
-    address: str
-    node_id: str
-    role: str
-    flags: str
-    master: str | None
-    connected: bool
-    slots: int
-    ranges: list[str] = field(default_factory=list)
-    name: str = ""  # the local topology's node name, when it knows one
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``dbscale status --json``)."""
-        return asdict(self)
-
-
-def _slot_count(ranges: list[list[str]]) -> int:
-    return sum(int(r[-1]) - int(r[0]) + 1 for r in ranges)
-
-
-def probe_redis_cluster(urls: Sequence[str], timeout: float = 2.0) -> list[RedisClusterNode]:
-    """The cluster as the first reachable node sees it (``CLUSTER NODES``), failed nodes included.
-
-    Raises ``redis.RedisError`` when no URL answers.
-    """
-    error: Exception | None = None
-    for url in urls:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        try:
-            view: dict[str, dict[str, Any]] = client.cluster("NODES")  # type: ignore[assignment]  # sync client
-        except redis.RedisError as exc:
-            error = exc
-            continue
-        finally:
-            client.close()
-        ids = {node["node_id"]: address for address, node in view.items()}
-        return [
-            RedisClusterNode(
-                address=address,
-                node_id=node["node_id"],
-                role="master" if "master" in node["flags"] else "replica",
-                flags=node["flags"],
-                master=ids.get(node["master_id"]),
-                connected=bool(node["connected"]) and "fail" not in node["flags"].split(","),
-                slots=_slot_count(node["slots"]),
-                ranges=["-".join(r) for r in node["slots"]],
-            )
-            for address, node in sorted(view.items())
-        ]
-    raise error or redis.RedisError("no Redis Cluster URL given")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dbscale.engines import patroni_cluster
 from dbscale.errors import LocalTopologyError
 from dbscale.local import etcd, pgbouncer, postgres, processes
 from dbscale.local.binaries import find_binary
@@ -195,23 +196,14 @@ def get(node: NodeInfo, path: str, timeout: float = 2.0) -> Any:
         raise OSError(f"Patroni on {api_url(node)} answered no JSON: {exc}") from exc
 
 
-def cluster_view(members: Sequence[NodeInfo], timeout: float = 2.0) -> dict[str, Any] | None:
-    """Patroni's ``GET /cluster`` from the first member that answers, or None when none does."""
-    for member in members:
-        if pid(member) is None:
-            continue
-        try:
-            view = get(member, "/cluster", timeout)
-        except OSError:
-            continue
-        if isinstance(view, dict):
-            return view
-    return None
+def cluster_view(members: Sequence[NodeInfo], timeout: float = 2.0) -> dict[str, Any]:
+    """Patroni's ``GET /cluster`` from the first running member that answers (``{"error": ...}`` if none)."""
+    return patroni_cluster([api_url(m) for m in members if pid(m) is not None], timeout)
 
 
-def leader(view: dict[str, Any] | None) -> str | None:
+def leader(view: dict[str, Any]) -> str | None:
     """The member name holding the leader lock in a ``/cluster`` view, if it is running."""
-    for m in (view or {}).get("members", []):
+    for m in view.get("members", []):
         if m.get("role") in LEADER_ROLES and m.get("state") == "running":
             return str(m["name"])
     return None

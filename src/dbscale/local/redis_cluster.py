@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import redis
 
+from dbscale.engines import RedisClusterNode, probe_redis_cluster
 from dbscale.errors import LocalTopologyError
 from dbscale.local import redis_server
 from dbscale.local.binaries import find_binary
 from dbscale.local.runtime import Runtime
 from dbscale.local.service_user import run
 from dbscale.local.state import HOST, NodeInfo, TopologyState
-from dbscale.probe import RedisClusterNode, probe_redis_cluster
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 2000
