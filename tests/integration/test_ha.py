@@ -73,10 +73,13 @@ def leader_name(topology: LocalTopology) -> str:
 
 @dataclass
 class Load:
-    """Writer and reader threads on one cluster; what they saw, with monotonic timestamps."""
+    """Writer and reader threads on one cluster; what they saw, with monotonic timestamps.
+
+    ``acked`` holds (id, writer, started, acknowledged) of every write whose COMMIT returned.
+    """
 
     cluster: Cluster
-    acked: list[tuple[int, float]] = field(default_factory=list)
+    acked: list[tuple[int, int, float, float]] = field(default_factory=list)
     write_errors: list[tuple[float, str]] = field(default_factory=list)
     reads: int = 0
     read_errors: list[tuple[float, str]] = field(default_factory=list)
@@ -87,6 +90,7 @@ class Load:
     def writer(self, index: int, base: int) -> None:
         while not self.stop.is_set():
             row_id = base + index * 10_000_000 + self.next_id[index]
+            started = time.monotonic()
             try:
                 with self.cluster.write() as conn:
                     conn.execute(text(f"INSERT INTO {TABLE} VALUES (:id, :w)"), {"id": row_id, "w": index})
@@ -97,7 +101,7 @@ class Load:
                 continue
             self.next_id[index] += 1  # a failed insert may have committed: never reuse its id
             with self.lock:
-                self.acked.append((row_id, time.monotonic()))
+                self.acked.append((row_id, index, started, time.monotonic()))
             time.sleep(0.01)
 
     def reader(self) -> None:
@@ -139,6 +143,7 @@ def fail_over_under_load(topology: LocalTopology, cluster: Cluster, base: int, s
         assert len(load.acked) > 0, load.write_errors[-3:]
         killed_at = time.monotonic()
         topology.kill(old)
+        dead_at = time.monotonic()  # a write started after this cannot have gone to the old primary
         promoted_at = None
         deadline = killed_at + FAILOVER_BUDGET
         resumed: dict[int, float] = {}
@@ -148,10 +153,9 @@ def fail_over_under_load(topology: LocalTopology, cluster: Cluster, base: int, s
                 if new is not None and new != old:
                     promoted_at = time.monotonic()
             with load.lock:
-                after = [a for a in load.acked if a[1] > killed_at]
-            for row_id, at in after:
-                writer = (row_id - base) // 10_000_000
-                resumed.setdefault(writer, at)
+                after = [(writer, acked) for _, writer, started, acked in load.acked if started > dead_at]
+            for writer, acked in after:
+                resumed.setdefault(writer, acked)
             if promoted_at is not None and len(resumed) == WRITERS:
                 break
             time.sleep(0.1)
@@ -163,7 +167,7 @@ def fail_over_under_load(topology: LocalTopology, cluster: Cluster, base: int, s
     assert promoted_at is not None, f"Patroni promoted nobody within {FAILOVER_BUDGET:.0f}s: {patroni_view(topology)}"
     assert len(resumed) == WRITERS, f"only writers {sorted(resumed)} wrote again; last errors {load.write_errors[-3:]}"
     new_leader = leader_name(topology)
-    acked_ids = {row_id for row_id, _ in load.acked}
+    acked_ids = {row_id for row_id, *_ in load.acked}
     with psycopg.connect(topology.url(new_leader), autocommit=True) as conn:
         present = {r[0] for r in conn.execute(f"SELECT id FROM {TABLE} WHERE id >= %s", (base,))}
     return Failover(
