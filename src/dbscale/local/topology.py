@@ -134,8 +134,9 @@ class LocalTopology:
         rt = self._runtime(state)
         pids: set[int] = set()
         for n in state.nodes:
-            if n.patroni and patroni.pid(n) is not None:
-                pids.add(patroni.pid(n) or 0)
+            manager = patroni.pid(n) if n.patroni else None
+            if manager is not None:
+                pids.add(manager)
             if n.kind == "postgres":
                 pids.update(postgres.all_pids(n, rt))
             else:
