@@ -90,6 +90,7 @@ class Load:
     def writer(self, index: int, base: int) -> None:
         while not self.stop.is_set():
             row_id = base + index * 10_000_000 + self.next_id[index]
+            self.next_id[index] += 1  # never reuse an id: a write that raised may still have committed
             started = time.monotonic()
             try:
                 with self.cluster.write() as conn:
@@ -99,7 +100,6 @@ class Load:
                     self.write_errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"[:200]))
                 time.sleep(0.05)
                 continue
-            self.next_id[index] += 1  # a failed insert may have committed: never reuse its id
             with self.lock:
                 self.acked.append((row_id, index, started, time.monotonic()))
             time.sleep(0.01)

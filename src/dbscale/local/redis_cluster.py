@@ -55,8 +55,11 @@ def covered_slots(view: Sequence[RedisClusterNode]) -> int:
     return sum(n.slots for n in view if n.role == "master" and n.connected)
 
 
-def _formed(view: Sequence[RedisClusterNode], size: int) -> bool:
-    return len(view) >= size and covered_slots(view) == SLOTS
+def _formed(view: Sequence[RedisClusterNode], size: int, replicas: int) -> bool:
+    """All nodes known, every slot served, and every replica attached (``redis-cli --cluster create``
+    assigns the slots first and attaches the replicas after, so a node seen early is still a master)."""
+    attached = sum(1 for n in view if n.role == "replica" and n.master is not None and n.connected)
+    return len(view) >= size and covered_slots(view) == SLOTS and attached == replicas
 
 
 def converge(nodes: Sequence[NodeInfo], replicas: int, rt: Runtime, timeout: float = 60.0) -> None:
@@ -71,11 +74,11 @@ def converge(nodes: Sequence[NodeInfo], replicas: int, rt: Runtime, timeout: flo
              "--cluster-replicas", str(replicas), "--cluster-yes"],
             what="redis-cli --cluster create", timeout=timeout,
         )  # fmt: skip
-    wait_formed(nodes, timeout)
+    wait_formed(nodes, len(nodes) - len(nodes) // (1 + replicas), timeout)
 
 
-def wait_formed(nodes: Sequence[NodeInfo], timeout: float) -> list[RedisClusterNode]:
-    """Wait until every node sees all nodes and all 16384 slots served; return the view."""
+def wait_formed(nodes: Sequence[NodeInfo], replicas: int, timeout: float) -> list[RedisClusterNode]:
+    """Wait until every node sees all nodes, all 16384 slots served and ``replicas`` replicas attached."""
     deadline = time.monotonic() + timeout
     view: list[RedisClusterNode] = []
     while True:
@@ -86,11 +89,12 @@ def wait_formed(nodes: Sequence[NodeInfo], timeout: float) -> list[RedisClusterN
             except redis.RedisError:  # a node still loading: look again
                 views.append([])
         view = views[0]
-        if all(_formed(v, len(nodes)) for v in views):
+        if all(_formed(v, len(nodes), replicas) for v in views):
             return view
         if time.monotonic() >= deadline:
             raise LocalTopologyError(
                 f"the Redis Cluster did not serve all {SLOTS} slots on every node within {timeout:.0f}s "
-                f"(first node sees {covered_slots(view)} slots, {len(view)} nodes); see {nodes[0].log_path}"
+                f"(first node sees {covered_slots(view)} slots, {len(view)} nodes, expected {replicas} replicas); "
+                f"see {nodes[0].log_path}"
             )
         time.sleep(0.1)
