@@ -271,6 +271,26 @@ def converge(
             postgres.wait_streaming(member, rt.password, timeout)
         if not postgres.is_initialized(member):
             postgres.mark_initialized(member, rt)
+    wait_sync_standby(members, timeout)
     if bouncer is not None:
         pgbouncer.start(bouncer, rt, lead.port, timeout)
     return lead
+
+
+def wait_sync_standby(members: Sequence[NodeInfo], timeout: float) -> str:
+    """Wait until Patroni names a synchronous standby (from then on no acknowledged write can be lost); return it.
+
+    Patroni picks one on a loop after a replica streams, so a just-started group runs a moment without.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        view = cluster_view(members)
+        sync = [m["name"] for m in view.get("members", []) if m.get("role") == "sync_standby"]
+        if sync:
+            return str(sync[0])
+        if time.monotonic() >= deadline:
+            raise LocalTopologyError(
+                f"Patroni named no synchronous standby for {members[0].group} within {timeout:.0f}s: "
+                f"{view.get('members') or view.get('error')}"
+            )
+        time.sleep(0.2)
