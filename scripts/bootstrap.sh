@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what dbscale needs on a fresh Debian 12 machine, idempotently:
-#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG, nginx, chromium, tmux) when missing, then a venv with dbscale[dev,bench].
+#   system packages (PostgreSQL 15, Redis, PgBouncer, HypoPG, Patroni, etcd, nginx, chromium, tmux) when missing, then a venv with dbscale[dev,bench].
 # As root it installs with apt-get; as an ordinary user it says which packages to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,10 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# `dbscale up --ha` (Patroni + etcd) and `dbscale up --redis-cluster N` (redis-cli --cluster create)
+command -v patroni >/dev/null 2>&1 || need+=(patroni)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then

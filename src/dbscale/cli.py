@@ -34,7 +34,7 @@ from dbscale.cli_writes import register as register_write_commands
 from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
 from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
-from dbscale.probe import NodeStatus, probe_shards, probe_topology
+from dbscale.probe import NodeStatus, probe_patroni, probe_redis_cluster, probe_shards, probe_topology
 
 app = typer.Typer(
     name="dbscale",
@@ -89,11 +89,69 @@ def _fmt_lag(status: NodeStatus) -> str:
     return f"{size} / {secs}"
 
 
-def _print_status(statuses: list[NodeStatus], as_json: bool, shards: list[dict[str, Any]] | None = None) -> None:
+def _engine_views(state_dir: Path | None, config: Any) -> dict[str, Any]:
+    """Patroni's view of each HA group, and the local Redis Cluster's nodes and slots (if any)."""
+    views: dict[str, Any] = {}
+    patroni = probe_patroni(config)
+    if patroni:
+        views["patroni"] = patroni
+    if state_dir is not None and (state_dir / "state.json").is_file():
+        from dbscale.local import redis_cluster
+
+        nodes = redis_cluster.cluster_nodes(_local(state_dir).state())
+        if nodes:
+            try:
+                view = probe_redis_cluster(redis_cluster.urls(nodes))
+            except Exception as exc:  # every node down: say so instead of failing the whole status
+                views["redis_cluster"] = {"error": str(exc)}
+            else:
+                names = {f"127.0.0.1:{n.port}": n.name for n in nodes}
+                for entry in view:
+                    entry.name = names.get(entry.address, "")
+                views["redis_cluster"] = view
+    return views
+
+
+def _print_engines(views: dict[str, Any]) -> None:
+    for group, view in views.get("patroni", {}).items():
+        table = Table(title=f"patroni: group {group}")
+        for column in ("member", "host:port", "role", "state", "timeline", "lag (bytes)"):
+            table.add_column(column)
+        for m in view.get("members", []):
+            lag = m.get("lag")
+            table.add_row(m.get("name", "?"), f"{m.get('host')}:{m.get('port')}", m.get("role", "?"),
+                          m.get("state", "?"), str(m.get("timeline", "-")), "-" if lag in (None, "") else str(lag))  # fmt: skip
+        out.print(table)
+        if view.get("error"):
+            out.print(f"[red]patroni of {group} unreachable:[/] {view['error']}")
+    cluster = views.get("redis_cluster")
+    if isinstance(cluster, dict):
+        out.print(f"[red]redis cluster unreachable:[/] {cluster['error']}")
+    elif cluster:
+        covered = sum(n.slots for n in cluster if n.role == "master" and n.connected)
+        table = Table(title=f"redis cluster: {covered} of 16384 slots served")
+        for column in ("node", "address", "role", "master", "status", "slots", "ranges"):
+            table.add_column(column)
+        for n in cluster:
+            status = "[green]connected[/]" if n.connected else f"[red]down[/] ({n.flags})"
+            table.add_row(
+                n.name or "-", n.address, n.role, n.master or "-", status, str(n.slots), " ".join(n.ranges) or "-"
+            )
+        out.print(table)
+
+
+def _print_status(
+    statuses: list[NodeStatus],
+    as_json: bool,
+    shards: list[dict[str, Any]] | None = None,
+    engines: dict[str, Any] | None = None,
+) -> None:
     if as_json:
         doc: dict[str, Any] = {"nodes": [s.as_dict() for s in statuses]}
         if shards:
             doc["shards"] = shards
+        for key, view in (engines or {}).items():
+            doc[key] = [n.as_dict() for n in view] if isinstance(view, list) else view
         print(json.dumps(doc, indent=2))
         return
     table = Table(title="dbscale topology")
@@ -106,6 +164,7 @@ def _print_status(statuses: list[NodeStatus], as_json: bool, shards: list[dict[s
     out.print(table)
     if shards:
         _print_shards(shards)
+    _print_engines(engines or {})
 
 
 def _print_shards(shards: list[dict[str, Any]]) -> None:
@@ -146,13 +205,25 @@ def up(
     edge: Annotated[
         bool, typer.Option("--edge", help="Also nginx (proxy_cache) in front of a demo app: the HTTP edge tier.")
     ] = False,
+    ha: Annotated[
+        bool | None, typer.Option("--ha/--no-ha", help="Patroni + etcd run group main and fail over on their own.")
+    ] = None,
+    redis_cluster: Annotated[
+        int | None, typer.Option("--redis-cluster", help="Also start a Redis Cluster of N masters (N >= 3).", min=0)
+    ] = None,
+    redis_cluster_replicas: Annotated[
+        int | None, typer.Option("--redis-cluster-replicas", help="Replicas per Redis Cluster master.", min=0)
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonFlag = False,
 ) -> None:
     """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
     topology = _local(state_dir)
     try:
-        topology.up(replicas=replicas, shards=shards, pgbouncer=pgbouncer, shard_replicas=shard_replicas)
+        topology.up(
+            replicas=replicas, shards=shards, pgbouncer=pgbouncer, shard_replicas=shard_replicas,
+            ha=ha, redis_cluster=redis_cluster, redis_cluster_replicas=redis_cluster_replicas,
+        )  # fmt: skip
     except KeyboardInterrupt as exc:
         fail(f"interrupted: {exc or 'nothing had been started'}", EXIT_INTERRUPTED)
     if not as_json:
@@ -161,8 +232,9 @@ def up(
         url = topology.up_edge().url
         if not as_json:
             out.print(f"edge up: nginx at [bold]{url}[/] (try {url}/users/1) in front of the demo app")
-    statuses = probe_topology(load_config(topology.config_path))
-    _print_status(statuses, as_json)
+    loaded = load_config(topology.config_path)
+    statuses = probe_topology(loaded)
+    _print_status(statuses, as_json, probe_shards(loaded), _engine_views(state_dir, loaded))
     _exit_for(statuses)
 
 
@@ -217,12 +289,14 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """Show every node: group, role, port, health, replay lag, the router's verdict; with [sharding], each shard
-    group's estimated rows and skew. Exit 1 if any node is down."""
+    group's estimated rows and skew; Patroni's view of each HA group; the local Redis Cluster's nodes and
+    slots. Exit 1 if any node is down."""
     if state_dir is not None:
         _local(state_dir)  # a file is a usage error
     topology = load_config(_config_path(state_dir, config))
     statuses = probe_topology(topology)
-    _print_status(statuses, as_json, probe_shards(topology))
+    local_dir = None if config is not None else (state_dir or DEFAULT_STATE_DIR)
+    _print_status(statuses, as_json, probe_shards(topology), _engine_views(local_dir, topology))
     if not as_json:  # each write-behind table's queue depth, oldest pending change and dead letters
         from dbscale.cli_writes import print_status
         from dbscale.cluster import Cluster
@@ -307,7 +381,7 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
         NodeAction.start: "Start a stopped or killed node.",
         NodeAction.pause_replay: "Pause WAL replay on a replica (it falls behind).",
         NodeAction.resume_replay: "Resume WAL replay on a replica.",
-        NodeAction.promote: "Promote a replica to primary.",
+        NodeAction.promote: "Promote a replica to primary (refused under --ha: Patroni promotes).",
     }[action]
     return command
 

@@ -86,6 +86,13 @@ def _redis_url(value: str) -> SecretURL:
     return SecretURL(value)
 
 
+def _http_url(value: str) -> str:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{mask_url(value)!r} is not an HTTP URL (use http://host:8008, Patroni's REST API)")
+    return value
+
+
 def _duration(value: Any) -> float:
     if not isinstance(value, str | int | float):
         raise ValueError(f"{value!r} is not a duration (use e.g. 250ms, 2s, 5m)")
@@ -100,6 +107,7 @@ def _size(value: Any) -> int:
 
 PostgresURL = Annotated[str, AfterValidator(_postgres_url)]
 RedisURL = Annotated[str, AfterValidator(_redis_url)]
+HttpURL = Annotated[str, AfterValidator(_http_url)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 
@@ -143,6 +151,9 @@ class GroupConfig(_Model):
     ban_max: Duration = 60.0
     write_timeout: Duration = 5.0
     write_via_pgbouncer: bool = True
+    # Patroni's REST API of each member (HA groups): `dbscale status` shows Patroni's view; routing
+    # still discovers roles itself and dbscale never promotes.
+    patroni: list[HttpURL] = Field(default_factory=list)
 
     def model_post_init(self, __context: Any) -> None:
         if self.weights is not None and len(self.weights) != len(self.replicas):
@@ -480,7 +491,7 @@ def _split_list(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-_LIST_KEYS = {"replicas"}
+_LIST_KEYS = {"replicas", "patroni"}
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -4,6 +4,10 @@ PostgreSQL nodes are reported as the read/write router sees them after a health 
 monitor (:mod:`dbscale.routing`): discovered role, reachability, replay lag in bytes and seconds,
 replay pause, bans, and whether it would send writes or reads there. The router does not check
 PgBouncer endpoints or Redis, so those get a query / PING of their own.
+
+Two engines have views of their own, shown beside the router's: Patroni (``GET /cluster`` of a
+group's ``patroni`` REST URLs: leader, sync standby, timeline, lag) and a Redis Cluster
+(``CLUSTER NODES``: masters, replicas, slots, failed nodes).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from dbscale.cluster import Cluster
 from dbscale.config import TopologyConfig, libpq_conninfo, mask_url
+from dbscale.engines import RedisClusterNode, patroni_cluster, probe_redis_cluster
 from dbscale.topology import NodeRef, configured_nodes
 
 
@@ -39,6 +44,9 @@ class NodeStatus:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``dbscale status --json``)."""
         return asdict(self)
+
+
+__all__ = ["NodeStatus", "RedisClusterNode", "probe_patroni", "probe_redis_cluster", "probe_topology"]
 
 
 def _short_error(exc: BaseException | str) -> str:
@@ -138,3 +146,8 @@ def probe_topology(config: TopologyConfig, *, timeout: float = 2.0) -> list[Node
     if redis_check is not None:
         statuses.append(redis_check.result())
     return statuses
+
+
+def probe_patroni(config: TopologyConfig, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Patroni's view of every group that lists ``patroni`` REST URLs (empty when none does)."""
+    return {name: patroni_cluster(group.patroni, timeout) for name, group in config.groups.items() if group.patroni}

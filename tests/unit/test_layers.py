@@ -36,6 +36,7 @@ FOUNDATION = (
     "dbscale.metrics",
     "dbscale.topology",
     "dbscale.pgbouncer",
+    "dbscale.engines",
     "dbscale._compat",
     "dbscale._flow",
 )
@@ -51,6 +52,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.metrics": (),
     "dbscale.topology": (),
     "dbscale.pgbouncer": (),
+    "dbscale.engines": (),  # read-only views of Patroni and Redis Cluster (status, local topology)
     "dbscale.routing": (),
     "dbscale.cache": (),
     # the capabilities on top: each may take the Cluster it runs against (the cycle check keeps the

@@ -129,4 +129,4 @@ def test_local_shards_get_replicas_and_a_sharding_section() -> None:
     assert doc["sharding"] == {"strategy": "ring", "groups": ["shard0", "shard1", "shard2"]}
     assert len(doc["groups"]["shard2"]["replicas"]) == 1
     assert "sharding" not in config_document(plan(Shape(shards=0), "pw", Path("/srv/x"), list(range(30000, 30010))))
-    assert Shape(shards=2).mismatches(None, None, None, 1) == ["shard_replicas=1 (state has 0)"]
+    assert Shape(shards=2).mismatches(None, None, None, shard_replicas=1) == ["shard_replicas=1 (state has 0)"]

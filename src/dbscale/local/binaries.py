@@ -20,6 +20,9 @@ PACKAGES: dict[str, str] = {
     "postgres": "postgresql-15",
     "redis-server": "redis-server",
     "pgbouncer": "pgbouncer",
+    "patroni": "patroni",
+    "etcd": "etcd-server",
+    "redis-cli": "redis-tools",
 }
 
 _PG_GLOB = "/usr/lib/postgresql/*/bin"

@@ -67,7 +67,7 @@ def is_initialized(node: NodeInfo) -> bool:
     return (node.node_dir / READY_MARKER).is_file() and (node.data_dir / "PG_VERSION").is_file()
 
 
-def _mark_initialized(node: NodeInfo, rt: Runtime) -> None:
+def mark_initialized(node: NodeInfo, rt: Runtime) -> None:
     write_owned(node.node_dir / READY_MARKER, "", rt.user)
 
 
@@ -123,7 +123,7 @@ def init_primary(node: NodeInfo, rt: Runtime) -> None:
     finally:
         pwfile.unlink(missing_ok=True)
     _write_conf(node, rt)
-    _mark_initialized(node, rt)
+    mark_initialized(node, rt)
 
 
 def basebackup(replica: NodeInfo, primary: NodeInfo, rt: Runtime) -> None:
@@ -140,10 +140,10 @@ def basebackup(replica: NodeInfo, primary: NodeInfo, rt: Runtime) -> None:
         what=f"pg_basebackup for {replica.name}",
     )  # fmt: skip
     _write_conf(replica, rt)
-    _mark_initialized(replica, rt)
+    mark_initialized(replica, rt)
 
 
-def _clear_leftovers(node: NodeInfo, rt: Runtime) -> None:
+def clear_leftovers(node: NodeInfo, rt: Runtime) -> None:
     """Wait for (then kill) processes left by a killed postmaster, and drop its stale pid file."""
     leftovers = processes.pids_in_dir(node.data_dir, rt.binaries.postgres)
     if leftovers:
@@ -160,7 +160,7 @@ def start(node: NodeInfo, rt: Runtime, timeout: float = 60.0) -> None:
         return
     if not is_initialized(node):
         raise LocalTopologyError(f"{node.name} has no data directory at {node.data_dir}: run `dbscale up`")
-    _clear_leftovers(node, rt)
+    clear_leftovers(node, rt)
     try:
         run(
             [rt.binaries.pg_ctl, "start", "-D", node.data_dir, "-l", node.log_path, "-w",

@@ -85,6 +85,26 @@ def live_pid_from_file(pidfile: Path, executable: Path) -> int | None:
     return None
 
 
+def cmdline_of(pid: int) -> list[str]:
+    """The argv of ``pid`` (empty when unknown or gone)."""
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def live_pid_running(pidfile: Path, argument: str) -> int | None:
+    """The pid in ``pidfile`` if that process is alive and ``argument`` is in its argv (e.g. its config file).
+
+    For interpreted servers (Patroni is a Python script) whose executable says nothing.
+    """
+    pid = read_pidfile(pidfile)
+    if pid is not None and is_alive(pid) and argument in cmdline_of(pid):
+        return pid
+    return None
+
+
 def pids_in_dir(directory: Path, executable: Path) -> list[int]:
     """Live processes running ``executable`` whose working directory is ``directory``."""
     want_dir = os.path.realpath(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 
 from dbscale.errors import LocalTopologyError
 from dbscale.local import processes
@@ -33,8 +34,8 @@ def ping(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def start(node: NodeInfo, rt: Runtime, timeout: float = 30.0) -> None:
-    """Start Redis (no-op if running) and return once it answers PING."""
+def start(node: NodeInfo, rt: Runtime, timeout: float = 30.0, extra_args: Sequence[str] = ()) -> None:
+    """Start Redis (no-op if running) and return once it answers PING; ``extra_args`` add to its command line."""
     if pid(node, rt) is not None:
         return
     node.node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ def start(node: NodeInfo, rt: Runtime, timeout: float = 30.0) -> None:
     run(
         [rt.binaries.redis_server, "--bind", HOST, "--port", str(node.port), "--daemonize", "yes",
          "--pidfile", _pidfile(node), "--logfile", str(node.log_path), "--dir", str(node.node_dir),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+         "--save", "", "--appendonly", "no", "--protected-mode", "yes", *extra_args],
         cwd=node.node_dir, what="starting redis-server",
     )  # fmt: skip
     deadline = time.monotonic() + timeout

@@ -104,6 +104,47 @@ def check_traversable(state_dir: Path, user: ServiceUser) -> None:
         )
 
 
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    user: ServiceUser,
+    cwd: Path,
+    log_path: Path,
+    pidfile: Path,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start a server that does not daemonize itself (etcd, Patroni) as ``user``, in its own session.
+
+    Output is appended to ``log_path``; the pid is written to ``pidfile`` (the server writes none)
+    and returned. No ``runuser`` in between: the pid recorded is the server's own.
+    """
+    uid = gid = None
+    if user.switch:
+        entry = pwd.getpwnam(user.name)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    with log_path.open("ab") as log:
+        if user.switch:
+            os.chown(log_path, user.uid, pwd.getpwnam(user.name).pw_gid)
+        try:
+            proc = subprocess.Popen(
+                [os.fspath(a) for a in argv],
+                cwd=cwd,
+                env={**os.environ, "HOME": str(cwd), **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C of `dbscale up` must not reach the server
+                user=uid,
+                group=gid,
+                extra_groups=[] if user.switch else None,
+            )
+        except OSError as exc:
+            raise LocalTopologyError(f"cannot start {os.fspath(argv[0])}: {exc}") from exc
+    child = int(proc.pid)
+    pidfile.write_text(f"{child}\n")
+    return child
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,

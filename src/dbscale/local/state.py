@@ -19,7 +19,7 @@ import tomli_w
 from dbscale.errors import LocalTopologyError
 from dbscale.names import NodeRole, pgbouncer_name, primary_name, replica_name, replica_slot
 
-NodeKind = Literal["postgres", "redis", "pgbouncer"]
+NodeKind = Literal["postgres", "redis", "pgbouncer", "etcd", "redis-cluster"]
 Role = NodeRole
 
 STATE_FILE = "state.json"
@@ -28,6 +28,8 @@ STATE_VERSION = 1
 USER = "dbscale"
 DATABASE = "dbscale"
 HOST = "127.0.0.1"
+ETCD_NAME = "etcd"
+REDIS_CLUSTER_PREFIX = "redis-cluster"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class NodeInfo:
     ``role`` is the current role of a PostgreSQL node (``promote`` turns a replica into a primary)
     and None for Redis and PgBouncer. ``upstream`` is the node a replica streams from, or the
     primary a PgBouncer pools for. ``data_dir`` is the PostgreSQL data directory, or the working
-    directory of Redis and PgBouncer.
+    directory of Redis and PgBouncer. ``api_port`` is a node's second port: Patroni's REST API for a
+    Patroni-managed PostgreSQL node (``up --ha``), the peer port of etcd, the cluster bus port of a
+    Redis Cluster node; None otherwise.
     """
 
     name: str
@@ -49,26 +53,50 @@ class NodeInfo:
     log_path: Path
     upstream: str | None = None
     slot: str | None = None
+    api_port: int | None = None
 
     @property
     def node_dir(self) -> Path:
         """The directory that holds everything of this node."""
         return self.data_dir.parent if self.kind == "postgres" else self.data_dir
 
+    @property
+    def patroni(self) -> bool:
+        """Whether Patroni runs this PostgreSQL node (``up --ha``): dbscale then never promotes it."""
+        return self.kind == "postgres" and self.api_port is not None
+
 
 @dataclass(frozen=True)
 class Shape:
-    """How many replicas and shard groups (and replicas per shard group), and whether PgBouncer runs."""
+    """How many replicas and shard groups (and replicas per shard group), whether PgBouncer runs, Patroni HA,
+    Redis Cluster size.
+
+    ``ha``: etcd and Patroni run group ``main`` (Patroni promotes; dbscale never does).
+    ``redis_cluster``: masters of an extra Redis Cluster (0: none), each with
+    ``redis_cluster_replicas`` replicas.
+    """
 
     replicas: int = 2
     shards: int = 0
     pgbouncer: bool = False
     shard_replicas: int = 0
+    ha: bool = False
+    redis_cluster: int = 0
+    redis_cluster_replicas: int = 0
 
     def __post_init__(self) -> None:
         if self.replicas < 0 or self.shards < 0 or self.shard_replicas < 0:
             raise LocalTopologyError(
                 f"replicas, shards and shard replicas must be >= 0, got {self.replicas}/{self.shards}/{self.shard_replicas}"
+            )
+        if self.redis_cluster_replicas < 0 or self.redis_cluster not in (0, *range(3, 1001)):
+            raise LocalTopologyError(
+                f"a Redis Cluster needs at least 3 masters (Redis refuses fewer), got {self.redis_cluster}; "
+                "use --redis-cluster 3 or more, and --redis-cluster-replicas 0 or more"
+            )
+        if self.ha and self.replicas < 1:
+            raise LocalTopologyError(
+                "--ha needs at least one replica for Patroni to fail over to: use --replicas 1 or more"
             )
 
     def replicas_of(self, group: str) -> int:
@@ -76,18 +104,22 @@ class Shape:
         return self.replicas if group == "main" else self.shard_replicas
 
     def mismatches(
-        self, replicas: int | None, shards: int | None, pgbouncer: bool | None, shard_replicas: int | None = None
+        self,
+        replicas: int | None,
+        shards: int | None,
+        pgbouncer: bool | None,
+        **more: bool | int | None,
     ) -> list[str]:
-        """Human-readable differences between this shape and requested values (None = any)."""
+        """Human-readable differences between this shape and requested values (None = any).
+
+        ``more`` takes the other fields by name (``ha``, ``redis_cluster``, ``redis_cluster_replicas``).
+        """
+        wanted: dict[str, bool | int | None] = {"replicas": replicas, "shards": shards, "pgbouncer": pgbouncer, **more}
         out = []
-        if replicas is not None and replicas != self.replicas:
-            out.append(f"replicas={replicas} (state has {self.replicas})")
-        if shards is not None and shards != self.shards:
-            out.append(f"shards={shards} (state has {self.shards})")
-        if pgbouncer is not None and pgbouncer != self.pgbouncer:
-            out.append(f"pgbouncer={pgbouncer} (state has {self.pgbouncer})")
-        if shard_replicas is not None and shard_replicas != self.shard_replicas:
-            out.append(f"shard_replicas={shard_replicas} (state has {self.shard_replicas})")
+        for name, value in wanted.items():
+            recorded = getattr(self, name)
+            if value is not None and value != recorded:
+                out.append(f"{name}={value} (state has {recorded})")
         return out
 
 
@@ -136,9 +168,11 @@ class TopologyState:
         return replace(self, nodes=nodes)
 
     def url(self, node: NodeInfo) -> str:
-        """The connection URL of a PostgreSQL or PgBouncer node, or the Redis URL."""
-        if node.kind == "redis":
+        """The connection URL of a PostgreSQL or PgBouncer node, the Redis URL, or etcd's client URL."""
+        if node.kind in ("redis", "redis-cluster"):
             return f"redis://{HOST}:{node.port}/0"
+        if node.kind == "etcd":
+            return f"http://{HOST}:{node.port}"
         return f"postgresql://{USER}:{quote(self.password, safe='')}@{HOST}:{node.port}/{DATABASE}"
 
 
@@ -165,14 +199,31 @@ def plan(shape: Shape, password: str, root: Path, ports: list[int]) -> TopologyS
             base = nodes_dir / pgbouncer_name(group)
             nodes.append(NodeInfo(pgbouncer_name(group), "pgbouncer", group, None, next(port_iter),
                                   base, base / "pgbouncer.log", primary_name(group)))  # fmt: skip
+    if shape.ha:  # Patroni's REST port on each node of main, then etcd (client and peer ports)
+        nodes = [
+            replace(n, api_port=next(port_iter)) if n.kind == "postgres" and n.group == "main" else n for n in nodes
+        ]
+        base = nodes_dir / ETCD_NAME
+        nodes.append(NodeInfo(ETCD_NAME, "etcd", None, None, next(port_iter), base, base / "etcd.log",
+                              api_port=next(port_iter)))  # fmt: skip
+    for i in range(1, redis_cluster_size(shape) + 1):
+        base = nodes_dir / f"{REDIS_CLUSTER_PREFIX}{i}"
+        nodes.append(NodeInfo(f"{REDIS_CLUSTER_PREFIX}{i}", "redis-cluster", None, None, next(port_iter),
+                              base, base / "redis.log", api_port=next(port_iter)))  # fmt: skip
     return TopologyState(shape=shape, password=password, nodes=tuple(nodes))
 
 
+def redis_cluster_size(shape: Shape) -> int:
+    """How many Redis Cluster nodes (masters and their replicas) ``shape`` has."""
+    return shape.redis_cluster * (1 + shape.redis_cluster_replicas)
+
+
 def node_count(shape: Shape) -> int:
-    """How many nodes (and so ports) ``shape`` needs."""
+    """How many ports ``shape`` needs (most nodes one; Patroni nodes, etcd and Redis Cluster nodes two)."""
     groups = 1 + shape.shards
     replicas = shape.replicas + shape.shards * shape.shard_replicas
-    return groups + replicas + 1 + (groups if shape.pgbouncer else 0)
+    ha = (1 + shape.replicas + 2) if shape.ha else 0
+    return groups + replicas + 1 + (groups if shape.pgbouncer else 0) + ha + 2 * redis_cluster_size(shape)
 
 
 def to_json(state: TopologyState) -> dict[str, Any]:
@@ -243,6 +294,9 @@ def config_document(state: TopologyState) -> dict[str, Any]:
         bouncer = [n for n in state.nodes if n.kind == "pgbouncer" and n.group == group]
         if bouncer:
             entry["pgbouncer"] = state.url(bouncer[0])
+        patroni = [f"http://{HOST}:{n.api_port}" for n in state.postgres_nodes(group) if n.patroni]
+        if patroni:
+            entry["patroni"] = patroni
         groups[group] = entry
     document: dict[str, Any] = {"cache": {"redis_url": state.url(redis)}, "groups": groups}
     shard_groups = [g for g in state.groups() if g != "main"]

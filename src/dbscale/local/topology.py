@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbscale.errors import LocalTopologyError
-from dbscale.local import nginx, pgbouncer, postgres, processes, redis_server
-from dbscale.local.binaries import find_binaries
+from dbscale.local import etcd, nginx, patroni, pgbouncer, postgres, processes, redis_server
+from dbscale.local import redis_cluster as cluster_of_redis
+from dbscale.local.binaries import find_binaries, find_binary
 from dbscale.local.ports import free_ports
 from dbscale.local.runtime import Runtime
 from dbscale.local.service_user import check_traversable, current_service_user
 from dbscale.local.state import (
     CONFIG_FILE,
+    ETCD_NAME,
     STATE_FILE,
     NodeInfo,
     Shape,
@@ -167,6 +169,9 @@ class LocalTopology:
         rt = self._runtime(state)
         pids: set[int] = set()
         for n in state.nodes:
+            manager = patroni.pid(n) if n.patroni else None
+            if manager is not None:
+                pids.add(manager)
             if n.kind == "postgres":
                 pids.update(postgres.all_pids(n, rt))
             else:
@@ -184,13 +189,17 @@ class LocalTopology:
         pgbouncer: bool | None = None,
         *,
         shard_replicas: int | None = None,
+        ha: bool | None = None,
+        redis_cluster: int | None = None,
+        redis_cluster_replicas: int | None = None,
         timeout: float = 60.0,
     ) -> list[NodeInfo]:
         """Create and/or start whatever is not running; return once everything serves and streams.
 
         Shape arguments default to the recorded shape, or 2 replicas / 0 shards / no PgBouncer / 0
         replicas per shard group for a new topology. A shape different from the recorded one is an
-        error (``down --purge`` first).
+        error (``down --purge`` first). ``ha``: Patroni (with etcd) runs group ``main`` and fails over on
+        its own; ``redis_cluster``: also start a Redis Cluster of that many masters (``redis_cluster_replicas`` each).
         """
         user = current_service_user()
         check_traversable(self.state_dir, user)  # before creating anything
@@ -201,7 +210,10 @@ class LocalTopology:
         with self._lock():
             state = load_state(self.state_dir)
             if state is not None:
-                diff = state.shape.mismatches(replicas, shards, pgbouncer, shard_replicas)
+                diff = state.shape.mismatches(
+                    replicas, shards, pgbouncer, shard_replicas=shard_replicas,
+                    ha=ha, redis_cluster=redis_cluster, redis_cluster_replicas=redis_cluster_replicas,
+                )  # fmt: skip
                 if diff:
                     raise LocalTopologyError(
                         f"the topology in {self.state_dir} has a different shape: asked for "
@@ -214,8 +226,13 @@ class LocalTopology:
                     shards=defaults.shards if shards is None else shards,
                     pgbouncer=defaults.pgbouncer if pgbouncer is None else pgbouncer,
                     shard_replicas=defaults.shard_replicas if shard_replicas is None else shard_replicas,
+                    ha=bool(ha),
+                    redis_cluster=redis_cluster or 0,
+                    redis_cluster_replicas=redis_cluster_replicas or 0,
                 )
                 find_binaries(shape.pgbouncer)  # fail before writing anything
+                for tool in (["patroni", "etcd"] if shape.ha else []) + (["redis-cli"] if shape.redis_cluster else []):
+                    find_binary(tool)
                 password = secrets.token_urlsafe(24)
                 state = plan(shape, password, self.state_dir, free_ports(node_count(shape)))
                 save_state(self.state_dir, state)
@@ -228,6 +245,11 @@ class LocalTopology:
                 *(lambda g=g: self._converge_group(state, rt, g, timeout) for g in state.groups()),
                 lambda: redis_server.start(redis, rt, timeout),
             ]
+            cluster_nodes = [n for n in state.nodes if n.kind == "redis-cluster"]
+            if cluster_nodes:
+                tasks.append(
+                    lambda: cluster_of_redis.converge(cluster_nodes, state.shape.redis_cluster_replicas, rt, timeout)
+                )
             running = {n.name for n in state.nodes if self._pid(n, rt) is not None}
             write_config(self.config_path, state)  # recorded before starting: status and down see it
             try:
@@ -240,7 +262,7 @@ class LocalTopology:
         """After a Ctrl-C during ``up``: stop the nodes ``up`` started (not those already ``running``)."""
         with _sigint_ignored():
             started = [n for n in state.nodes if n.name not in running and self._pid(n, rt) is not None]
-            for kind in ("pgbouncer", "postgres", "redis"):
+            for kind in ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster"):  # etcd after Patroni
                 _all([n for n in started if n.kind == kind], lambda n: self._stop(n, rt))
         if not started:
             return f"`dbscale up` stopped before any server started; the topology stays recorded in {self.state_dir}"
@@ -255,6 +277,10 @@ class LocalTopology:
 
     def _converge_group(self, state: TopologyState, rt: Runtime, group: str, timeout: float) -> None:
         members = state.postgres_nodes(group)
+        if any(n.patroni for n in members):  # `up --ha`: Patroni runs the group, PgBouncer follows its leader
+            bouncers = [n for n in state.nodes if n.kind == "pgbouncer" and n.group == group]
+            patroni.converge(members, state.node(ETCD_NAME), next(iter(bouncers), None), rt, timeout)
+            return
         for node in (n for n in members if n.role == "primary"):
             if not postgres.is_initialized(node):
                 if node.upstream is not None:
@@ -292,8 +318,9 @@ class LocalTopology:
                 return
             nginx.stop_edge(self.state_dir)
             rt = self._runtime(state)
-            by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in ("pgbouncer", "postgres", "redis")}
-            for kind in ("pgbouncer", "postgres", "redis"):
+            kinds = ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster")  # etcd after Patroni: it holds the lock
+            by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in kinds}
+            for kind in kinds:
                 _all(by_kind[kind], lambda n: self._stop(n, rt))
             left = self.running_pids()
             if left:
@@ -307,14 +334,22 @@ class LocalTopology:
         """Start one node (no-op if running); a replica is waited for until it streams again."""
         state = self.state()
         node, rt = state.node(name), self._runtime(state)
-        if node.kind == "postgres":
+        if node.patroni:
+            bouncers = [n for n in state.nodes if n.kind == "pgbouncer" and n.group == node.group]
+            patroni.start(node, rt, state.node(ETCD_NAME).port, next(iter(bouncers), None))
+            patroni.wait_member(node, rt, timeout)
+        elif node.kind == "postgres":
             postgres.start(node, rt, timeout)
             if node.role == "replica" and self._pid(state.node(node.upstream or ""), rt) is not None:
                 postgres.wait_streaming(node, rt.password, timeout)
         elif node.kind == "redis":
             redis_server.start(node, rt, timeout)
+        elif node.kind == "etcd":
+            etcd.start(node, rt, timeout)
+        elif node.kind == "redis-cluster":
+            cluster_of_redis.start(node, rt, timeout)
         else:
-            pgbouncer.start(node, rt, state.group_primary(node.group or "").port, timeout)
+            pgbouncer.start(node, rt, self._bouncer_target(state, rt, node.group or ""), timeout)
 
     def stop(self, name: str) -> None:
         """Stop one node cleanly (PostgreSQL fast shutdown) and wait until its processes are gone."""
@@ -325,10 +360,16 @@ class LocalTopology:
         """SIGKILL the node's main process (leaving e.g. a stale ``postmaster.pid``); return its pid."""
         state = self.state()
         node, rt = state.node(name), self._runtime(state)
+        if node.patroni:  # the whole member crashes: Patroni too, or it would just restart PostgreSQL
+            return patroni.kill(node, rt)
         if node.kind == "postgres":
             return postgres.kill(node, rt)
         if node.kind == "redis":
             return redis_server.kill(node, rt)
+        if node.kind == "etcd":
+            return etcd.kill(node, rt)
+        if node.kind == "redis-cluster":
+            return cluster_of_redis.kill(node, rt)
         return pgbouncer.kill(node, rt)
 
     def pause_replay(self, name: str) -> None:
@@ -350,6 +391,12 @@ class LocalTopology:
         """Promote a replica to primary; updates ``state.json`` and ``dbscale.toml``."""
         with self._lock():
             node = self._replica(name, "promote")
+            if node.patroni:
+                raise LocalTopologyError(
+                    f"{name} is managed by Patroni (`dbscale up --ha`): dbscale never promotes in HA mode. "
+                    f"Kill the leader (`dbscale node kill`) to fail over, or run `patronictl -c "
+                    f"{node.node_dir / patroni.CONFIG_NAME} switchover`"
+                )
             state = self.state()
             postgres.promote(node, state.password, timeout)
             state = state.with_role(name, "primary")
@@ -377,16 +424,34 @@ class LocalTopology:
             return postgres.pid(node, rt)
         if node.kind == "redis":
             return redis_server.pid(node, rt)
+        if node.kind == "etcd":
+            return etcd.pid(node, rt)
+        if node.kind == "redis-cluster":
+            return cluster_of_redis.pid(node, rt)
         return pgbouncer.pid(node, rt)
 
     @staticmethod
     def _stop(node: NodeInfo, rt: Runtime) -> None:
-        if node.kind == "postgres":
+        if node.patroni:
+            patroni.stop(node, rt)
+        elif node.kind == "postgres":
             postgres.stop(node, rt)
         elif node.kind == "redis":
             redis_server.stop(node, rt)
+        elif node.kind == "etcd":
+            etcd.stop(node, rt)
+        elif node.kind == "redis-cluster":
+            cluster_of_redis.stop(node, rt)
         else:
             pgbouncer.stop(node, rt)
+
+    @staticmethod
+    def _bouncer_target(state: TopologyState, rt: Runtime, group: str) -> int:
+        """The port PgBouncer of ``group`` pools for: Patroni's leader under ``--ha``, else the recorded primary."""
+        members = state.postgres_nodes(group)
+        if any(n.patroni for n in members):
+            return patroni.wait_leader(members, rt, 30.0).port
+        return state.group_primary(group).port
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
