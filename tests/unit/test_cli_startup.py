@@ -51,6 +51,13 @@ def test_launcher_loads_no_capability() -> None:
     assert heavy(imported_by("import dbscale_launcher, dbscale.cli")) == []
 
 
+def test_the_load_path_imports_no_cache_cqrs_or_advisor() -> None:
+    """What ``dbscale load`` imports when it runs: the config, the cluster, the loader (and the ORM the
+    routers need), but not Redis, the cache, CQRS or the advisor."""
+    modules = imported_by("import dbscale.cli; from dbscale.cluster import Cluster; from dbscale.bulk import bulk_load")
+    assert [m for m in heavy(modules) if not m.startswith(("dbscale.cluster", "sqlalchemy."))] == []
+
+
 def test_import_dbscale_is_lazy_and_every_public_name_resolves() -> None:
     assert "sqlalchemy" not in imported_by("import dbscale")
     modules = imported_by("from dbscale import ConfigError, DbscaleError")
