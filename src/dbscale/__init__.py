@@ -1,9 +1,10 @@
 """dbscale: scale a PostgreSQL-backed application without rewriting its data layer.
 
-The public names below are imported on first use (PEP 562 ``__getattr__``), not when ``dbscale``
-is imported: ``import dbscale`` (and so the ``dbscale`` CLI) does not pay for SQLAlchemy's ORM,
-the cache, CQRS or the advisor until a name that needs them is touched. ``from dbscale import
-Cluster`` works as before; type checkers read the imports under ``TYPE_CHECKING``.
+The public names (but the errors, which import nothing) are imported on first use (PEP 562
+``__getattr__``), not when ``dbscale`` is imported: ``import dbscale`` (and so the ``dbscale`` CLI)
+does not pay for SQLAlchemy's ORM, the cache, CQRS or the advisor until a name that needs them is
+touched. ``from dbscale import Cluster`` works as before; type checkers read the imports under
+``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -11,32 +12,33 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from dbscale.errors import (  # no I/O imports: cheap, and needed to catch errors
+    AuthenticationFailed,
+    BadRowError,
+    BulkLoadError,
+    CacheError,
+    CacheUnavailable,
+    ClusterClosed,
+    ConcurrencyError,
+    ConfigError,
+    CqrsError,
+    DbscaleError,
+    FanoutError,
+    LocalTopologyError,
+    MissingBinaryError,
+    NodeUnavailable,
+    NoReplicaAvailable,
+    PrimaryUnavailable,
+    ProjectionError,
+    SerializationError,
+)
+
 if TYPE_CHECKING:
     from dbscale import cqrs, sharding
     from dbscale.advisor import Advice, advise, advise_async
     from dbscale.bulk import bulk_load, bulk_load_async
     from dbscale.cluster import AsyncCluster, Cluster
     from dbscale.config import CacheConfig, GroupConfig, PoolConfig, TopologyConfig, load_config
-    from dbscale.errors import (
-        AuthenticationFailed,
-        BadRowError,
-        BulkLoadError,
-        CacheError,
-        CacheUnavailable,
-        ClusterClosed,
-        ConcurrencyError,
-        ConfigError,
-        CqrsError,
-        DbscaleError,
-        FanoutError,
-        LocalTopologyError,
-        MissingBinaryError,
-        NodeUnavailable,
-        NoReplicaAvailable,
-        PrimaryUnavailable,
-        ProjectionError,
-        SerializationError,
-    )
     from dbscale.metrics import Metrics
     from dbscale.routing import AsyncReadConnection, InvalidCausalToken, PoolTimeout, ReadConnection
 
@@ -50,29 +52,6 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("bulk_load", "bulk_load_async"), "dbscale.bulk"),
     **dict.fromkeys(("AsyncCluster", "Cluster"), "dbscale.cluster"),
     **dict.fromkeys(("CacheConfig", "GroupConfig", "PoolConfig", "TopologyConfig", "load_config"), "dbscale.config"),
-    **dict.fromkeys(
-        (
-            "AuthenticationFailed",
-            "BadRowError",
-            "BulkLoadError",
-            "CacheError",
-            "CacheUnavailable",
-            "ClusterClosed",
-            "ConcurrencyError",
-            "ConfigError",
-            "CqrsError",
-            "DbscaleError",
-            "FanoutError",
-            "LocalTopologyError",
-            "MissingBinaryError",
-            "NodeUnavailable",
-            "NoReplicaAvailable",
-            "PrimaryUnavailable",
-            "ProjectionError",
-            "SerializationError",
-        ),
-        "dbscale.errors",
-    ),
     "Metrics": "dbscale.metrics",
     **dict.fromkeys(("AsyncReadConnection", "InvalidCausalToken", "PoolTimeout", "ReadConnection"), "dbscale.routing"),
 }
