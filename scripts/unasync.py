@@ -63,7 +63,6 @@ RULES: list[tuple[str, str]] = [
         r"^from sqlalchemy\.ext\.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine$",
         "from sqlalchemy import Connection, Engine, create_engine\nfrom sqlalchemy.orm import Session",
     ),
-    (r"^from dbscale\.cache import AsyncCache$", "from dbscale.cache import Cache"),
     (
         r"^from dbscale\.routing\.aio import AsyncGroupRouter, AsyncReadConnection$",
         "from dbscale.routing.router import GroupRouter, ReadConnection",

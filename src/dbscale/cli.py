@@ -20,7 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,12 +29,15 @@ from rich.table import Table
 from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_load import register as register_load_command
 from dbscale.cli_project import register as register_project_commands
-from dbscale.cli_top import run_top
 from dbscale.cli_writes import register as register_write_commands
-from dbscale.config import load_config
 from dbscale.errors import ConfigError, DbscaleError
-from dbscale.local.topology import DEFAULT_STATE_DIR as LOCAL_STATE_DIR
-from dbscale.probe import NodeStatus, probe_patroni, probe_redis_cluster, probe_shards, probe_topology
+
+# The CLI starts fast (README "Bulk loading": `dbscale load` against `psql \copy`): this module and the
+# command modules import only typer, rich and the errors at the top; each command imports the
+# configuration, the cluster, the probes and its capability inside its body.
+# tests/unit/test_cli_startup.py holds `import dbscale.cli` to that.
+if TYPE_CHECKING:
+    from dbscale.probe import NodeStatus
 
 app = typer.Typer(
     name="dbscale",
@@ -50,7 +53,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the local topology lives.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DEFAULT_STATE_DIR = Path(LOCAL_STATE_DIR)
+DEFAULT_STATE_DIR = Path(".dbscale")  # dbscale.local's default, not imported: it pulls the config and Redis
 
 
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -91,6 +94,8 @@ def _fmt_lag(status: NodeStatus) -> str:
 
 def _engine_views(state_dir: Path | None, config: Any) -> dict[str, Any]:
     """Patroni's view of each HA group, and the local Redis Cluster's nodes and slots (if any)."""
+    from dbscale.probe import probe_patroni, probe_redis_cluster
+
     views: dict[str, Any] = {}
     patroni = probe_patroni(config)
     if patroni:
@@ -218,6 +223,9 @@ def up(
     as_json: JsonFlag = False,
 ) -> None:
     """Start (or restart what is down in) a local topology: PostgreSQL primary + replicas, shards, Redis, PgBouncer."""
+    from dbscale.config import load_config
+    from dbscale.probe import probe_shards, probe_topology
+
     topology = _local(state_dir)
     try:
         topology.up(
@@ -248,7 +256,9 @@ def demo(
     duration: Annotated[float, typer.Option(help="Measured seconds per workload cell (--workload).", min=0.5)] = 2.0,
 ) -> None:
     """Run the demo on a local topology (started if needed): read-your-writes, routing, caching, metrics."""
+    from dbscale.config import load_config
     from dbscale.demo import run_demo
+    from dbscale.probe import probe_topology
 
     report = run_demo(state_dir, out)
     _print_status(probe_topology(load_config(state_dir / "dbscale.toml")), False)
@@ -291,6 +301,9 @@ def status(
     """Show every node: group, role, port, health, replay lag, the router's verdict; with [sharding], each shard
     group's estimated rows and skew; Patroni's view of each HA group; the local Redis Cluster's nodes and
     slots. Exit 1 if any node is down."""
+    from dbscale.config import load_config
+    from dbscale.probe import probe_shards, probe_topology
+
     if state_dir is not None:
         _local(state_dir)  # a file is a usage error
     topology = load_config(_config_path(state_dir, config))
@@ -319,6 +332,8 @@ def top(
     iterations: Annotated[int, typer.Option(help="Stop after this many refreshes (0: until q).", min=0)] = 0,
 ) -> None:
     """Live view: per-node queries/s, lag, connections and pool waits, cache hit rates per tier, projectors; q quits."""
+    from dbscale.cli_top import run_top
+
     run_top(_config_path(state_dir, config), interval=interval, metrics_urls=metrics_url, iterations=iterations)
 
 
@@ -334,6 +349,7 @@ def pgbouncer_config(
     ] = None,
 ) -> None:
     """Print a pgbouncer.ini (transaction pooling) and userlist for the configured topology."""
+    from dbscale.config import load_config
     from dbscale.routing import render_pgbouncer_config
 
     files = render_pgbouncer_config(load_config(_config_path(state_dir, config)), listen_port=listen_port)
@@ -406,6 +422,7 @@ def metrics_serve(
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from dbscale.cluster import Cluster
+    from dbscale.config import load_config
     from dbscale.metrics import wsgi_app
 
     class _Quiet(WSGIRequestHandler):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dbscale.advisor.candidates import split_statements
-from dbscale.advisor.model import Advice
 from dbscale.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the advisor (pglast)
+    from dbscale.advisor.model import Advice
 
 DEFAULT_CONFIG = Path(".dbscale/dbscale.toml")
 
@@ -71,6 +72,7 @@ def advise(
 ) -> None:
     """Advise composite, sorted, covering and partial indexes for a workload, proven with HypoPG."""
     from dbscale.advisor import advise as run
+    from dbscale.advisor.candidates import split_statements
     from dbscale.cluster import Cluster
 
     queries = list(query or [])

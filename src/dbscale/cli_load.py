@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -30,8 +30,10 @@ from rich.progress import (
     Progress as RichProgress,
 )
 
-from dbscale.bulk.plan import Progress, csv_fields, csv_records
 from dbscale.errors import BadRowError, ConfigError
+
+if TYPE_CHECKING:  # the loader (psycopg) is imported when `load` runs, not when the CLI starts
+    from dbscale.bulk.plan import Progress
 
 DEFAULT_CONFIG = Path(".dbscale/dbscale.toml")
 
@@ -130,6 +132,7 @@ def load(
 ) -> None:
     """Bulk load a CSV or JSON-lines file with COPY: committed per batch, resumable, bad rows named or skipped."""
     from dbscale.bulk import bulk_load
+    from dbscale.bulk.plan import csv_fields, csv_records
     from dbscale.cluster import Cluster
 
     if not config.exists():

@@ -15,16 +15,18 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dbscale.cluster import Cluster
-from dbscale.cqrs import Projector
 from dbscale.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the cluster and CQRS
+    from dbscale.cluster import Cluster
+    from dbscale.cqrs import Projector
 
 project_app = typer.Typer(
     help="CQRS projectors: run a worker, rebuild a read model, show positions.", no_args_is_help=True
@@ -42,11 +44,15 @@ def _cluster(config: Path | None, state_dir: Path | None) -> Cluster:
     path = config or (state_dir or Path(".dbscale")) / "dbscale.toml"
     if not path.exists():
         raise ConfigError(f"no config file {path} (run `dbscale up` first, or pass --config FILE)")
+    from dbscale.cluster import Cluster
+
     return Cluster.from_config(path)
 
 
 def load_projector(spec: str, cluster: Cluster) -> Projector:
     """The projector named by ``MODULE:ATTR``, bound to ``cluster``."""
+    from dbscale.cqrs import Projector
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{spec!r}: name a projector as MODULE:ATTR, e.g. myapp.projections:users")

@@ -12,15 +12,16 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import redis
 import typer
 from rich.table import Table
 
-from dbscale.cache.writes.behind import WriteBehind
 from dbscale.cli_project import ConfigOpt, StateDirOpt, _cluster, out
-from dbscale.cluster import Cluster
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the cache and the cluster
+    from dbscale.cache.writes.behind import WriteBehind
+    from dbscale.cluster import Cluster
 
 writes_app = typer.Typer(help="Write-behind: run a flusher, list dead letters, show queues.", no_args_is_help=True)
 
@@ -91,6 +92,8 @@ def dead_letters(
 
 def discover(cluster: Cluster) -> list[str]:
     """The tables that have a write-behind stream in the cluster's Redis (SCAN, never KEYS)."""
+    import redis
+
     cache = cluster.config.cache
     if cache.redis_url is None:
         return []

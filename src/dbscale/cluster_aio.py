@@ -15,12 +15,8 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from dbscale._compat import AWorkers
-from dbscale.cache import AsyncCache
-from dbscale.cache.core import CacheCore
-from dbscale.causality import AsyncClusterCausality
 from dbscale.cluster_base import _NO_KEY, ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
-from dbscale.cqrs.log_aio import AsyncEventLog
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.settings import instrument_engine
 from dbscale.sharding.fanout import FanoutResult
@@ -28,8 +24,11 @@ from dbscale.sharding.ids import next_id_function_sql
 from dbscale.sharding.router_aio import AsyncShard, fanout, row_estimate
 from dbscale.sharding.scatter import Aggregate, FanoutPlan, OrderKey
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the cache (Redis) and the event log are imported on first use: `dbscale load` needs neither
     from sqlalchemy import Executable
+
+    from dbscale.cache import AsyncCache
+    from dbscale.cqrs.log_aio import AsyncEventLog
 
 
 class AsyncCluster(ClusterBase):
@@ -130,6 +129,10 @@ class AsyncCluster(ClusterBase):
         self._check_open()
 
         def make() -> AsyncCache:
+            from dbscale.cache import AsyncCache
+            from dbscale.cache.core import CacheCore
+            from dbscale.causality import AsyncClusterCausality
+
             core = CacheCore(self.config.cache, self.metrics, causality=AsyncClusterCausality(self))
             core.owner = self  # write-through/behind and invalidate_on_commit write through this cluster
             return AsyncCache(core=core)
@@ -140,6 +143,8 @@ class AsyncCluster(ClusterBase):
     def events(self) -> AsyncEventLog:
         """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
         self._check_open()
+        from dbscale.cqrs.log_aio import AsyncEventLog
+
         return self._memo(self._events, None, lambda: AsyncEventLog(self))
 
     async def install(self) -> None:

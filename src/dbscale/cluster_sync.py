@@ -17,12 +17,8 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
 from dbscale._compat import Workers
-from dbscale.cache import Cache
-from dbscale.cache.core import CacheCore
-from dbscale.causality import ClusterCausality
 from dbscale.cluster_base import _NO_KEY, ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
-from dbscale.cqrs.log import EventLog
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine
 from dbscale.sharding.fanout import FanoutResult
@@ -30,8 +26,11 @@ from dbscale.sharding.ids import next_id_function_sql
 from dbscale.sharding.router import Shard, fanout, row_estimate
 from dbscale.sharding.scatter import Aggregate, FanoutPlan, OrderKey
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the cache (Redis) and the event log are imported on first use: `dbscale load` needs neither
     from sqlalchemy import Executable
+
+    from dbscale.cache import Cache
+    from dbscale.cqrs.log import EventLog
 
 
 class Cluster(ClusterBase):
@@ -130,6 +129,10 @@ class Cluster(ClusterBase):
         self._check_open()
 
         def make() -> Cache:
+            from dbscale.cache import Cache
+            from dbscale.cache.core import CacheCore
+            from dbscale.causality import ClusterCausality
+
             core = CacheCore(self.config.cache, self.metrics, causality=ClusterCausality(self))
             core.owner = self  # write-through/behind and invalidate_on_commit write through this cluster
             return Cache(core=core)
@@ -140,6 +143,8 @@ class Cluster(ClusterBase):
     def events(self) -> EventLog:
         """The CQRS event log on the default group's primary (:mod:`dbscale.cqrs`)."""
         self._check_open()
+        from dbscale.cqrs.log import EventLog
+
         return self._memo(self._events, None, lambda: EventLog(self))
 
     def install(self) -> None:

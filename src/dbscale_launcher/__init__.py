@@ -1,8 +1,9 @@
 """The ``dbscale`` console script's entry point, outside the ``dbscale`` package on purpose.
 
-Importing dbscale takes a second or so (SQLAlchemy, pydantic, psycopg, redis); a Ctrl-C in that
-window would print a ``KeyboardInterrupt`` traceback from the middle of an import. Catching it needs
-code that runs before ``dbscale/__init__.py``, hence this module of a few lines.
+Importing the CLI (typer, rich) and then a command's capability (SQLAlchemy, pydantic, psycopg …)
+takes a noticeable moment on a loaded machine; a Ctrl-C in that window would print a
+``KeyboardInterrupt`` traceback from the middle of an import. Catching it needs code that runs before
+``dbscale/__init__.py``, hence this module of a few lines.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""The CLI starts fast: ``import dbscale.cli`` imports no capability it does not run.
+
+``dbscale load`` is measured against ``psql \\copy`` (benchmarks/bulk.py), so every import the CLI
+pays at start counts. The commands import the cluster, the cache, CQRS and the advisor inside their
+bodies; this holds that in place (each check runs in a fresh interpreter, whose ``sys.modules`` is
+the truth).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dbscale
+
+#: Modules ``import dbscale.cli`` must not load (a top-level import of one would bring it back).
+HEAVY = (
+    "pglast",
+    "dbscale.advisor",
+    "dbscale.cqrs",
+    "dbscale.cache",
+    "dbscale.cluster",
+    "dbscale.integrations",
+    "redis",
+    "fastapi",
+    "starlette",
+    "flask",
+    "sqlalchemy.orm",
+    "sqlalchemy.ext.asyncio",
+)
+
+
+def imported_by(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``statement``."""
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return set(json.loads(done.stdout))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_import_cli_loads_no_capability() -> None:
+    assert heavy(imported_by("import dbscale.cli")) == []
+
+
+def test_launcher_loads_no_capability() -> None:
+    assert heavy(imported_by("import dbscale_launcher, dbscale.cli")) == []
+
+
+def test_the_load_path_imports_no_cache_cqrs_or_advisor() -> None:
+    """What ``dbscale load`` imports when it runs: the config, the cluster, the loader (and the ORM the
+    routers need), but not Redis, the cache, CQRS or the advisor."""
+    modules = imported_by("import dbscale.cli; from dbscale.cluster import Cluster; from dbscale.bulk import bulk_load")
+    assert [m for m in heavy(modules) if not m.startswith(("dbscale.cluster", "sqlalchemy."))] == []
+
+
+def test_import_dbscale_is_lazy_and_every_public_name_resolves() -> None:
+    assert "sqlalchemy" not in imported_by("import dbscale")
+    modules = imported_by("from dbscale import ConfigError, DbscaleError")
+    assert heavy(modules) == [] and "sqlalchemy" not in modules
+    for name in dbscale.__all__:  # the lazy names are the same objects as in their modules
+        assert getattr(dbscale, name) is not None, name
+    assert dbscale.Cluster is __import__("dbscale.cluster", fromlist=["Cluster"]).Cluster
+    assert set(dbscale.__all__) <= set(dir(dbscale))
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    try:
+        dbscale.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("dbscale.NoSuchThing resolved")
+
+
+def test_cli_default_state_dir_is_the_local_topologys() -> None:
+    from dbscale import cli
+    from dbscale.local.topology import DEFAULT_STATE_DIR
+
+    assert Path(DEFAULT_STATE_DIR) == cli.DEFAULT_STATE_DIR
