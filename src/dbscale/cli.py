@@ -419,6 +419,7 @@ def metrics_serve(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to monitor instead.")] = None,
 ) -> None:
     """A standalone exporter: health-check the topology and serve its metrics (Prometheus text) until Ctrl-C."""
+    import threading
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from dbscale.cluster import Cluster
@@ -437,8 +438,16 @@ def metrics_serve(
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port", EXIT_USAGE)
         out.print(f"serving metrics on http://{host}:{server.server_port}/metrics (Ctrl-C stops)")
-        with server:
-            server.serve_forever()
+        # Requests are served in a thread: wsgiref swallows a KeyboardInterrupt raised inside a request, so
+        # Ctrl-C must land in this (main) thread, which only waits.
+        serving = threading.Thread(target=server.serve_forever, name="dbscale-metrics", daemon=True)
+        serving.start()
+        try:
+            while serving.is_alive():
+                serving.join(0.2)
+        finally:
+            server.shutdown()
+            server.server_close()
     except KeyboardInterrupt:
         out.print("stopped")
     finally:
