@@ -45,6 +45,11 @@ def urls(nodes: Sequence[NodeInfo]) -> list[str]:
     return [f"redis://{HOST}:{n.port}/0" for n in nodes]
 
 
+def cache_url(nodes: Sequence[NodeInfo]) -> str:
+    """The ``redis+cluster://`` URL naming every node as a seed: the cache's ``redis_url`` for this cluster."""
+    return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in nodes)
+
+
 def cluster_nodes(state: TopologyState) -> list[NodeInfo]:
     """The Redis Cluster nodes of a topology (empty without ``--redis-cluster``)."""
     return [n for n in state.nodes if n.kind == "redis-cluster"]
