@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
+from dbscale._compat import Lock
 from dbscale.cache.keys import RedisKeys
 from dbscale.cache.l2 import RedisL2
 from dbscale.cache.l2_base import BATCH, translate
@@ -69,14 +70,20 @@ class ClusterL2(RedisL2):
         self._seeds = cluster_seeds(url)
         self._map: Any = None  # a RedisCluster (Any: the blocking one is untyped)
         self._stale = False
+        self._loading = Lock()
         self._nodes: dict[str, RedisL2] = {}
         self._scripts: dict[str, tuple[Any, Any]] = {}
 
     # -- routing ----------------------------------------------------------------------------------
     def _slot_map(self) -> Any:
-        """redis-py's view of the cluster, (re)loaded after a failure."""
+        """redis-py's view of the cluster, (re)loaded after a failure (by one caller; the others wait for it)."""
         found = self._map
-        if found is None or self._stale:
+        if found is not None and not self._stale:
+            return found
+        with self._loading:
+            found = self._map
+            if found is not None and not self._stale:
+                return found
             with translate(self.url, "CLUSTER SLOTS"):
                 if found is None:
                     node_class: Any = redis.cluster.ClusterNode

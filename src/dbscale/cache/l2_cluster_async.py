@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aredis
 
+from dbscale._compat import ALock
 from dbscale.cache.keys import RedisKeys
 from dbscale.cache.l2_async import AsyncRedisL2
 from dbscale.cache.l2_base import BATCH, translate
@@ -68,14 +69,20 @@ class AsyncClusterL2(AsyncRedisL2):
         self._seeds = cluster_seeds(url)
         self._map: Any = None  # a RedisCluster (Any: the blocking one is untyped)
         self._stale = False
+        self._loading = ALock()
         self._nodes: dict[str, AsyncRedisL2] = {}
         self._scripts: dict[str, tuple[Any, Any]] = {}
 
     # -- routing ----------------------------------------------------------------------------------
     async def _slot_map(self) -> Any:
-        """redis-py's view of the cluster, (re)loaded after a failure."""
+        """redis-py's view of the cluster, (re)loaded after a failure (by one caller; the others wait for it)."""
         found = self._map
-        if found is None or self._stale:
+        if found is not None and not self._stale:
+            return found
+        async with self._loading:
+            found = self._map
+            if found is not None and not self._stale:
+                return found
             with translate(self.url, "CLUSTER SLOTS"):
                 if found is None:
                     node_class: Any = aredis.cluster.ClusterNode
