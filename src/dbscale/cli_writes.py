@@ -21,6 +21,7 @@ from rich.table import Table
 from dbscale.cache.writes.behind import WriteBehind
 from dbscale.cli_project import ConfigOpt, StateDirOpt, _cluster, out
 from dbscale.cluster import Cluster
+from dbscale.config import is_cluster_url
 
 writes_app = typer.Typer(help="Write-behind: run a flusher, list dead letters, show queues.", no_args_is_help=True)
 
@@ -92,7 +93,7 @@ def dead_letters(
 def discover(cluster: Cluster) -> list[str]:
     """The tables that have a write-behind stream in the cluster's Redis (SCAN, never KEYS)."""
     cache = cluster.config.cache
-    if cache.redis_url is None:
+    if cache.redis_url is None or is_cluster_url(str(cache.redis_url)):  # write-behind runs on one Redis only
         return []
     prefix = f"{cache.namespace}:wb:{{"
     client = redis.Redis.from_url(str(cache.redis_url), socket_timeout=2.0)
