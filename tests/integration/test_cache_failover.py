@@ -118,7 +118,9 @@ def test_redis_sigkill_fail_open_and_resume(outage: Outage) -> None:
         victim = outage.kill(RedisKeys(ns).value("item:1"))
         time.sleep(1.0)  # a cluster's failover takes longer (cluster-node-timeout 2 s, then the election)
         assert cache.metrics.value("cache_errors_total", op="get") > 0 or cache.metrics.value("cache_bypassed_total")
-        assert cache.metrics.value("cache_breaker_trips_total") >= 1
+        # On a cluster, calls on the live masters succeed in between, so the cache's one breaker need not
+        # open (no per-node breaker yet): each call on the dead master fails fast and is served by the loader.
+        assert outage.cluster or cache.metrics.value("cache_breaker_trips_total") >= 1
         assert not cache.invalidate("item:1")  # queued for retry, not swallowed
         assert cache.metrics.value("cache_invalidation_retries_total") >= 1
         if not outage.cluster:  # a cluster resumes by itself: the dead master's replica takes over its slots

@@ -69,9 +69,11 @@ def test_sigkilled_master_is_replaced_by_its_replica_and_rejoins_after_up(topolo
         assert on_victim
         topology.kill(victim_node.name)
         deadline = time.monotonic() + 30
-        while True:  # the heir's own view: the victim answers nothing any more
+        others = [url for url in local_cluster.urls(local_cluster.cluster_nodes(topology.state())) if victim not in url]
+        while True:  # every live node's view (a client may ask any of them for the slot map): the heir took over
+            views = [{n.address: n for n in probe_redis_cluster([url])} for url in others]
             now = {n.address: n for n in probe_redis_cluster([f"redis://{heir}/0"])}
-            if now[heir].role == "master" and local_cluster.covered_slots(list(now.values())) == 16384:
+            if all(v[heir].role == "master" and local_cluster.covered_slots(list(v.values())) == 16384 for v in views):
                 break
             assert time.monotonic() < deadline, now
             time.sleep(0.2)
