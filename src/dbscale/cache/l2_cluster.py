@@ -114,14 +114,12 @@ class ClusterL2(RedisL2):
         name = f"{host}:{port}"
         found = self._nodes.get(name)
         if found is None:
-            found = RedisL2(
+            made = RedisL2(
                 node_url(self.url, host, port), self.keys, timeout=self.timeout, admin_timeout=self._admin_timeout
             )
-            self._nodes[name] = found
-            self._scripts[found.url] = (
-                found.client.register_script(TAG_JOIN_SCRIPT),
-                found.admin.register_script(TAG_INVALIDATE_SCRIPT),
-            )
+            scripts = (made.client.register_script(TAG_JOIN_SCRIPT), made.admin.register_script(TAG_INVALIDATE_SCRIPT))
+            self._scripts.setdefault(made.url, scripts)
+            found = self._nodes.setdefault(name, made)  # threads racing here all get the first one stored
         return found
 
     def _failed(self) -> None:
@@ -155,9 +153,10 @@ class ClusterL2(RedisL2):
             with translate(node.url, "lease"):
                 raw = node._lease(names[:4], argv)  # v, l, s, m: the key's slot only
             reply = parse_lease_reply(raw)
-            if reply.status is LeaseStatus.HIT or not (tags or markers):
+            join = reply.status is LeaseStatus.GRANTED and bool(tags)
+            if reply.status is LeaseStatus.HIT or not (join or markers):
                 return reply
-            foreign, found = self._join(key, tags, tag_ttl, reply.status is LeaseStatus.GRANTED, markers)
+            foreign, found = self._join(key, tags, tag_ttl, join, markers)
         except CacheUnavailable:
             self._failed()
             raise
@@ -175,6 +174,7 @@ class ClusterL2(RedisL2):
                 fenced, marker = script(
                     [self.keys.tag(tag), self.keys.tag_marker(tag)],
                     [key, tag_ttl, "1" if join else "0", "1" if markers else "0"],
+                    client=node.client,
                 )
             foreign += int(fenced)
             if marker:
@@ -242,7 +242,7 @@ class ClusterL2(RedisL2):
                 while True:
                     node, _ = self._route(names[0])
                     with translate(node.url, "tag invalidate"):
-                        members = self._scripts[node.url][1](names, [marker, marker_px, BATCH])
+                        members = self._scripts[node.url][1](names, [marker, marker_px, BATCH], client=node.admin)
                     if not members:
                         break
                     batch = [_text(m) for m in members]

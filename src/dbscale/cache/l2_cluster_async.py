@@ -113,14 +113,12 @@ class AsyncClusterL2(AsyncRedisL2):
         name = f"{host}:{port}"
         found = self._nodes.get(name)
         if found is None:
-            found = AsyncRedisL2(
+            made = AsyncRedisL2(
                 node_url(self.url, host, port), self.keys, timeout=self.timeout, admin_timeout=self._admin_timeout
             )
-            self._nodes[name] = found
-            self._scripts[found.url] = (
-                found.client.register_script(TAG_JOIN_SCRIPT),
-                found.admin.register_script(TAG_INVALIDATE_SCRIPT),
-            )
+            scripts = (made.client.register_script(TAG_JOIN_SCRIPT), made.admin.register_script(TAG_INVALIDATE_SCRIPT))
+            self._scripts.setdefault(made.url, scripts)
+            found = self._nodes.setdefault(name, made)  # threads racing here all get the first one stored
         return found
 
     def _failed(self) -> None:
@@ -154,9 +152,10 @@ class AsyncClusterL2(AsyncRedisL2):
             with translate(node.url, "lease"):
                 raw = await node._lease(names[:4], argv)  # v, l, s, m: the key's slot only
             reply = parse_lease_reply(raw)
-            if reply.status is LeaseStatus.HIT or not (tags or markers):
+            join = reply.status is LeaseStatus.GRANTED and bool(tags)
+            if reply.status is LeaseStatus.HIT or not (join or markers):
                 return reply
-            foreign, found = await self._join(key, tags, tag_ttl, reply.status is LeaseStatus.GRANTED, markers)
+            foreign, found = await self._join(key, tags, tag_ttl, join, markers)
         except CacheUnavailable:
             self._failed()
             raise
@@ -176,6 +175,7 @@ class AsyncClusterL2(AsyncRedisL2):
                 fenced, marker = await script(
                     [self.keys.tag(tag), self.keys.tag_marker(tag)],
                     [key, tag_ttl, "1" if join else "0", "1" if markers else "0"],
+                    client=node.client,
                 )
             foreign += int(fenced)
             if marker:
@@ -245,7 +245,7 @@ class AsyncClusterL2(AsyncRedisL2):
                 while True:
                     node, _ = await self._route(names[0])
                     with translate(node.url, "tag invalidate"):
-                        members = await self._scripts[node.url][1](names, [marker, marker_px, BATCH])
+                        members = await self._scripts[node.url][1](names, [marker, marker_px, BATCH], client=node.admin)
                     if not members:
                         break
                     batch = [_text(m) for m in members]
