@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dbscale.cluster import Cluster
-from dbscale.config import libpq_conninfo, load_config, mask_url
+from dbscale.config import libpq_conninfo, load_config, mask_url, node_urls
 
 _QUERIES = text(
     "SELECT CASE WHEN to_regclass('pg_stat_statements') IS NOT NULL "
@@ -143,7 +143,7 @@ def _observe_cache(cluster: Cluster, tick: Tick, metrics_urls: list[str]) -> Non
         cluster.cache.get("dbscale:top:probe")  # keeps this view's breaker in step with Redis
         breaker = cluster.cache.core.breaker.state.value
         try:
-            client = redis.Redis.from_url(str(url), socket_timeout=1, socket_connect_timeout=1)
+            client = redis.Redis.from_url(node_urls(str(url))[0], socket_timeout=1, socket_connect_timeout=1)
             info: dict[str, Any] = client.info("stats")  # type: ignore[assignment]
             clients = client.info("clients")["connected_clients"]  # type: ignore[index]
             client.close()

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import URL, make_url
@@ -78,11 +79,74 @@ def _postgres_url(value: str) -> SecretURL:
     return SecretURL(value)
 
 
+# Redis Cluster URLs: ``redis+cluster://[user:password@]host:port,host:port[/0]`` name seed nodes (any
+# reachable one gives the whole slot map); each seed becomes a plain node URL with the same credentials.
+
+#: URL schemes naming a Redis Cluster (seed nodes), and the node scheme each maps to.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    """Does ``url`` name a Redis Cluster?"""
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def _split(url: str) -> tuple[str, str, str, str]:
+    """(node scheme, ``user:password@`` or "", the host:port list, the path and query)."""
+    scheme, rest = url.split("://", 1)
+    node_scheme = CLUSTER_SCHEMES[scheme.lower()]
+    netloc, sep, tail = rest.partition("/")
+    if not sep:
+        netloc, sep, tail = rest.partition("?")
+        tail = "?" + tail if sep else ""
+    else:
+        tail = "/" + tail
+    auth, at, hosts = netloc.rpartition("@")
+    return node_scheme, auth + at, hosts, tail
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The seed ``(host, port)`` pairs of a cluster URL; ValueError says what is wrong with it."""
+    _, _, hosts, tail = _split(url)
+    path = urlsplit("x://h" + tail).path.strip("/")
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not /{path}; drop the /{path} from the URL")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"seed {item.strip()!r} is not host:port (use redis+cluster://h1:7000,h2:7000)")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """The plain URL of one node of the cluster ``url`` (same scheme family, credentials and query)."""
+    node_scheme, auth, _, tail = _split(url)
+    query = urlsplit("x://h" + tail).query
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{node_scheme}://{auth}{shown_host}:{port}/0" + (f"?{query}" if query else "")
+
+
+def node_urls(url: str) -> list[str]:
+    """Node URLs of every seed of a cluster URL; a plain URL is its own only node."""
+    if not is_cluster_url(url):
+        return [url]
+    return [node_url(url, host, port) for host, port in cluster_seeds(url)]
+
+
 def _redis_url(value: str) -> SecretURL:
     shown = mask_url(value)
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if scheme not in _REDIS_SCHEMES:
-        raise ValueError(f"{shown!r} is not a Redis URL (use redis://host:port/db)")
+    if scheme in CLUSTER_SCHEMES:
+        try:
+            cluster_seeds(value)
+        except ValueError as exc:
+            raise ValueError(f"{shown!r}: {exc}") from None
+    elif scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"{shown!r} is not a Redis URL (use redis://host:port/db, or redis+cluster://h1:p1,h2:p2 for a Redis Cluster)"
+        )
     return SecretURL(value)
 
 
@@ -607,10 +671,14 @@ __all__ = [
     "ShardingConfig",
     "TopologyConfig",
     "close_match",
+    "cluster_seeds",
     "env_overrides",
+    "is_cluster_url",
     "libpq_conninfo",
     "load_config",
     "mask_url",
+    "node_url",
+    "node_urls",
     "read_toml",
     "sqlalchemy_url",
     "top_level_keys",

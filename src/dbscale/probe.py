@@ -21,7 +21,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from dbscale.cluster import Cluster
-from dbscale.config import TopologyConfig, libpq_conninfo, mask_url
+from dbscale.config import TopologyConfig, libpq_conninfo, mask_url, node_urls
 from dbscale.engines import RedisClusterNode, patroni_cluster, probe_redis_cluster
 from dbscale.topology import NodeRef, configured_nodes
 
@@ -96,8 +96,8 @@ def probe_pgbouncer(node: NodeRef, timeout: float) -> NodeStatus:
 
 
 def probe_redis(url: str, timeout: float = 2.0) -> NodeStatus:
-    """PING a Redis server."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    """PING a Redis server (of a ``redis+cluster://`` URL: its first seed; the cluster view is probe_redis_cluster's)."""
+    client = redis.Redis.from_url(node_urls(url)[0], socket_connect_timeout=timeout, socket_timeout=timeout)
     port = client.connection_pool.connection_kwargs.get("port")
     status = NodeStatus("redis", "-", "cache", int(port) if port else None, healthy=False)
     try:

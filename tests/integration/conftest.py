@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,10 @@ import redis
 
 from dbscale.cache import Cache
 from dbscale.config import CacheConfig, load_config
+from dbscale.local import LocalTopology
+from dbscale.local import redis_cluster as local_cluster
 
+from ..conftest import make_state_dir
 from .helpers import Front, replicated_table
 
 
@@ -22,6 +26,34 @@ def redis_url(topology_config_path: Path) -> str:
     url = load_config(topology_config_path, environ={}).cache.redis_url
     assert url is not None
     return str(url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_topology() -> Iterator[LocalTopology]:
+    """A 3-master Redis Cluster with one replica per master (and a bare PostgreSQL primary, unused by the cache
+    tests: they keep the session topology's groups), started on first use and shared by the session."""
+    state_dir = make_state_dir("dbscale-test-rc-")
+    topology = LocalTopology(state_dir)
+    try:
+        topology.up(replicas=0, redis_cluster=3, redis_cluster_replicas=1)
+        yield topology
+    finally:
+        topology.down(purge=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster_topology: LocalTopology) -> str:
+    """The cache URL of the session's Redis Cluster: ``redis+cluster://`` with every node as a seed."""
+    return local_cluster.cache_url(local_cluster.cluster_nodes(redis_cluster_topology.state()))
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def any_redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The session's single Redis, then its Redis Cluster: the cache's hostile tests run on both L2 shapes."""
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return redis_url
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ reading the keys that were on it; ``dbscale up`` brings the killed node back as 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -22,22 +20,13 @@ from dbscale.local import LocalTopology
 from dbscale.local import redis_cluster as local_cluster
 from dbscale.probe import RedisClusterNode, probe_redis_cluster
 
-from ..conftest import make_state_dir
-
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def topology() -> Iterator[LocalTopology]:
-    """No replicas of PostgreSQL (not under test here), a 3-master Redis Cluster with one replica each."""
-    state_dir = make_state_dir("dbscale-test-rc-")
-    topology = LocalTopology(state_dir)
-    try:
-        topology.up(replicas=0, redis_cluster=3, redis_cluster_replicas=1)
-        yield topology
-    finally:
-        topology.down(purge=True)
-        shutil.rmtree(state_dir, ignore_errors=True)
+@pytest.fixture
+def topology(redis_cluster_topology: LocalTopology) -> LocalTopology:
+    """The session's Redis Cluster (3 masters, one replica each; see tests/integration/conftest.py)."""
+    return redis_cluster_topology
 
 
 def view(topology: LocalTopology) -> list[RedisClusterNode]:
@@ -80,9 +69,11 @@ def test_sigkilled_master_is_replaced_by_its_replica_and_rejoins_after_up(topolo
         assert on_victim
         topology.kill(victim_node.name)
         deadline = time.monotonic() + 30
-        while True:  # the heir's own view: the victim answers nothing any more
+        others = [url for url in local_cluster.urls(local_cluster.cluster_nodes(topology.state())) if victim not in url]
+        while True:  # every live node's view (a client may ask any of them for the slot map): the heir took over
+            views = [{n.address: n for n in probe_redis_cluster([url])} for url in others]
             now = {n.address: n for n in probe_redis_cluster([f"redis://{heir}/0"])}
-            if now[heir].role == "master" and local_cluster.covered_slots(list(now.values())) == 16384:
+            if all(v[heir].role == "master" and local_cluster.covered_slots(list(v.values())) == 16384 for v in views):
                 break
             assert time.monotonic() < deadline, now
             time.sleep(0.2)

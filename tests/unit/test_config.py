@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dbscale
-from dbscale.config import load_config, mask_url
+from dbscale.config import CacheConfig, cluster_seeds, is_cluster_url, load_config, mask_url, node_url, node_urls
 from dbscale.errors import ConfigError
 from dbscale.units import format_duration, parse_duration, parse_size
 
@@ -144,7 +145,8 @@ class TestErrors:
 
     def test_bad_redis_url(self) -> None:
         assert error_of(primary=PG, redis_url="http://x") == (
-            "cache.redis_url: 'http://x' is not a Redis URL (use redis://host:port/db)"
+            "cache.redis_url: 'http://x' is not a Redis URL (use redis://host:port/db, "
+            "or redis+cluster://h1:p1,h2:p2 for a Redis Cluster)"
         )
 
     def test_malformed_toml_is_one_line_with_file_name(self, tmp_path: Path) -> None:
@@ -266,3 +268,31 @@ class TestUnknownNames:
         config = load_config(environ=env)
         assert config.groups["main"].pool.pool_size == 3
         assert not [w for w in recwarn if "dbscale" in str(w.message)]
+
+
+# -- Redis Cluster URLs ---------------------------------------------------------------------------------
+def test_cluster_url_seeds_and_node_urls() -> None:
+    url = "redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7001/0?ssl_cert_reqs=none"
+    assert is_cluster_url(url) and not is_cluster_url("redis://h:6379/0")
+    assert cluster_seeds(url) == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    assert node_urls(url) == [
+        "redis://app:s3cret@10.0.0.1:7000/0?ssl_cert_reqs=none",
+        "redis://app:s3cret@10.0.0.2:7001/0?ssl_cert_reqs=none",
+    ]
+    assert node_url("rediss+cluster://h:1", "10.0.0.3", 7002) == "rediss://10.0.0.3:7002/0"
+    assert node_urls("redis://h:6379/2") == ["redis://h:6379/2"]
+    assert CacheConfig(redis_url="redis+cluster://h1:7000,h2:7000").redis_url == "redis+cluster://h1:7000,h2:7000"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://h1:7000,h2", "not host:port"),
+        ("redis+cluster://h1:7000/3", "only database 0"),
+        ("redis+cluster://:pw@h1:99999", "not host:port"),
+        ("memcached://h:1", "redis+cluster://"),
+    ],
+)
+def test_bad_cluster_urls_say_what_to_write(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        CacheConfig(redis_url=url)

@@ -30,6 +30,7 @@ from dbscale.cache.invalidation import Invalidation, Listener, RetryQueue
 from dbscale.cache.keys import RedisKeys, glob_to_regex
 from dbscale.cache.l1 import L1
 from dbscale.cache.l2 import CacheUnavailable, RedisL2
+from dbscale.cache.l2_cluster import make_l2
 from dbscale.cache.leases import LeaseReply
 from dbscale.cache.markers import Causality, marker_ttl
 from dbscale.cache.policy import CircuitBreaker, jittered_ttl, xfetch_should_recompute
@@ -125,8 +126,8 @@ class CacheCore:
     def l2_clients(self, holder: Callable[[Callable[[], _C]], _H], client: Callable[..., _C]) -> _H:
         """The ``holder`` of this core's ``client`` L2 clients, shared by every front of the core.
 
-        A front asks once, with its flavour's pair (``ALoopLocal`` and ``AsyncRedisL2``: a client
-        per event loop; ``LoopLocal`` and ``RedisL2``: one client). Making the first client of any
+        A front asks once, with its flavour's pair (``ALoopLocal`` and ``l2_cluster_async.make_l2``:
+        a client per event loop; ``LoopLocal`` and ``l2_cluster.make_l2``: one client). Making the first client of any
         flavour starts the invalidation listener: L1 is only written while subscribed, so it
         subscribes as early as Redis is used, and not before.
         """
@@ -147,7 +148,7 @@ class CacheCore:
         """The blocking L2 client (None when no redis_url is configured): the retry queue's, and the blocking front's."""
         if self.url is None:
             return None
-        return self.l2_clients(LoopLocal, RedisL2).get()
+        return self.l2_clients(LoopLocal, make_l2).get()
 
     @property
     def listener(self) -> Listener | None:

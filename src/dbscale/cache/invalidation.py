@@ -6,7 +6,10 @@ was updated. A process only stores values in its L1 while its subscription is li
 subscription breaks, the L1 is cleared (messages may have been missed) and stays unused until the
 listener is subscribed again. L1 entries also expire on their own short TTL, so a message lost in
 any other way only bounds staleness. The listener PINGs its connection every second; no PONG for
-3 s (a hung Redis, a connection dropped without a reset) counts as a lost subscription.
+3 s (a hung Redis, a connection dropped without a reset) counts as a lost subscription. On a Redis
+Cluster (``redis+cluster://`` seeds) the channel is classic pub/sub, which the cluster forwards to
+every node: the listener subscribes on one seed and, when that node is lost (killed, failed over),
+clears the L1 as above and subscribes on the next seed.
 
 Invalidations that cannot reach Redis are never dropped: the local L1 is cleared of them at once,
 they are counted, and :class:`RetryQueue` re-applies them (and broadcasts them) until Redis answers.
@@ -26,7 +29,7 @@ import orjson
 import redis
 
 from dbscale._compat import join, spawn
-from dbscale.config import mask_url
+from dbscale.config import mask_url, node_urls
 from dbscale.errors import CacheUnavailable
 
 __all__ = ["Invalidation", "Listener", "RetryQueue", "decode_message", "encode_message"]
@@ -126,8 +129,12 @@ class Listener:
 
     def _run(self) -> None:
         backoff = 0.05
+        seeds = node_urls(self.url)  # a Redis Cluster forwards PUBLISH to every node: subscribe on any live one
+        attempt = 0
         while not self._stop.is_set():
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=1.0, socket_timeout=5.0)
+            url = seeds[attempt % len(seeds)]
+            attempt += 1
+            client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
             pubsub = client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
@@ -152,7 +159,7 @@ class Listener:
                         self._handle(msg["data"])
             except (redis.RedisError, OSError) as exc:
                 if self.ready:
-                    log.warning("cache invalidation channel on %s lost: %s", mask_url(self.url), exc)
+                    log.warning("cache invalidation channel on %s lost: %s", mask_url(url), exc)
             finally:
                 was_ready, self.ready = self.ready, False
                 if was_ready:

@@ -27,7 +27,7 @@ dropped in a forked child.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -48,6 +48,7 @@ from dbscale.cache.l2_base import (
     make_connection,
     packed_get,
     translate,
+    unreplicated,
 )
 from dbscale.cache.leases import (
     FILL_SCRIPT,
@@ -72,6 +73,7 @@ class RedisL2:
         self.url = url
         self.keys = keys
         self.timeout = timeout
+        self._wait_ms = max(1, int(admin_timeout * 1000))
         self._value_prefix = keys.value("")[:-1]  # "ns:v:{"; a value key is this + key + "}"
         self._get_pool = redis.ConnectionPool.from_url(url, **get_options(timeout))
         self._idle: list[Conn] = []
@@ -188,9 +190,12 @@ class RedisL2:
             keys.extend(found)
         return keys
 
-    def invalidate(self, keys: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0) -> int:
+    def invalidate(
+        self, keys: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0, replicas: int = 0
+    ) -> int:
         """Invalidate cache keys in pipelined batches, recording ``marker`` (a causal token) for each
-        first; returns how many held a value."""
+        first; returns how many held a value. With ``replicas`` (a Redis Cluster master's), each batch
+        counts as applied only once ``WAIT`` saw it on that many replicas (see docs/redis-cluster.md §3)."""
         found = 0
         with translate(self.url, "invalidate"):
             for start in range(0, len(keys), BATCH):
@@ -199,7 +204,12 @@ class RedisL2:
                     self._invalidate(
                         [*self.keys.triple(key), self.keys.marker(key)], [stale_px, marker, marker_px], client=pipe
                     )
-                found += sum(int(r) for r in pipe.execute())
+                if replicas:
+                    cast(Any, pipe).execute_command("WAIT", replicas, self._wait_ms)
+                replies = pipe.execute()
+                if replicas and int(replies.pop()) < replicas:
+                    raise unreplicated(self.url, replicas, self._wait_ms)
+                found += sum(int(r) for r in replies)
         return found
 
     def invalidate_tags(self, tags: Sequence[str], stale_px: int, marker: str = "", marker_px: int = 0) -> list[str]:

@@ -38,13 +38,15 @@ __all__ = [
     "make_connection",
     "packed_get",
     "translate",
+    "unreplicated",
 ]
 
 #: Keys per pipelined batch (invalidation) and per SPOP/SCAN step.
 BATCH = 500
 
-#: What a Redis call can raise besides a reply: redis-py's errors (both flavours) and socket errors.
-ERRORS = (redis.RedisError, OSError, TimeoutError)
+#: What a Redis call can raise besides a reply: redis-py's errors (both flavours; a cluster client that reaches no
+#: seed raises RedisClusterException, no RedisError) and socket errors.
+ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError, TimeoutError)
 
 
 def client_options(timeout: float) -> dict[str, Any]:
@@ -76,6 +78,15 @@ def aget_options(timeout: float) -> dict[str, Any]:
 def packed_get(name: bytes) -> tuple[bytes]:
     """The RESP encoding of ``GET name`` (what redis-py's packer builds, without its generic loop)."""
     return (b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name),)
+
+
+def unreplicated(url: str, replicas: int, wait_ms: int) -> CacheUnavailable:
+    """An invalidation a cluster master took but its replica did not confirm within ``wait_ms``: it is
+    retried, because a failover now could bring the old value back (docs/redis-cluster.md §3)."""
+    return CacheUnavailable(
+        f"redis {mask_url(url)}: invalidation not confirmed by {replicas} replica(s) within {wait_ms} ms (WAIT); "
+        "it is retried until the replica answers or a failover completes (check the replica's link to its master)"
+    )
 
 
 def failure(url: str, op: str, exc: BaseException) -> CacheError:

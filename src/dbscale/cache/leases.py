@@ -36,8 +36,10 @@ Each cache key ``k`` has three Redis keys (see :class:`~dbscale.cache.keys.Redis
    before is fenced by step 4.
 
 Times in the scripts come from the caller's clock (``now_ms`` argument), the same clock that writes
-the logical expiry in the entry header. On Redis Cluster the three keys of ``k`` share a hash slot;
-tag sets live in their own slots, which :data:`LEASE_SCRIPT` would then have to update separately.
+the logical expiry in the entry header. On Redis Cluster the keys of ``k`` share a hash slot; tag
+sets and the pattern marker live in other slots, so there :data:`LEASE_SCRIPT` runs on ``k``'s slot
+only and :data:`TAG_JOIN_SCRIPT` joins each tag afterwards, before the loader runs; a tag
+invalidation is :data:`TAG_INVALIDATE_SCRIPT` on the tag's slot (docs/redis-cluster.md §2).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ __all__ = [
     "MARK_SCRIPT",
     "RELEASE_SCRIPT",
     "SET_SCRIPT",
+    "TAG_INVALIDATE_SCRIPT",
+    "TAG_JOIN_SCRIPT",
     "LeaseReply",
     "LeaseStatus",
     "WaitAction",
@@ -91,7 +95,8 @@ local function mark(key, tok, px)
 end
 """
 
-#: KEYS: v, l, s, m, pm, tag sets (n), tag markers (n).  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key,
+#: KEYS: v, l, s, m, pm, tag sets (n), tag markers (n); on Redis Cluster only v, l, s, m (n = 0: the
+#: pattern marker and the tags live in other slots, see :data:`TAG_JOIN_SCRIPT`).  ARGV: now_ms, token, lease_ms, tag_ttl_s, cache key,
 #: force ("1" = ignore a fresh v), n, markers ("1" = read them).
 #: Replies {status, entry, holder's PTTL, number of foreign keys it cleared, markers or false}. A lease this
 #: cache did not write (wrong type, no TTL, or not a 32-hex-digit token) would never be filled or released,
@@ -113,7 +118,7 @@ if ARGV[8] == '1' then
     if type(m) == 'string' then found[#found + 1] = m end
   end
   add(KEYS[4])
-  add(KEYS[5])
+  if KEYS[5] then add(KEYS[5]) end
   for i = 6 + n, 5 + 2 * n do add(KEYS[i]) end
 end
 local markers = #found > 0 and table.concat(found, ',')
@@ -185,6 +190,38 @@ MARK_SCRIPT = (
     + """
 for i = 1, #KEYS do mark(KEYS[i], ARGV[1], ARGV[2]) end
 return 1
+"""
+)
+
+#: Redis Cluster (docs/redis-cluster.md): KEYS: tag set t, tag marker tm (one slot).  ARGV: cache key, tag_ttl_s,
+#: join ("1" = add the key to the set: its lease was granted), markers ("1" = return tm).  Runs after a
+#: granted lease and before the loader, so a tag invalidation after it finds the key (and revokes its lease).
+#: Returns {foreign keys cleared, the tag's marker or false}.
+TAG_JOIN_SCRIPT = (
+    _CLEAR_FOREIGN
+    + """
+local fenced = 0
+if ARGV[3] == '1' then
+  fenced = clear_foreign(KEYS[1], 'set')
+  redis.call('SADD', KEYS[1], ARGV[1])
+  local tag_ttl = tonumber(ARGV[2])
+  if redis.call('TTL', KEYS[1]) < tag_ttl then redis.call('EXPIRE', KEYS[1], tag_ttl) end
+end
+local m = ARGV[4] == '1' and redis.pcall('GET', KEYS[2])
+if type(m) ~= 'string' then m = false end
+return {fenced, m}
+"""
+)
+
+#: Redis Cluster: KEYS: tag set t, tag marker tm (one slot).  ARGV: marker token ("" = none), marker_px, count.
+#: Records the tag's marker, then SPOPs up to ``count`` members (a set of the wrong type is deleted).
+TAG_INVALIDATE_SCRIPT = (
+    _MARK
+    + _CLEAR_FOREIGN
+    + """
+if ARGV[1] ~= '' then mark(KEYS[2], ARGV[1], ARGV[2]) end
+if clear_foreign(KEYS[1], 'set') == 1 then return {} end
+return redis.call('SPOP', KEYS[1], tonumber(ARGV[3]))
 """
 )
 

@@ -23,6 +23,7 @@ from dbscale.cache.flight import SingleFlight
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.keys import TagBuilder
 from dbscale.cache.l2 import RedisL2
+from dbscale.cache.l2_cluster import make_l2
 from dbscale.cache.miss import Flow, Op, miss_flow, tag_thunk
 from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, CacheUnavailable, MarkerUnavailable, SerializationError
@@ -60,7 +61,7 @@ class Cache(CacheFront, flavour="sync"):
     ) -> None:
         super().__init__(config, metrics, clock, rand, core)
         self._flight = SingleFlight(self.core.l1.key_invalidated_since)
-        self._l2s = self.core.l2_clients(LoopLocal, RedisL2)
+        self._l2s = self.core.l2_clients(LoopLocal, make_l2)
 
     def _l2(self) -> RedisL2 | None:
         return self._l2s.get() if self.core.url is not None else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -35,14 +36,21 @@ kill = redis_server.kill
 def start(node: NodeInfo, rt: Runtime, timeout: float = 30.0) -> None:
     """Start one cluster node (no-op if running) and return once it answers PING."""
     assert node.api_port is not None
+    # repl-diskless-sync-delay 0: Redis 7 waits 5 s for more replicas before a full sync by default, and a
+    # replica that never synced refuses to take over ("disconnected from master for longer than allowed").
     extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(node.api_port),
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]  # fmt: skip
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--repl-diskless-sync-delay", "0"]  # fmt: skip
     redis_server.start(node, rt, timeout, extra_args=extra)
 
 
 def urls(nodes: Sequence[NodeInfo]) -> list[str]:
     """The ``redis://`` URL of every node (seeds for a cluster client or :func:`probe_redis_cluster`)."""
     return [f"redis://{HOST}:{n.port}/0" for n in nodes]
+
+
+def cache_url(nodes: Sequence[NodeInfo]) -> str:
+    """The ``redis+cluster://`` URL naming every node as a seed: the cache's ``redis_url`` for this cluster."""
+    return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in nodes)
 
 
 def cluster_nodes(state: TopologyState) -> list[NodeInfo]:
@@ -62,6 +70,21 @@ def _formed(view: Sequence[RedisClusterNode], size: int, replicas: int) -> bool:
     return len(view) >= size and covered_slots(view) == SLOTS and attached == replicas
 
 
+def _synced(nodes: Sequence[NodeInfo], replicas: int) -> bool:
+    """Has every replica finished its sync with its master (``ROLE`` says ``connected``)? Only then can it take over."""
+    done = 0
+    for url in urls(nodes):
+        client: Any = redis.Redis.from_url(url, socket_timeout=2)
+        try:
+            role = client.execute_command("ROLE")
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        done += role[0] in (b"slave", "slave") and role[3] in (b"connected", "connected")
+    return done == replicas
+
+
 def converge(nodes: Sequence[NodeInfo], replicas: int, rt: Runtime, timeout: float = 60.0) -> None:
     """Start every node; create the cluster if it was never created; wait until every slot is served."""
     for node in nodes:
@@ -78,7 +101,7 @@ def converge(nodes: Sequence[NodeInfo], replicas: int, rt: Runtime, timeout: flo
 
 
 def wait_formed(nodes: Sequence[NodeInfo], replicas: int, timeout: float) -> list[RedisClusterNode]:
-    """Wait until every node sees all nodes, all 16384 slots served and ``replicas`` replicas attached."""
+    """Wait until every node sees all nodes, all 16384 slots served and ``replicas`` replicas attached and synced."""
     deadline = time.monotonic() + timeout
     view: list[RedisClusterNode] = []
     while True:
@@ -89,7 +112,7 @@ def wait_formed(nodes: Sequence[NodeInfo], replicas: int, timeout: float) -> lis
             except redis.RedisError:  # a node still loading: look again
                 views.append([])
         view = views[0]
-        if all(_formed(v, len(nodes), replicas) for v in views):
+        if all(_formed(v, len(nodes), replicas) for v in views) and _synced(nodes, replicas):
             return view
         if time.monotonic() >= deadline:
             raise LocalTopologyError(

@@ -12,6 +12,7 @@ from typing import Any
 from dbscale.cache.core import CacheFront
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.writes.policy import TableSpec, as_str, cache_key
+from dbscale.config import is_cluster_url
 from dbscale.errors import WriteBehindError
 
 
@@ -37,6 +38,11 @@ class Strategy:
             )
         if core.url is None:
             raise WriteBehindError("write_through/write_behind need Redis: set cache.redis_url in the topology config")
+        if is_cluster_url(core.url):
+            raise WriteBehindError(
+                "write_through/write_behind need a single Redis (their streams and scripts span slots), not the"
+                " Redis Cluster in cache.redis_url; run them with a cache whose redis_url is one Redis server"
+            )
         self.front = front
         self.core = core
         self.cluster: Any = core.owner
