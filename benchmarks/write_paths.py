@@ -1,12 +1,15 @@
 """Write paths: write-behind vs a direct ``cluster.write()`` per change vs write-through, measured.
 
 The same changes (upserts of ``--changes`` rows over ``--keys`` keys) on each path, first from one
-caller, then from 16 concurrent callers (threads of one process, GIL-bound for every path), then
-from 4 writer processes (``--callers``) (a server fleet's shape: each process owns a share
+caller, then from 16 concurrent callers (threads of one process, GIL-bound for every path), from
+16 asyncio tasks of one event loop (``AsyncCluster``), then from 4 writer processes (``--callers``) (a server fleet's shape: each process owns a share
 of the keys, so every key's last value is known): acknowledgement latency (p50/p99 of each call) and
 sustained throughput. For write-behind, "sustained" counts until the last change is in the
 database: the saves run while a flusher process (``dbscale write-behind run``) flushes, and the
-clock stops when ``flush()`` returns.
+clock stops when ``flush()`` returns. Write-behind writes the same changes ``--behind-passes`` (4)
+times over, in order, so its rate is a steady state: the flusher's write delay (``--interval``,
+0.2 s: the last changes wait that long) is a latency, not a throughput, and a 0.4 s run would
+count it as one.
 
 Each setup runs the whole set: ``as-is`` (the throwaway topology runs PostgreSQL with ``fsync = off``
 and Redis without AOF: a commit costs no disk flush) and ``durable`` (for the run, PostgreSQL
@@ -20,6 +23,7 @@ restored afterwards). ``--setups`` picks; with ``--config`` the default is ``as-
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import statistics
@@ -28,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -38,7 +42,7 @@ from _topology import bench_config
 from redis import Redis
 from sqlalchemy import text
 
-from dbscale import Cluster
+from dbscale import AsyncCluster, Cluster
 from dbscale.config import libpq_conninfo
 
 Call = Callable[[dict[str, Any]], Any]
@@ -162,6 +166,50 @@ def setup(cluster: Any, durable: bool) -> Iterator[str]:
         redis.close()
 
 
+async def run_tasks(
+    config: Path, path: str, table: str, changes: list[dict[str, Any]], tasks: int
+) -> tuple[list[float], float]:
+    """Latencies and wall time of ``changes`` written by ``tasks`` asyncio tasks of one event loop (keys partitioned)."""
+    async with AsyncCluster.from_config(config) as cluster:
+        call: Callable[[dict[str, Any]], Awaitable[Any]]
+        if path == "direct":
+            sql = text(
+                f"INSERT INTO {table} VALUES (:id, :n, :note)"
+                " ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, note = EXCLUDED.note"
+            )
+
+            async def direct(row: dict[str, Any]) -> None:
+                async with cluster.write() as conn:
+                    await conn.execute(sql, row)
+
+            call = direct
+
+            close: Any = None
+        elif path == "through":
+            through = cluster.cache.write_through(table, key_column="id", key="wp:{id}")
+            call, close = through.save, through.close
+        else:
+            behind = cluster.cache.write_behind(table, key_column="id", key="wpb:{id}")
+            call, close = behind.save, behind.close
+        shares = [[c for c in changes if c["id"] % tasks == i] for i in range(tasks)]
+        samples: list[float] = []
+
+        async def caller(rows: list[dict[str, Any]], timed: bool) -> None:
+            for row in rows:
+                t = time.perf_counter()
+                await call(row)
+                if timed:
+                    samples.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(caller(share[:20], False) for share in shares))  # warm the pools
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(share, True) for share in shares))
+        elapsed = time.perf_counter() - t0
+        if close is not None:
+            await close()
+    return samples, elapsed
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
@@ -172,8 +220,16 @@ def main() -> None:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--changes", type=int, default=5000)
     parser.add_argument("--keys", type=int, default=1000)
-    parser.add_argument("--callers", default="1,16,4proc", help="threads of this process, or Nproc: N processes")
+    parser.add_argument(
+        "--callers", default="1,16,16async,4proc", help="N threads, Nasync: N asyncio tasks, Nproc: N processes"
+    )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--behind-passes",
+        type=int,
+        default=4,
+        help="write-behind writes the changes this many times over (steady state)",
+    )
     parser.add_argument("--setups", help="as-is, durable, or as-is,durable (default without --config)")
     args = parser.parse_args()
     setups = (args.setups or ("as-is" if args.config else "as-is,durable")).split(",")
@@ -210,21 +266,28 @@ def main() -> None:
             for durable in (name == "durable" for name in setups):
                 with setup(cluster, durable) as label:
                     for callers in args.callers.split(","):
-                        procs = callers.endswith("proc")
-                        threads = int(callers.removesuffix("proc"))  # or processes
+                        procs, tasks = callers.endswith("proc"), callers.endswith("async")
+                        threads = int(callers.removesuffix("proc").removesuffix("async"))  # or processes, tasks
 
                         def measure(
-                            path: str, call: Call, procs: bool = procs, threads: int = threads
+                            path: str,
+                            call: Call,
+                            todo: list[dict[str, Any]] = changes,
+                            procs: bool = procs,
+                            tasks: bool = tasks,
+                            threads: int = threads,
                         ) -> tuple[list[float], float]:
                             if procs:
-                                return run_processes(config, path, tables[path], changes, threads)
-                            return run(changes, call, threads)
+                                return run_processes(config, path, tables[path], todo, threads)
+                            if tasks:
+                                return asyncio.run(run_tasks(config, path, tables[path], todo, threads))
+                            return run(todo, call, threads)
 
-                        case = f"{label} | {callers.replace('proc', ' processes')}"
+                        case = f"{label} | {callers.replace('proc', ' processes').replace('async', ' asyncio tasks')}"
                         for _ in range(args.rounds):  # interleaved: a load spike hits every path alike
                             record("direct cluster.write() per change", case, *measure("direct", direct))
                             record("write-through save()", case, *measure("through", through.save))
-                            samples, acked = measure("behind", behind.save)
+                            samples, acked = measure("behind", behind.save, changes * args.behind_passes)
                             t_end = time.perf_counter()
                             behind.flush(timeout=300)
                             drained = time.perf_counter() - t_end
