@@ -158,9 +158,9 @@ def test_in_process_flusher_thread(topology_config_path: Path, views: str) -> No
 
 
 WRITER = """
-import json, random, sys
+import json, random, sys, time
 from dbscale import Cluster
-config, table, saves, keys, out = sys.argv[1:6]
+config, table, saves, keys, out, pause = sys.argv[1:7]
 last = {}
 rng = random.Random(1)
 with Cluster.from_config(config) as cluster:
@@ -175,6 +175,8 @@ with Cluster.from_config(config) as cluster:
             last[k] = i
         if i % 1000 == 0:
             print(i, flush=True)
+        if i % 100 == 0:
+            time.sleep(float(pause))  # paced: the flusher (started alongside) gets to flush some before the end
     pv.close()
 with open(out, "w") as f:
     json.dump(last, f)
@@ -189,9 +191,11 @@ def _flusher(config: Path, table: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _crash(config: Path, table: str, tmp_path: Path, saves: int, keys: int) -> None:
+def _crash(config: Path, table: str, tmp_path: Path, saves: int, keys: int, pause: float = 0.0) -> None:
     out = tmp_path / "last.json"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(config), table, str(saves), str(keys), str(out)])
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(config), table, str(saves), str(keys), str(out), str(pause)]
+    )
     kills = 0
     flusher = _flusher(config, table)
     try:
@@ -230,7 +234,7 @@ def _count(cluster: Cluster, table: str) -> int:
 
 
 def test_flusher_sigkilled_twice_loses_nothing(topology_config_path: Path, views: str, tmp_path: Path) -> None:
-    _crash(topology_config_path, views, tmp_path, 5_000, 200)
+    _crash(topology_config_path, views, tmp_path, 5_000, 200, pause=0.1)  # 5 s at least: two kills fit
 
 
 @pytest.mark.slow
@@ -266,3 +270,78 @@ def test_wait_replicas_raises_when_redis_has_too_few(topology_config_path: Path,
         pv.flush(timeout=30)
         assert _rows(cluster, views) == {1: {"k": 1, "v": 1, "note": None}}
         pv.close()
+
+
+def _count_round_trips(pv: Any) -> list[int]:
+    """Record the size of every round trip ``pv`` makes to Redis (its ``_execute`` calls), keeping their effect."""
+    sizes: list[int] = []
+    execute = pv._execute
+
+    def counted(batch: list[Any]) -> Any:
+        sizes.append(len(batch))
+        return execute(batch)
+
+    pv._execute = counted
+    return sizes
+
+
+def test_concurrent_saves_share_round_trips_and_each_gets_its_own_reply(topology_config_path: Path, views: str) -> None:
+    import threading
+
+    threads, per = 16, 100
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        sizes = _count_round_trips(pv)
+        ids: list[list[str]] = [[] for _ in range(threads)]
+
+        def writer(t: int) -> None:
+            for i in range(per):  # thread t owns keys t, t+16, …: each key's changes stay in order
+                ids[t].append(pv.save({"k": t + threads * (i % 5), "v": i, "note": f"t{t}"}))
+
+        workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        every = [i for part in ids for i in part]
+        assert len(set(every)) == threads * per  # a distinct stream id each: nobody got another's reply
+        for part in ids:  # one caller's saves in its call order
+            assert sorted(part, key=lambda e: tuple(map(int, e.split("-")))) == part
+        assert sum(sizes) == threads * per
+        assert max(sizes) > 1 and len(sizes) < threads * per  # callers shared round trips
+        expected = {
+            t + threads * j: {"k": t + threads * j, "v": 95 + j, "note": f"t{t}"}
+            for t in range(threads)
+            for j in range(5)
+        }
+        assert {k: pv.get(k) for k in expected} == expected  # the last acknowledged value of each key
+        pv.flush(timeout=60)
+        assert _rows(cluster, views) == expected
+        pv.close()
+
+
+def test_async_concurrent_saves_share_round_trips_and_a_cancelled_queued_save_never_lands(
+    topology_config_path: Path, views: str
+) -> None:
+    import asyncio
+
+    async def main() -> None:
+        async with AsyncCluster.from_config(topology_config_path) as cluster:
+            pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+            await pv.save({"k": 0, "v": 0, "note": None})  # persistence check, connection: out of the way
+            sizes = _count_round_trips(pv)
+            tasks = [asyncio.create_task(pv.save({"k": k, "v": k, "note": None})) for k in range(1, 21)]
+            await asyncio.sleep(0)  # task 1 sends its save alone; the others queue behind it
+            tasks[9].cancel()  # key 10: still queued, so it never reaches Redis
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            assert isinstance(done[9], asyncio.CancelledError)
+            assert all(isinstance(d, str) for i, d in enumerate(done) if i != 9)
+            assert sizes == [1, 18]  # two round trips for 19 saves
+            assert await pv.get(10) is None
+            await pv.flush(timeout=30)
+            async with cluster.write() as conn:
+                keys = set((await conn.execute(text(f"SELECT k FROM {views}"))).scalars())
+            assert keys == set(range(21)) - {10}
+            await pv.close()
+
+    asyncio.run(main())

@@ -3,7 +3,11 @@
 
 Theory of operation. :meth:`WriteBehind.save` runs one Lua script that appends the change to
 the table's Redis Stream and updates its cache entry (same order in both), and returns once Redis
-has it (with ``wait_replicas=N``, once N Redis replicas have it, by ``WAIT``). A flusher
+has it (with ``wait_replicas=N``, once N Redis replicas have it, by ``WAIT``). Concurrent saves of
+one object (threads, or tasks) share round trips: while one caller's pipeline is in flight the
+others queue and wait; when it ends, the callers it carried are woken with their replies, and the
+caller of the oldest save still queued is woken to send every queued save in one pipeline
+(``WAIT`` last, on the same connection). Each caller returns only once Redis answered its own script. A flusher
 (:class:`Flusher`: ``start_flusher()`` in-process, or ``dbscale write-behind run``) takes over
 the stream by bumping an epoch in the database, then, each round, moves new entries into the
 consumer group's pending list; when older entries are pending too (``XPENDING``: a dead or fenced
@@ -19,19 +23,21 @@ retried alone in a savepoint, and on failure lands in the dead-letter stream wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from dbscale._compat import Event, Runner, event_wait, join, sleep, spawn
+from dbscale._compat import Event, Lock, Runner, event_wait, join, sleep, spawn, try_acquire
 from dbscale.cache.core import CacheFront
 from dbscale.cache.writes.base import Strategy
 from dbscale.cache.writes.policy import (
@@ -41,9 +47,12 @@ from dbscale.cache.writes.policy import (
     DELETE,
     SAVE,
     SAVE_SCRIPT,
+    SAVE_SHA,
+    SEND_BATCH,
     TAKEOVER_SQL,
     Batch,
     Change,
+    Queued,
     as_str,
     decode_entry,
     group_rows,
@@ -93,8 +102,9 @@ class WriteBehind:
         self.redis = RedisEntries(self.strategy, max(self.strategy.core.admin_timeout, 5.0))
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
-        self._script: Any = None
         self._checked = False
+        self._queue: deque[Queued] = deque()  # saves not yet sent (appends and pops are thread-safe)
+        self._sending = Lock()  # held by the caller sending a round trip (one in flight per object)
         self.flusher_running: Flusher | None = None
         self._flush_flusher: Flusher | None = None
 
@@ -114,23 +124,91 @@ class WriteBehind:
         s = self.strategy
         if not self._checked:
             self._persistence_check()
-        if self._script is None:
-            self._script = self.redis.client.register_script(SAVE_SCRIPT)
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
+        queued = Queued([s.stream, s.entry_key(key)], [key, op, data, s.ttl_ms, "", ""], Event())
+        self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
-            entry_id = as_str(self._script(keys=[s.stream, s.entry_key(key)], args=[key, op, data, s.ttl_ms, "", ""]))
-            if self.wait_replicas:
-                acked = self.redis.client.wait(self.wait_replicas, self.wait_timeout_ms)
-                if acked < self.wait_replicas:
-                    raise NotReplicated(
-                        f"change {entry_id} of {key!r} reached {acked} of {self.wait_replicas} Redis replicas"
-                        f" within {self.wait_timeout_ms} ms; it may be lost if the Redis primary dies now"
-                    )
-        except RedisError as exc:
+            while not queued.sent:
+                if try_acquire(self._sending):  # nobody is sending: send every queued save
+                    try:
+                        self._send()
+                    finally:
+                        self._sending.release()
+                        self._wake_next()
+                else:  # the round trip in flight ends by replying to this save or by waking it to send
+                    queued.wake.wait()
+                    queued.wake.clear()
+        except BaseException:
+            if not queued.sent:  # interrupted while queued: it never reaches Redis
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(queued)
+                self._wake_next()  # it may have been woken to send: pass that on
+            raise
+        reply = queued.reply
+        if isinstance(reply, BaseException):
             raise CacheUnavailable(
-                f"Redis did not take the change of {key!r} ({exc}); nothing was acknowledged: retry, check Redis"
-            ) from exc
+                f"Redis did not take the change of {key!r} ({reply}); nothing was acknowledged: retry, check Redis"
+            ) from reply
+        entry_id = as_str(reply)
+        if queued.replicas is not None and queued.replicas < self.wait_replicas:
+            raise NotReplicated(
+                f"change {entry_id} of {key!r} reached {queued.replicas} of {self.wait_replicas} Redis replicas"
+                f" within {self.wait_timeout_ms} ms; it may be lost if the Redis primary dies now"
+            )
         return entry_id
+
+    def _wake_next(self) -> None:
+        """Wake the caller of the oldest queued save to send the next round trip (if any is queued)."""
+        with contextlib.suppress(IndexError):
+            self._queue[0].wake.set()
+
+    def _send(self) -> None:
+        """Send the queued saves (at most :data:`SEND_BATCH`) in one round trip; set each one's reply."""
+        batch: list[Queued] = []
+        while self._queue and len(batch) < SEND_BATCH:
+            batch.append(self._queue.popleft())
+        try:
+            replies, replicas = self._execute(batch)
+        except RedisError as exc:
+            replies, replicas = [exc] * len(batch), None
+        except BaseException as exc:  # this caller was interrupted mid-round-trip: the others' outcome is unknown
+            lost = RedisError(f"the round trip carrying it was interrupted ({exc!r}); it may or may not be in Redis")
+            replies, replicas = [lost] * len(batch), None
+            raise
+        finally:
+            for queued, reply in zip(batch, replies, strict=True):
+                queued.reply, queued.replicas, queued.sent = reply, replicas, True
+                queued.wake.set()
+
+    def _execute(self, batch: list[Queued]) -> tuple[list[Any], int | None]:
+        """The replies of ``batch``'s scripts (an exception for a refused one) and ``WAIT``'s answer."""
+        client = self.redis.client
+        if len(batch) == 1 and not self.wait_replicas:  # the lone caller: a plain EVALSHA
+            q = batch[0]
+            try:
+                return [client.evalsha(SAVE_SHA, len(q.keys), *q.keys, *q.args)], None
+            except NoScriptError:
+                client.script_load(SAVE_SCRIPT)
+                return [client.evalsha(SAVE_SHA, len(q.keys), *q.keys, *q.args)], None
+            except ResponseError as exc:
+                return [exc], None
+        replies: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in range(2):  # a NOSCRIPT reply (Redis restarted) ran nothing: load the script, resend
+            with client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    pipe.evalsha(SAVE_SHA, len(batch[i].keys), *batch[i].keys, *batch[i].args)
+                if self.wait_replicas:  # on the same connection, after the scripts: WAIT counts them
+                    pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+                got = pipe.execute(raise_on_error=False)
+            replicas = int(got.pop()) if self.wait_replicas else None
+            for i, reply in zip(todo, got, strict=True):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo or attempt:
+                break
+            client.script_load(SAVE_SCRIPT)
+        return replies, replicas
 
     def save(self, row: Mapping[str, Any]) -> str:
         """Queue ``row`` (an upsert by its key column) and cache it; returns the change's stream id."""

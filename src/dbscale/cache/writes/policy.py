@@ -20,6 +20,7 @@ and :func:`plan_batch` drops entries at or below the stream id the database alre
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,29 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return id
 """
 
+#: ``EVALSHA`` name of :data:`SAVE_SCRIPT` (loaded by ``SCRIPT LOAD`` when Redis answers ``NOSCRIPT``).
+SAVE_SHA = hashlib.sha1(SAVE_SCRIPT.encode()).hexdigest()
+
 SAVE, DELETE = "s", "d"
+#: At most this many queued saves go to Redis in one pipeline (one round trip).
+SEND_BATCH = 512
+
+
+@dataclass(eq=False)
+class Queued:
+    """A save waiting to be sent to Redis: its script keys and arguments, then Redis's reply.
+
+    ``reply`` is the stream id, or the exception Redis answered for this save (or for its round
+    trip); ``replicas`` is what ``WAIT`` answered for the round trip that carried it. ``wake`` is
+    the waiting caller's event: set once the reply is in, or to make it send the next round trip.
+    """
+
+    keys: list[str]
+    args: list[Any]
+    wake: Any
+    sent: bool = False
+    reply: Any = None
+    replicas: int | None = None
 
 
 def quote_ident(name: str) -> str:
@@ -249,11 +272,14 @@ __all__ = [
     "DELETE",
     "SAVE",
     "SAVE_SCRIPT",
+    "SAVE_SHA",
+    "SEND_BATCH",
     "SET_IF_NEWER",
     "VERSION_SEQUENCE",
     "VERSION_SQL",
     "Batch",
     "Change",
+    "Queued",
     "TableSpec",
     "cache_key",
     "coalesce",
