@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from dbscale.cache.core import CacheFront
+from dbscale.cache.l2_base import client_options
 from dbscale.cache.writes.base import Strategy
 from dbscale.cache.writes.policy import INSTALL_LOCK_SQL, INSTALL_SQL, SET_IF_NEWER, VERSION_SQL, upsert_params
 from dbscale.errors import CacheUnavailable
@@ -50,7 +51,8 @@ class RedisEntries:
     def client(self) -> Any:
         """The Redis client (created on first use)."""
         if self._client is None:
-            self._client = Redis.from_url(self.strategy.url, socket_timeout=self.timeout)
+            # no hidden retries: a re-sent save script that had already run would append its change twice
+            self._client = Redis.from_url(self.strategy.url, **client_options(self.timeout))
         return self._client
 
     def fetch(self, key: str) -> tuple[bool, dict[str, Any] | None]:
