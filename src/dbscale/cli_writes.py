@@ -94,13 +94,14 @@ def discover(cluster: Cluster) -> list[str]:
     """The tables that have a write-behind stream in the cluster's Redis (SCAN, never KEYS)."""
     import redis
 
+    from dbscale.cache.l2_base import client_options
     from dbscale.config import is_cluster_url
 
     cache = cluster.config.cache
     if cache.redis_url is None or is_cluster_url(str(cache.redis_url)):  # write-behind runs on one Redis only
         return []
     prefix = f"{cache.namespace}:wb:{{"
-    client = redis.Redis.from_url(str(cache.redis_url), socket_timeout=2.0)
+    client = redis.Redis.from_url(str(cache.redis_url), **client_options(2.0))  # no retries: status stays quick
     try:
         names = [k.decode() for k in client.scan_iter(match=prefix + "*}", _type="stream", count=1000)]
     except redis.RedisError:

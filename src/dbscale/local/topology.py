@@ -44,6 +44,8 @@ from dbscale.local.state import (
 )
 
 DEFAULT_STATE_DIR = ".dbscale"
+#: The order servers are stopped in: clients before what they use; etcd after Patroni (it holds the leader lock).
+STOP_ORDER = ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster")
 _T = TypeVar("_T")
 
 
@@ -262,7 +264,7 @@ class LocalTopology:
         """After a Ctrl-C during ``up``: stop the nodes ``up`` started (not those already ``running``)."""
         with _sigint_ignored():
             started = [n for n in state.nodes if n.name not in running and self._pid(n, rt) is not None]
-            for kind in ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster"):  # etcd after Patroni
+            for kind in STOP_ORDER:
                 _all([n for n in started if n.kind == kind], lambda n: self._stop(n, rt))
         if not started:
             return f"`dbscale up` stopped before any server started; the topology stays recorded in {self.state_dir}"
@@ -318,10 +320,8 @@ class LocalTopology:
                 return
             nginx.stop_edge(self.state_dir)
             rt = self._runtime(state)
-            kinds = ("pgbouncer", "postgres", "etcd", "redis", "redis-cluster")  # etcd after Patroni: it holds the lock
-            by_kind = {kind: [n for n in state.nodes if n.kind == kind] for kind in kinds}
-            for kind in kinds:
-                _all(by_kind[kind], lambda n: self._stop(n, rt))
+            for kind in STOP_ORDER:
+                _all([n for n in state.nodes if n.kind == kind], lambda n: self._stop(n, rt))
             left = self.running_pids()
             if left:
                 raise LocalTopologyError(f"processes {left} of the topology are still running after down")
