@@ -169,3 +169,30 @@ def test_get_fills_from_the_database(topology_config_path: Path, rows_table: str
         assert users.redis.fetch(f"{rows_table}:7") == (True, row)
         assert users.get(8) is None
         users.close()
+
+
+def test_garbage_at_an_entry_is_a_miss_and_is_replaced(topology_config_path: Path, rows_table: str) -> None:
+    """Data dbscale did not write at an entry key (another type, or a hash with foreign fields): get() reads the
+    database, and the next fill or save replaces it; the row is never lost behind it."""
+    import redis
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        with cluster.write() as conn:
+            conn.execute(text(f"INSERT INTO {rows_table} VALUES (7, 70, 'x'), (8, 80, 'y')"))
+        users = cluster.cache.write_through(rows_table, key_column="k", key=f"{rows_table}:{{k}}")
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        entry7, entry8 = users.strategy.entry_key(f"{rows_table}:7"), users.strategy.entry_key(f"{rows_table}:8")
+        raw.set(entry7, b"not a hash")
+        raw.hset(entry8, mapping={"v": "zz", "d": b"\x00garbage"})
+        corrupt = cluster.metrics.value("cache_corrupt_entries_total")
+        with cluster.read(after=cluster.causal_token()) as conn:
+            assert conn.execute(text(f"SELECT count(*) FROM {rows_table}")).scalar_one() == 2
+        assert users.get(7) == {"k": 7, "v": 70, "w": "x"}  # a WRONGTYPE entry: read through, then filled
+        assert users.redis.fetch(f"{rows_table}:7") == (True, {"k": 7, "v": 70, "w": "x"})
+        assert users.get(8) == {"k": 8, "v": 80, "w": "y"}  # foreign fields: a counted miss
+        assert cluster.metrics.value("cache_corrupt_entries_total") > corrupt
+        raw.set(entry7, b"garbage again")
+        users.save({"k": 7, "v": 71, "w": "z"})  # committed, then the entry replaces the garbage
+        assert users.redis.fetch(f"{rows_table}:7") == (True, {"k": 7, "v": 71, "w": "z"})
+        raw.close()
+        users.close()

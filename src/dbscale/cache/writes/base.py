@@ -13,7 +13,7 @@ from dbscale.cache.core import CacheFront
 from dbscale.cache.invalidation import Invalidation, encode_message
 from dbscale.cache.writes.policy import TableSpec, as_str, cache_key
 from dbscale.config import is_cluster_url
-from dbscale.errors import WriteBehindError
+from dbscale.errors import SerializationError, WriteBehindError
 
 
 class Strategy:
@@ -127,7 +127,11 @@ class Strategy:
         entry = {as_str(k): v for k, v in fields.items()}
         if as_str(entry.get("t", b"0")) == "1":
             return True, None
-        return True, dict(self.loads(entry["d"]))
+        try:
+            return True, dict(self.loads(entry["d"]))
+        except (KeyError, SerializationError, TypeError, ValueError):
+            self.core.stats.corrupt.inc()  # data dbscale did not write: a miss (the next set replaces it)
+            return False, None
 
 
 __all__ = ["Strategy"]

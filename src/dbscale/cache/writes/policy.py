@@ -55,8 +55,10 @@ ADVANCE_SQL = f"UPDATE {CHECKPOINT_TABLE} SET last_id = :last_id WHERE stream = 
 # KEYS[1] entry hash; ARGV: version, data, tombstone flag ("1"/"0"), ttl ms, channel, message.
 # Applied only over a strictly smaller version (or no entry); then the L1s of every process drop the key.
 SET_IF_NEWER = """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '')
+if cur and cur >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 't', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
@@ -66,6 +68,8 @@ return 1
 # KEYS[1] stream, KEYS[2] entry hash; ARGV: key, op ("s"/"d"), data, ttl ms, channel, message.
 # One atomic step: the stream order of a key's changes is the order its cache entry saw them.
 SAVE_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
 local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
 local tomb = '0'
 if ARGV[2] == 'd' then tomb = '1' end
