@@ -80,7 +80,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
     (r"\bA(Event|Lock|LoopLocal|Runner|Workers)\b", r"\1"),
-    (r"\ba(acquire|deadline|event_wait|join|run_hooks|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
+    (r"\ba(acquire|call_loader|deadline|event_wait|join|run_hooks|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
     (r"\bThe asyncio index advisor\b", "The synchronous index advisor"),

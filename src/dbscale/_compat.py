@@ -19,6 +19,9 @@ asyncio                      blocking                     contract
 ``adeadline(s)``             ``deadline(s)``              bound a block to ``s`` seconds (asyncio: a
                                                           timeout; blocking: the socket timeout does it)
 ``ato_thread(fn)``           ``to_thread(fn)``            a blocking call, off the event loop
+``acall_loader(f, a, kw)``   ``call_loader(f, a, kw)``    a cache loader's value (TypeError naming the
+                                                          mix-up for a blocking loader given to asyncio
+                                                          code, or an async one to blocking code)
 ``ALoopLocal(make)``         ``LoopLocal(make)``          one ``make()`` per event loop / per process
 ============================ ============================ ==============================================
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 import time
 import weakref
@@ -109,6 +113,35 @@ def to_thread(fn: Callable[[], T]) -> T:
 async def ato_thread(fn: Callable[[], T]) -> T:
     """``fn()`` in a worker thread, so the event loop keeps running."""
     return await asyncio.to_thread(fn)
+
+
+def call_loader(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)``, refusing an awaitable: a blocking cache cannot await an async loader."""
+    value = func(*args, **kwargs)
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: close it instead of leaving a "never awaited" warning
+        raise TypeError(
+            f"the cache loader {_loader_name(func)} returned an awaitable; the blocking Cache calls its loader "
+            "without awaiting it: use AsyncCache (cluster.cache of an AsyncCluster) or a plain def"
+        )
+    return value
+
+
+async def acall_loader(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``await func(*args, **kwargs)``, with a clear error when ``func`` is a blocking loader."""
+    value = func(*args, **kwargs)
+    if not inspect.isawaitable(value):
+        raise TypeError(
+            f"the cache loader {_loader_name(func)} returned {type(value).__name__}, not an awaitable; "
+            "AsyncCache awaits its loader: pass an async def (or a lambda returning a coroutine), "
+            "or use the blocking Cache (cluster.cache of a Cluster)"
+        )
+    return await value
+
+
+def _loader_name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
 class LoopLocal(Generic[T]):
@@ -254,6 +287,7 @@ __all__ = [
     "Runner",
     "Workers",
     "aacquire",
+    "acall_loader",
     "acquire",
     "adeadline",
     "aevent_wait",
@@ -262,6 +296,7 @@ __all__ = [
     "aspawn",
     "ato_thread",
     "atry_acquire",
+    "call_loader",
     "deadline",
     "event_wait",
     "join",

@@ -265,6 +265,26 @@ def test_unserializable_value_raises_and_releases_lease(make_cache: Any) -> None
     assert time.monotonic() - t0 < 0.1
 
 
+def test_loader_of_the_wrong_kind_is_a_clear_error_and_releases_the_lease(make_cache: Any) -> None:
+    cache = make_cache()
+
+    async def async_loader() -> int:
+        return 5
+
+    with pytest.raises(TypeError, match=r"returned an awaitable.*use AsyncCache"):
+        cache.get_or_load("mixed", async_loader)
+    assert cache.get_or_load("mixed", lambda: 6, ttl=60) == 6  # lease released: loads at once
+
+    async def main() -> None:
+        acache = make_cache().aio
+        with pytest.raises(TypeError, match=r"returned int, not an awaitable.*async def"):
+            await acache.get_or_load("mixed", lambda: 5)
+        assert await acache.get_or_load("mixed", async_loader, ttl=60) == 5
+        await acache.close()
+
+    asyncio.run(main())
+
+
 def test_msgpack_compression_and_hmac_on_redis(make_cache: Any) -> None:
     cache = make_cache(serializer="msgpack", compress_threshold=64, hmac_key="s3cret")
     big = {"rows": list(range(500))}

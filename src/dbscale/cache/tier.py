@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dbscale._compat import LoopLocal, sleep, to_thread
+from dbscale._compat import LoopLocal, call_loader, sleep, to_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
 from dbscale.cache.decorator import Decorator, make_cached
 from dbscale.cache.flight import SingleFlight
@@ -191,7 +191,7 @@ class Cache(CacheFront, flavour="sync"):
         stats.loader_calls.inc()
         t0 = time.perf_counter()
         with self.core.load_scope(marker):
-            value = func(*args, **kwargs)
+            value = call_loader(func, args, kwargs)
         delta = time.perf_counter() - t0
         stats.lat_load.observe(delta)
         return value, delta

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dbscale._compat import ALoopLocal, asleep, ato_thread
+from dbscale._compat import ALoopLocal, acall_loader, asleep, ato_thread
 from dbscale.cache.core import CacheCore, CacheFront, Options
 from dbscale.cache.decorator import Decorator, make_cached
 from dbscale.cache.flight import AsyncSingleFlight
@@ -191,7 +191,7 @@ class AsyncCache(CacheFront, flavour="async"):
         stats.loader_calls.inc()
         t0 = time.perf_counter()
         with self.core.load_scope(marker):
-            value = await func(*args, **kwargs)
+            value = await acall_loader(func, args, kwargs)
         delta = time.perf_counter() - t0
         stats.lat_load.observe(delta)
         return value, delta
