@@ -124,3 +124,41 @@ def test_any_bytes_decode_or_raise_serialization_error(junk: bytes) -> None:
 def test_junk_compressed_payload_is_serialization_error() -> None:
     with pytest.raises(SerializationError, match="corrupt"):
         Serializer("orjson", compress_threshold=1).loads(b"Jnot zlib")
+
+
+class _Name(str):
+    """A str subclass as a dict key, like SQLAlchemy's ``quoted_name`` of a reflected column."""
+
+
+@given(json_values)
+def test_str_subclass_keys_encode_as_str(value: Any) -> None:
+    def rename(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {_Name(k): rename(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [rename(x) for x in v]
+        return v
+
+    ser = Serializer("orjson")
+    assert ser.loads(ser.dumps(rename(value))) == ser.loads(ser.dumps(value))
+
+
+def test_quoted_name_keys_of_a_reflected_row_can_be_cached() -> None:
+    from sqlalchemy.sql.elements import quoted_name
+
+    ser = Serializer("orjson")
+    assert ser.loads(ser.dumps({quoted_name("Id", True): 1, "rows": [{quoted_name("n", None): 2}]})) == {
+        "Id": 1,
+        "rows": [{"n": 2}],
+    }
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, [{"ok": {(1, 2): 3}}], {_Name("a"): {2.5: 1}}])
+def test_non_str_keys_are_refused_not_silently_turned_into_strings(value: Any) -> None:
+    with pytest.raises(SerializationError, match=r"with the key .* JSON keys are strings"):
+        Serializer("orjson").dumps(value)
+
+
+def test_unencodable_value_under_str_subclass_keys_names_its_type() -> None:
+    with pytest.raises(SerializationError, match=r"builtins\.object"):
+        Serializer("orjson").dumps({_Name("a"): object()})

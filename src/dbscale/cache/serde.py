@@ -71,6 +71,33 @@ def _no_default(kind: str) -> Callable[[Any], Any]:
     return default
 
 
+def _orjson_with_str_subclass_keys(value: Any, exc: TypeError) -> bytes:
+    """orjson refuses str subclasses as dict keys (SQLAlchemy's ``quoted_name`` of a reflected column is
+    one); they encode exactly as str, so retry with them allowed. Any other key type stays an error:
+    orjson would turn an int key into a string and the cached copy would not equal the value."""
+    bad = _first_non_str_key(value)
+    if bad is not None:
+        raise SerializationError(
+            f"cannot cache a dict with the key {bad!r} ({type(bad).__qualname__}) with orjson: JSON keys are "
+            "strings, so the cached copy would differ; use str keys, or serializer='msgpack'"
+        ) from exc
+    return orjson.dumps(value, default=_no_default("orjson"), option=orjson.OPT_NON_STR_KEYS)
+
+
+def _first_non_str_key(value: Any) -> Any:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, val in item.items():
+                if not isinstance(key, str):
+                    return key
+                stack.append(val)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
 class Serializer:
     """Turns values into payload bytes and back.
 
@@ -113,7 +140,12 @@ class Serializer:
     def dumps(self, value: Any) -> bytes:
         """Payload bytes for ``value``; :class:`SerializationError` naming the type if it cannot be encoded."""
         try:
-            body = self._dumps(value)
+            try:
+                body = self._dumps(value)
+            except TypeError as exc:
+                if self.kind != "orjson" or "Dict key must be str" not in str(exc):
+                    raise
+                body = _orjson_with_str_subclass_keys(value, exc)
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError, pickle.PicklingError) as exc:
