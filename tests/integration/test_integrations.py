@@ -67,6 +67,33 @@ def test_flask_cookie_and_header_carry_the_token(dbscale_cluster: dbscale.Cluste
     assert metrics.content_type.startswith("text/plain; version=") and b"_created" not in metrics.data
 
 
+def test_starlette_sync_endpoint_sends_back_the_token_of_its_write(
+    dbscale_cluster: dbscale.Cluster, paused: str
+) -> None:
+    """A ``def`` endpoint runs in a worker thread with a copy of the request's context: its write
+    still moves the token the middleware sends back, and that token reads the write back."""
+    cluster = dbscale_cluster
+
+    def write(request: Request) -> JSONResponse:
+        with cluster.write() as conn:
+            conn.execute(text(f"UPDATE {paused} SET v = -v WHERE k = 9"))
+        return JSONResponse({"ok": True})
+
+    def read(request: Request) -> JSONResponse:
+        with cluster.read() as conn:
+            return JSONResponse({"v": conn.scalar(text(f"SELECT v FROM {paused} WHERE k = 9")), "node": conn.node})
+
+    app = Starlette(routes=[Route("/w", write, methods=["POST"]), Route("/r", read)])
+    app.add_middleware(CausalTokenMiddleware, cluster=cluster)
+    with TestClient(app) as client:
+        written = client.post("/w")
+        token = written.headers["X-Dbscale-Token"]
+        client.cookies.clear()
+        got = client.get("/r", headers={"X-Dbscale-Token": token})
+        assert got.json() == {"v": -90, "node": "main-primary"}  # the replicas have not replayed it
+        assert client.get("/r").json()["v"] == 90  # without the token: a replica, stale
+
+
 def test_starlette_ignores_a_malformed_token_and_serves_metrics(
     dbscale_async_cluster: dbscale.AsyncCluster, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:

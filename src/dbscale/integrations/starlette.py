@@ -7,10 +7,11 @@
     app.add_middleware(CausalTokenMiddleware, cluster=cluster)
     app.add_route("/metrics", metrics_endpoint(cluster))
 
-The middleware is plain ASGI (not ``BaseHTTPMiddleware``), so the endpoint runs in the request's own
-task and the token it moves by writing is the one sent back. A *sync* FastAPI endpoint runs in a
-worker thread whose context changes do not come back: write from ``async def`` endpoints (or send
-``cluster.causal_token()`` yourself) when the token must travel.
+The middleware is plain ASGI (not ``BaseHTTPMiddleware``): the endpoint runs in the request's own
+task, and a *sync* endpoint (``def``, which Starlette and FastAPI run in a worker thread with a copy
+of the request's context) records its writes in the request's causal scope, so the token sent back
+covers writes from either kind of endpoint (with a blocking :class:`dbscale.Cluster` for ``def``
+endpoints, an :class:`dbscale.AsyncCluster` for ``async def`` ones).
 """
 
 from __future__ import annotations

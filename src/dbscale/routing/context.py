@@ -6,13 +6,16 @@ never leaks its own writes back.
 
 :meth:`CausalContext.scope` runs a block under a carried token (a web request's cookie or header,
 or a cache fill on behalf of a request): every read in the block honours it, writes in the block
-move it forward, and the context's own marks come back when the block ends.
+move it forward, and the context's own marks come back when the block ends. The writes made under
+a scope in worker threads or child tasks (a sync endpoint that Starlette runs in a thread) are
+collected for the scope's token too, so the token a request sends back covers all it wrote.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,22 +28,57 @@ _EMPTY: Mapping[str, Mark] = MappingProxyType({})
 _ids = itertools.count()
 
 
+def _merged(marks: Mapping[str, Mark], group: str, mark: Mark) -> Mapping[str, Mark]:
+    merged = dict(marks)
+    merged[group] = marks[group].merge(mark) if group in marks else mark
+    return MappingProxyType(merged)
+
+
+class _ScopeWrites:
+    """The writes made anywhere under one :meth:`CausalContext.scope` — including worker threads.
+
+    A context variable set in a copied context (Starlette runs a sync endpoint in a worker thread
+    with a copy of the request's context) never comes back; this object does, since the copy
+    holds the same object. The scope's owner reads it for the token it sends back.
+    """
+
+    __slots__ = ("lock", "marks")
+
+    def __init__(self, marks: Mapping[str, Mark]) -> None:
+        self.lock = threading.Lock()
+        self.marks = marks
+
+    def record(self, group: str, mark: Mark) -> None:
+        with self.lock:
+            self.marks = _merged(self.marks, group, mark)
+
+
 class CausalContext:
     """The read-your-writes marks a cluster recorded in the current context."""
 
     def __init__(self) -> None:
-        self._var: ContextVar[Mapping[str, Mark]] = ContextVar(f"dbscale_causal_{next(_ids)}", default=_EMPTY)
+        n = next(_ids)
+        self._var: ContextVar[Mapping[str, Mark]] = ContextVar(f"dbscale_causal_{n}", default=_EMPTY)
+        self._scope: ContextVar[_ScopeWrites | None] = ContextVar(f"dbscale_causal_scope_{n}", default=None)
 
     def record(self, group: str, mark: Mark) -> None:
         """Remember that this context wrote ``mark`` on ``group`` (marks only move forward)."""
-        current = self._var.get()
-        merged = dict(current)
-        merged[group] = current[group].merge(mark) if group in current else mark
-        self._var.set(MappingProxyType(merged))
+        self._var.set(_merged(self._var.get(), group, mark))
+        writes = self._scope.get()
+        if writes is not None:
+            writes.record(group, mark)
 
     def token(self, group: str | None = None) -> str | None:
-        """This context's marks as a portable string, or None if it has written nothing."""
+        """This context's marks as a portable string, or None if it has written nothing.
+
+        Inside :meth:`scope`, writes made under the scope in worker threads and tasks started from it
+        count too: the token a web request sends back covers everything the request wrote.
+        """
         marks = self._var.get()
+        writes = self._scope.get()
+        if writes is not None:
+            for name, mark in writes.marks.items():
+                marks = _merged(marks, name, mark)
         if group is not None:
             marks = {group: marks[group]} if group in marks else {}
         return format_token(marks) or None
@@ -64,10 +102,13 @@ class CausalContext:
         ``""`` runs the block with no marks. A malformed token raises ``InvalidCausalToken``.
         """
         marks = parse_token(token) if token else {}
-        reset = self._var.set(MappingProxyType(marks) if marks else _EMPTY)
+        start: Mapping[str, Mark] = MappingProxyType(marks) if marks else _EMPTY
+        reset = self._var.set(start)
+        reset_scope = self._scope.set(_ScopeWrites(start))
         try:
             yield self.token()
         finally:
+            self._scope.reset(reset_scope)
             self._var.reset(reset)
 
     def clear(self) -> None:
