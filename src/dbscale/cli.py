@@ -199,7 +199,7 @@ def _config_path(state_dir: Path | None, config: Path | None) -> Path:
 def up(
     replicas: Annotated[int | None, typer.Option(help="Streaming replicas of group main (default 2).", min=0)] = None,
     shards: Annotated[
-        int | None, typer.Option(help="Shard groups shard0.. (default 0); writes the [sharding] section.", min=0)
+        int | None, typer.Option(help="Shard groups shard0.. (default 0); writes the \\[sharding] section.", min=0)
     ] = None,
     shard_replicas: Annotated[
         int | None, typer.Option("--shard-replicas", help="Streaming replicas of every shard group (default 0).", min=0)
@@ -298,7 +298,7 @@ def status(
     config: Annotated[Path | None, typer.Option("--config", help="A dbscale.toml to probe instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show every node: group, role, port, health, replay lag, the router's verdict; with [sharding], each shard
+    """Show every node: group, role, port, health, replay lag, the router's verdict; with \\[sharding], each shard
     group's estimated rows and skew; Patroni's view of each HA group; the local Redis Cluster's nodes and
     slots. Exit 1 if any node is down."""
     from dbscale.config import load_config

@@ -138,7 +138,7 @@ def status(
 
 def init(config: ConfigOpt = None, state_dir: StateDirOpt = None) -> None:
     """Create dbscale's tables (CQRS event log, checkpoints, dead letters) on the primary, and with
-    [sharding] the global-ID function dbscale_next_id() on every shard group. Idempotent."""
+    \\[sharding] the global-ID function dbscale_next_id() on every shard group. Idempotent."""
     with _cluster(config, state_dir) as cluster:
         cluster.install()
     out.print("dbscale tables installed")

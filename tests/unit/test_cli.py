@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -118,3 +121,29 @@ def test_unknown_table_in_config_is_exit_2_naming_the_close_match(tmp_path: Path
     assert result.returncode == 2
     assert "group: unknown table (did you mean 'groups'?)" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, group
+    for name, sub in getattr(group, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_texts_keep_their_bracketed_words() -> None:
+    """Typer renders help with rich markup, where ``[sharding]`` is a style tag and vanishes unless escaped."""
+    import typer
+    from typer.testing import CliRunner
+
+    from dbscale.cli import app
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        words = {w for text in texts for w in re.findall(r"\[([a-z_.]+)\]", text)}
+        if not words:
+            continue
+        shown = CliRunner().invoke(app, [*path, "--help"], terminal_width=400).output
+        for word in words:
+            assert f"[{word}]" in shown, f"dbscale {' '.join(path)} --help lost [{word}]"
+            checked += 1
+    assert checked >= 3
