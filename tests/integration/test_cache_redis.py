@@ -285,6 +285,43 @@ def test_loader_of_the_wrong_kind_is_a_clear_error_and_releases_the_lease(make_c
     asyncio.run(main())
 
 
+def test_methods_bind_the_instance_and_share_entries_across_instances(make_cache: Any) -> None:
+    cache = make_cache()
+    calls: list[tuple[str, int]] = []
+
+    class Repo:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @cache.cached(ttl=60)
+        def get(self, user_id: int) -> int:
+            calls.append((self.name, user_id))
+            return user_id * 10
+
+        @cache.aio.cached(ttl=60, key="u:{user_id}")
+        async def aget(self, user_id: int) -> int:
+            calls.append((self.name, -user_id))
+            return -user_id
+
+    a, b = Repo("a"), Repo("b")
+    assert a.get(1) == 10 and b.get(1) == 10 and a.get(user_id=1) == 10
+    assert calls == [("a", 1)]  # self is not part of the default key: b hit a's entry
+    assert a.get.cache_key(1) == b.get.cache_key(1) == Repo.get.cache_key(a, 1)
+    assert b.get.invalidate(1) is True  # bound: 1 is user_id, not self
+    assert a.get(1) == 10 and calls == [("a", 1), ("a", 1)]
+    assert b.get.refresh(1) == 10 and calls[-1] == ("b", 1)
+
+    async def main() -> None:
+        assert await a.aget(2) == -2 and await b.aget(2) == -2
+        assert a.aget.cache_key(2) == "u:2"
+        assert await b.aget.invalidate(2) is True
+        assert await a.aget(2) == -2
+        await cache.aio.close()
+
+    asyncio.run(main())
+    assert calls[-2:] == [("a", -2), ("a", -2)]
+
+
 def test_msgpack_compression_and_hmac_on_redis(make_cache: Any) -> None:
     cache = make_cache(serializer="msgpack", compress_threshold=64, hmac_key="s3cret")
     big = {"rows": list(range(500))}

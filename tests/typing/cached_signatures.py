@@ -50,3 +50,25 @@ async def async_front(cache: AsyncCache) -> None:
     assert_type(plain.invalidate(1.5), bool)
     assert_type(cache.sync, Cache)
     assert_type(cache.aio, AsyncCache)
+
+
+def methods(cache: Cache, acache: AsyncCache) -> None:
+    class Repo:
+        @cache.cached(ttl=60, key="user:{user_id}")
+        def get_user(self, user_id: int) -> dict[str, Any] | None:
+            return {"id": user_id}
+
+        @acache.cached(ttl=60)
+        async def count(self, n: int) -> int:
+            return n
+
+    repo = Repo()
+    assert_type(repo.get_user(42), dict[str, Any] | None)  # the instance is bound
+    assert_type(repo.get_user.invalidate(42), bool)
+    assert_type(repo.get_user.cache_key(42), str)
+    assert_type(Repo.get_user(repo, 42), dict[str, Any] | None)
+    Repo.get_user("not a repo", 42)  # type: ignore[arg-type]
+
+    async def use() -> None:
+        assert_type(await repo.count(1), int)
+        assert_type(await repo.count.invalidate(1), bool)

@@ -11,6 +11,11 @@ The decorated function gains:
 
 For an ``async def`` function ``invalidate`` and ``refresh`` are coroutines.
 
+On a method (first parameter ``self`` or ``cls``) the instance is bound like a method's:
+``repo.get_user(42)``, ``repo.get_user.invalidate(42)``; and it stays out of the default key (as in
+dogpile.cache), so every instance shares the entries — a method whose result depends on its
+instance needs ``key=`` naming what it depends on.
+
 The decorated function keeps its signature for type checkers (``ParamSpec``): ``get_user("x")``
 is a mypy error when ``user_id: int``, ``get_user(42)`` has the loader's return type, and
 ``invalidate``/``refresh``/``cache_key`` take the same parameters (:class:`CachedFunction`,
@@ -31,10 +36,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
 
 from dbscale.cache import wrap, wrap_aio
 from dbscale.cache.keys import KeyBuilder, TagBuilder
+from dbscale.cache.method import CachedMethod
 
 if TYPE_CHECKING:
     from dbscale.cache.core import CacheCore, Options
@@ -90,6 +96,16 @@ class CachedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> CachedFunction[..., R_co]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """A method through its instance: the instance is bound (its other parameters are not checked)."""
+        ...
+
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Invalidate the entry of these arguments everywhere; False if Redis was unreachable (queued)."""
         ...
@@ -111,6 +127,16 @@ class AsyncCachedFunction(Protocol[P, R_co]):
     """An ``async def`` function decorated by ``cached``: its own signature, plus the cache's helpers."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> AsyncCachedFunction[..., R_co]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """A method through its instance: the instance is bound (its other parameters are not checked)."""
+        ...
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Invalidate the entry of these arguments everywhere; False if Redis was unreachable (queued)."""
@@ -148,9 +174,14 @@ class Decorator:
     def __call__(self, func: Callable[P, Any]) -> CachedFunction[P, Any] | AsyncCachedFunction[P, Any]:
         builder = KeyBuilder(func, self._key)
         tag_builder = TagBuilder(func, self._tags) if self._tags else None
+        wrapped: Any
         if inspect.iscoroutinefunction(func):
-            return wrap_aio.wrap(func, self._fronts.front("async"), builder, tag_builder, self._opts)
-        return wrap.wrap(func, self._fronts.front("sync"), builder, tag_builder, self._opts)
+            wrapped = wrap_aio.wrap(func, self._fronts.front("async"), builder, tag_builder, self._opts)
+        else:
+            wrapped = wrap.wrap(func, self._fronts.front("sync"), builder, tag_builder, self._opts)
+        if builder.is_method:
+            return CachedMethod(wrapped)
+        return wrapped  # type: ignore[no-any-return]
 
 
 def make_cached(

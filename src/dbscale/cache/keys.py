@@ -29,7 +29,7 @@ import orjson
 
 from dbscale.errors import CacheKeyError
 
-__all__ = ["CacheKeyError", "KeyBuilder", "RedisKeys", "glob_to_regex"]
+__all__ = ["METHOD_FIRST", "CacheKeyError", "KeyBuilder", "RedisKeys", "glob_to_regex"]
 
 _MISSING: Any = object()
 _MAX_DEFAULT_ENCODING = 200
@@ -70,6 +70,10 @@ def _json_default_std(value: Any) -> Any:
 _JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
+#: The names of a method's first parameter, left out of default keys and bound by the decorator.
+METHOD_FIRST = ("self", "cls")
+
+
 class KeyBuilder:
     """Builds the cache key (and tags) of one function from a call's ``args`` and ``kwargs``.
 
@@ -91,6 +95,7 @@ class KeyBuilder:
         "_prefix",
         "_sig",
         "_simple",
+        "_skip_first",
         "build",
     )
 
@@ -106,6 +111,11 @@ class KeyBuilder:
         self._defaults = tuple(_MISSING if p.default is p.empty else p.default for p in params)
         self._n = len(params)
         self._fast_n = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
+        # a method's ``self`` / ``cls`` stays out of the default key (as in dogpile.cache): an instance
+        # has no canonical encoding, and instances of one class share their entries
+        self._skip_first = (
+            bool(params) and params[0].name in METHOD_FIRST and params[0].kind is not params[0].KEYWORD_ONLY
+        )
         self._custom: Callable[..., str] | None = None
         self._parts: tuple[str, ...] = ()
         self._fields: tuple[str, ...] = ()
@@ -120,6 +130,11 @@ class KeyBuilder:
         else:
             self._compile_template(template)
             self.build = self._build_template_1 if len(self._fields) == 1 else self._build_template
+
+    @property
+    def is_method(self) -> bool:
+        """Whether the function's first parameter is ``self`` or ``cls`` (left out of the default key)."""
+        return self._skip_first
 
     # -- compilation -------------------------------------------------------------------------------
     def _compile_template(self, template: str) -> None:
@@ -206,6 +221,8 @@ class KeyBuilder:
 
     def _build_default(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         values = args if not kwargs and len(args) == self._fast_n == self._n else tuple(self.bind(args, kwargs))
+        if self._skip_first:
+            values = values[1:]
         try:
             encoded = orjson.dumps(values, default=_json_default, option=_JSON_OPTS)
         except TypeError:
@@ -232,7 +249,8 @@ class KeyBuilder:
             raise
 
     def _raise_unencodable(self, values: Sequence[Any]) -> Any:
-        for name, value in zip(self._names, values, strict=False):
+        names = self._names[1:] if self._skip_first else self._names
+        for name, value in zip(names, values, strict=False):
             try:
                 json.dumps(value, default=_json_default_std)
             except (TypeError, ValueError):
