@@ -111,8 +111,9 @@ def test_cancelled_leaders_neither_fail_followers_nor_orphan_leases(redis_url: s
     assert out["orphans"] == 0
     assert out["next_waits"] == 0
     assert out["slow_followers"] == 0
-    # < 50 ms each; a shared 2-core box stalls a call now and then, far below lease_wait (2 s)
-    assert len(out["slow"]) <= LEADERS // 100 and all(t < 0.5 for t in out["slow"])
+    # < 50 ms each; a shared 2-core box stalls a call now and then, but never for lease_wait (2 s):
+    # a call that waited for an orphaned lease would take at least that
+    assert len(out["slow"]) <= LEADERS // 100 and all(t < 1.0 for t in out["slow"])
     assert out["flights"] == {}
     assert out["cancelled_in_load"] > 50  # the random points did reach the load
 
@@ -154,7 +155,7 @@ def test_interrupted_thread_leader_hands_over_and_releases(redis_url: str, raw: 
             for t in [leader, *followers]:
                 t.join(10)
             assert results == [i, i, i]
-            assert time.monotonic() - t0 < 0.5  # no follower waited for an orphaned lease
+            assert time.monotonic() - t0 < 1.0  # no follower waited for an orphaned lease (lease_wait 2 s)
             assert not raw.exists(cache.core.keys.triple(key)[1])
         assert cache._flight._flights == {}
     finally:

@@ -197,26 +197,29 @@ async def run_tasks(
     return stale, reads[0], delay
 
 
+def checked_in_time(run: Callable[[], tuple[int, int, float]], label: str, attempts: int = 3) -> None:
+    """Run the race until its check starts within 100 ms of the writers stopping (a stalled check on a
+    loaded machine proves less, so it is run again); any stale value, at any delay, fails at once."""
+    for _ in range(attempts):
+        stale, reads, delay = run()
+        print(f"{label}: {stale} stale of {KEYS}, {reads} reads, checked {delay * 1000:.0f} ms after writers stopped")
+        assert stale == 0
+        assert reads > 200
+        if delay < 0.1:
+            return
+    pytest.fail(f"{label}: the check never started within 100 ms of the writers stopping in {attempts} runs")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_threads_no_stale_l1_after_invalidation(topology: TopologyConfig, table: Any, kind: str) -> None:
     dsn, name = table
-    stale, reads, delay = run_threads(topology, dsn, name, kind, SECONDS)
-    print(
-        f"threads/{kind}: {stale} stale of {KEYS}, {reads} reads, checked {delay * 1000:.0f} ms after writers stopped"
-    )
-    assert reads > 200
-    assert delay < 0.1
-    assert stale == 0
+    checked_in_time(lambda: run_threads(topology, dsn, name, kind, SECONDS), f"threads/{kind}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tasks_no_stale_l1_after_invalidation(topology: TopologyConfig, table: Any, kind: str) -> None:
     dsn, name = table
-    stale, reads, delay = asyncio.run(run_tasks(topology, dsn, name, kind, SECONDS))
-    print(f"tasks/{kind}: {stale} stale of {KEYS}, {reads} reads, checked {delay * 1000:.0f} ms after writers stopped")
-    assert reads > 200
-    assert delay < 0.1
-    assert stale == 0
+    checked_in_time(lambda: asyncio.run(run_tasks(topology, dsn, name, kind, SECONDS)), f"tasks/{kind}")
 
 
 # -- the window itself, deterministically: a reader runs inside the Redis update's round trip ------
