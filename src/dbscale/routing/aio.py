@@ -44,6 +44,7 @@ from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor_aio import AsyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
+from dbscale.routing.park import drop_parked
 from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
@@ -467,7 +468,10 @@ class AsyncReadConnection:
         node = self.node
         r.note_failure(node, describe(exc))
         r.monitor.kick()
+        engine = self._engine
         await self.finish()
+        if engine is not None:  # the node's other idle connections are suspect too: none stays parked
+            await greenlet_spawn(drop_parked, engine.sync_engine.pool)
         if self._retried:
             r.metrics.read_errors.inc()
             raise NodeUnavailable(f"group {r.name!r}: read failed on {node} after a retry ({describe(exc)})") from exc
