@@ -202,16 +202,18 @@ class FastResult(IteratorResult[Any]):
     fetchall = all
 
 
-def columns(pgresult: Any, encoding: str, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """The names of a statement's columns (``keys`` when they fit), or None when it returned no rows.
+def columns(cursor: Any, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The names of the columns of ``cursor``'s result (``keys`` when they fit), or None when it returned no rows.
 
     Read from libpq's result directly: psycopg's ``cursor.description`` builds an object per column.
     """
+    pgresult = cursor.pgresult
     if pgresult is None or pgresult.status != TUPLES_OK:
         return None
     count = pgresult.nfields
     if keys is not None and len(keys) == count:
         return keys
+    encoding = cursor._encoding
     return tuple(pgresult.fname(i).decode(encoding) for i in range(count))
 
 

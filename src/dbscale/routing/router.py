@@ -50,6 +50,13 @@ INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 #: Sent as one message at the end of a write (see ``GroupRouter._commit``).
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
+#: The attribute of a psycopg connection holding the cursor the fast path reuses on it (see :func:`run_fast`):
+#: a cursor is made per connection, not per statement, which saves its setup (adapters map, transformer)
+#: and the loaders it looks up. As psycopg documents for any cursor, adapters registered on the
+#: connection after the cursor was made do not reach it: register them in a ``connect`` event.
+CURSOR_ATTR = "_dbscale_cursor"
+#: A result of more rows than this is not kept referenced by the reused cursor between statements.
+KEEP_ROWS = 100
 
 if TYPE_CHECKING:
     from dbscale.routing.settings import RouterWiring
@@ -618,11 +625,19 @@ def settle(conn: Connection) -> None:
 
 
 def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
-    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`."""
-    cur = driver.cursor()
+    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`.
+
+    On the connection's own cursor, made on its first statement and reused (:data:`CURSOR_ATTR`).
+    """
+    cur = driver.__dict__.get(CURSOR_ATTR)
+    if cur is None:
+        cur = driver.cursor()
+        setattr(driver, CURSOR_ATTR, cur)
     cur.execute(sql, params)
-    names = columns(cur.pgresult, cur._encoding, keys)
+    names = columns(cur, keys)
     rows = cur.fetchall() if names is not None else ()
+    if len(rows) > KEEP_ROWS:
+        delattr(driver, CURSOR_ATTR)  # the cursor holds its last result: let a large one go with it
     return result(names, rows, cur.rowcount)
 
 
