@@ -39,7 +39,7 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
-from dbscale.routing.fast import columns, prepare, result, translate
+from dbscale.routing.fast import columns_of, prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor_aio import AsyncMonitor
@@ -52,6 +52,7 @@ INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 #: Sent as one message at the end of a write (see ``AsyncGroupRouter._commit``).
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
+INTRANS = TransactionStatus.INTRANS.value
 #: The attribute of a psycopg connection holding the cursor the fast path reuses on it (see :func:`run_fast`):
 #: a cursor is made per connection, not per statement, which saves its setup (adapters map, transformer)
 #: and the loaders it looks up. As psycopg documents for any cursor, adapters registered on the
@@ -288,19 +289,16 @@ class AsyncGroupRouter(GroupRouterBase):
         sync = conn.sync_connection
         assert sync is not None
         driver: Any = sync.connection.driver_connection  # no I/O: the transaction holds a valid connection
-        if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
+        if self.settings.read_your_writes != "lsn" or driver.pgconn.transaction_status != INTRANS:
             await greenlet_spawn(settle, sync)
             return None
         try:
-            cur = driver.cursor()
-            try:
-                await cur.execute(COMMIT_SQL, prepare=False)
-                wrote = (await cur.fetchone())[0]
-                cur.nextset()  # COMMIT
-                cur.nextset()
-                lsn = (await cur.fetchone())[0]
-            finally:
-                await cur.close()
+            cur = cursor_of(driver)
+            await cur.execute(COMMIT_SQL, prepare=False)
+            wrote = (await cur.fetchone())[0]
+            cur.nextset()  # COMMIT
+            cur.nextset()
+            lsn = (await cur.fetchone())[0]
         except psycopg.Error as exc:
             lost = is_connection_error(exc)
             if lost:
@@ -626,17 +624,23 @@ def settle(conn: Connection) -> None:
     conn.close()
 
 
+def cursor_of(driver: Any) -> Any:
+    """The cursor of psycopg connection ``driver`` that the fast path and the commit reuse (:data:`CURSOR_ATTR`)."""
+    cur = driver.__dict__.get(CURSOR_ATTR)
+    if cur is None:
+        cur = driver.cursor()
+        setattr(driver, CURSOR_ATTR, cur)
+    return cur
+
+
 async def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
     """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`.
 
     On the connection's own cursor, made on its first statement and reused (:data:`CURSOR_ATTR`).
     """
-    cur = driver.__dict__.get(CURSOR_ATTR)
-    if cur is None:
-        cur = driver.cursor()
-        setattr(driver, CURSOR_ATTR, cur)
+    cur = cursor_of(driver)
     await cur.execute(sql, params)
-    names = columns(cur, keys)
+    names = columns_of(cur, keys)
     rows = await cur.fetchall() if names is not None else ()
     if len(rows) > KEEP_ROWS:
         delattr(driver, CURSOR_ATTR)  # the cursor holds its last result: let a large one go with it
