@@ -160,6 +160,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bAwaitable\[T\]", "T"),
     # dbscale names
     (r"\bAsyncGroupRouter\b", "GroupRouter"),
+    (r"\bAsyncParkingPool\b", "ParkingPool"),
     (r"\bAsyncReadConnection\b", "ReadConnection"),
     (r"\bAsyncWriteConnection\b", "WriteConnection"),
     (r"\bAsyncMonitor\b", "SyncMonitor"),

@@ -18,6 +18,7 @@ from dbscale._compat import AWorkers
 from dbscale.cluster_base import _NO_KEY, ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
+from dbscale.routing.park import AsyncParkingPool
 from dbscale.routing.settings import instrument_engine
 from dbscale.sharding.fanout import FanoutResult
 from dbscale.sharding.ids import next_id_function_sql
@@ -52,7 +53,10 @@ class AsyncCluster(ClusterBase):
 
         def make() -> AsyncEngine:
             node = self.node(name)
-            engine = create_async_engine(sqlalchemy_url(node.url, async_=True), **self._engine_options(node, read_only))
+            options = self._engine_options(node, read_only)
+            if read_only:  # reads park their idle connections in front of the pool (dbscale.routing.park)
+                options["poolclass"] = AsyncParkingPool
+            engine = create_async_engine(sqlalchemy_url(node.url, async_=True), **options)
             instrument_engine(engine.sync_engine, self.metrics, node.group, name)
             self._install_ping(engine.sync_engine, node)
             return engine

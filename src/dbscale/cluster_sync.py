@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from dbscale._compat import Workers
 from dbscale.cluster_base import _NO_KEY, ClusterBase
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.routing.park import ParkingPool
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine
 from dbscale.sharding.fanout import FanoutResult
@@ -54,7 +55,10 @@ class Cluster(ClusterBase):
 
         def make() -> Engine:
             node = self.node(name)
-            engine = create_engine(sqlalchemy_url(node.url), **self._engine_options(node, read_only))
+            options = self._engine_options(node, read_only)
+            if read_only:  # reads park their idle connections in front of the pool (dbscale.routing.park)
+                options["poolclass"] = ParkingPool
+            engine = create_engine(sqlalchemy_url(node.url), **options)
             instrument_engine(engine, self.metrics, node.group, name)
             self._install_ping(engine, node)
             return engine

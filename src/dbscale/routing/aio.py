@@ -39,11 +39,12 @@ from dbscale.routing.errors import (
     is_read_only_error,
     refusal_reason,
 )
-from dbscale.routing.fast import columns, prepare, result, translate
+from dbscale.routing.fast import columns_of, prepare, result, translate
 from dbscale.routing.group import GroupRouterBase
 from dbscale.routing.lsn import Mark, parse_lsn, record_boundary
 from dbscale.routing.monitor_aio import AsyncMonitor
 from dbscale.routing.orm import NODE_KEY, ReadSession
+from dbscale.routing.park import drop_parked
 from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
@@ -51,6 +52,14 @@ INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 #: Sent as one message at the end of a write (see ``AsyncGroupRouter._commit``).
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
+INTRANS = TransactionStatus.INTRANS.value
+#: The attribute of a psycopg connection holding the cursor the fast path reuses on it (see :func:`run_fast`):
+#: a cursor is made per connection, not per statement, which saves its setup (adapters map, transformer)
+#: and the loaders it looks up. As psycopg documents for any cursor, adapters registered on the
+#: connection after the cursor was made do not reach it: register them in a ``connect`` event.
+CURSOR_ATTR = "_dbscale_cursor"
+#: A result of more rows than this is not kept referenced by the reused cursor between statements.
+KEEP_ROWS = 100
 
 if TYPE_CHECKING:
     from dbscale.routing.settings import RouterWiring
@@ -280,19 +289,16 @@ class AsyncGroupRouter(GroupRouterBase):
         sync = conn.sync_connection
         assert sync is not None
         driver: Any = sync.connection.driver_connection  # no I/O: the transaction holds a valid connection
-        if self.settings.read_your_writes != "lsn" or driver.info.transaction_status != TransactionStatus.INTRANS:
+        if self.settings.read_your_writes != "lsn" or driver.pgconn.transaction_status != INTRANS:
             await greenlet_spawn(settle, sync)
             return None
         try:
-            cur = driver.cursor()
-            try:
-                await cur.execute(COMMIT_SQL, prepare=False)
-                wrote = (await cur.fetchone())[0]
-                cur.nextset()  # COMMIT
-                cur.nextset()
-                lsn = (await cur.fetchone())[0]
-            finally:
-                await cur.close()
+            cur = cursor_of(driver)
+            await cur.execute(COMMIT_SQL, prepare=False)
+            wrote = (await cur.fetchone())[0]
+            cur.nextset()  # COMMIT
+            cur.nextset()
+            lsn = (await cur.fetchone())[0]
         except psycopg.Error as exc:
             lost = is_connection_error(exc)
             if lost:
@@ -467,7 +473,10 @@ class AsyncReadConnection:
         node = self.node
         r.note_failure(node, describe(exc))
         r.monitor.kick()
+        engine = self._engine
         await self.finish()
+        if engine is not None:  # the node's other idle connections are suspect too: none stays parked
+            await greenlet_spawn(drop_parked, engine.sync_engine.pool)
         if self._retried:
             r.metrics.read_errors.inc()
             raise NodeUnavailable(f"group {r.name!r}: read failed on {node} after a retry ({describe(exc)})") from exc
@@ -615,12 +624,26 @@ def settle(conn: Connection) -> None:
     conn.close()
 
 
+def cursor_of(driver: Any) -> Any:
+    """The cursor of psycopg connection ``driver`` that the fast path and the commit reuse (:data:`CURSOR_ATTR`)."""
+    cur = driver.__dict__.get(CURSOR_ATTR)
+    if cur is None:
+        cur = driver.cursor()
+        setattr(driver, CURSOR_ATTR, cur)
+    return cur
+
+
 async def run_fast(driver: Any, sql: str, params: Any, keys: tuple[str, ...] | None) -> Any:
-    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`."""
-    cur = driver.cursor()
+    """Send one prepared statement on a psycopg connection; its rows as a :class:`~dbscale.routing.fast.FastResult`.
+
+    On the connection's own cursor, made on its first statement and reused (:data:`CURSOR_ATTR`).
+    """
+    cur = cursor_of(driver)
     await cur.execute(sql, params)
-    names = columns(cur.pgresult, cur._encoding, keys)
+    names = columns_of(cur, keys)
     rows = await cur.fetchall() if names is not None else ()
+    if len(rows) > KEEP_ROWS:
+        delattr(driver, CURSOR_ATTR)  # the cursor holds its last result: let a large one go with it
     return result(names, rows, cur.rowcount)
 
 

@@ -44,12 +44,27 @@ TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class _Plan:
-    __slots__ = ("compiled", "keys", "sql")
+    __slots__ = ("compiled", "direct", "keys", "sql")
 
-    def __init__(self, compiled: Compiled, keys: tuple[str, ...] | None) -> None:
+    def __init__(self, compiled: Compiled, keys: tuple[str, ...] | None, direct: frozenset[str] | None = None) -> None:
         self.compiled = compiled
         self.sql = compiled.string
         self.keys = keys
+        #: The bind names when the caller's parameters, given with exactly these keys, are the driver's
+        #: parameters as they are (``text()`` whose binds all come from the caller, unrenamed).
+        self.direct = direct
+
+
+def _direct(compiled: Any) -> frozenset[str] | None:
+    """The bind names of a ``text()`` compiled form that takes the caller's parameters unchanged, else None."""
+    if compiled.positional or compiled.escaped_bind_names:
+        return None
+    names = []
+    for bind, name in compiled.bind_names.items():
+        if bind.key != name or bind.value is not None or bind.callable is not None or not bind.required:
+            return None
+        names.append(name)
+    return frozenset(names)
 
 
 def _plan(statement: Executable, dialect: Dialect, cache_key: Any = None) -> _Plan | None:
@@ -73,7 +88,8 @@ def _plan(statement: Executable, dialect: Dialect, cache_key: Any = None) -> _Pl
                 return None
             names.append(keyname)
         keys = tuple(names)
-    return _Plan(compiled, keys)
+        return _Plan(compiled, keys)
+    return _Plan(compiled, keys, _direct(compiled))
 
 
 def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -117,6 +133,8 @@ def prepare(statement: Executable, parameters: Any, dialect: Dialect) -> tuple[s
             _remember(_BY_ID, ident, (statement, plan))
     if plan is None:
         return None
+    if plan.direct is not None and parameters is not None and parameters.keys() == plan.direct:
+        return plan.sql, parameters, plan.keys  # what construct_params() would build, without building it
     try:
         if extracted is None:
             params = plan.compiled.construct_params(parameters)
@@ -215,6 +233,14 @@ def columns(pgresult: Any, encoding: str, keys: tuple[str, ...] | None) -> tuple
     return tuple(pgresult.fname(i).decode(encoding) for i in range(count))
 
 
+def columns_of(cursor: Any, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """:func:`columns` of ``cursor``'s current result, looking up the connection's encoding only to decode names."""
+    pgresult = cursor.pgresult
+    if keys is not None and pgresult is not None and pgresult.status == TUPLES_OK and pgresult.nfields == len(keys):
+        return keys
+    return columns(pgresult, cursor._encoding, keys)
+
+
 def result(names: tuple[str, ...] | None, rows: Sequence[Any], rowcount: int) -> FastResult:
     """The rows of one statement as a :class:`FastResult`; ``names`` None: the statement returns no rows."""
     if names is None:
@@ -231,4 +257,4 @@ def translate(exc: psycopg.Error, sql: str | None, params: Any, invalidated: boo
     return sa_exc.DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=invalidated)
 
 
-__all__ = ["FastResult", "columns", "prepare", "result", "translate"]
+__all__ = ["FastResult", "columns", "columns_of", "prepare", "result", "translate"]

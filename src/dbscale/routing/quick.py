@@ -23,7 +23,10 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from sqlalchemy.pool import Pool, PoolProxiedConnection
 
+from dbscale.routing.park import _Parking, park
 from dbscale.routing.pool import USED_KEY, idle_window
+
+IDLE = TransactionStatus.IDLE.value
 
 #: Hand a connection out without the ping only this far inside the idle window, so the ping
 #: listener, which reads the clock again a moment later, agrees with the check.
@@ -31,8 +34,13 @@ MARGIN = 0.05
 
 
 def checkout_without_io(pool: Pool) -> PoolProxiedConnection | None:
-    """``pool.connect()`` when it will do no I/O (an asyncio pool only), else None."""
+    """A parked connection (:mod:`dbscale.routing.park`), or ``pool.connect()`` when it will do no I/O
+    (an asyncio pool only); else None."""
     p: Any = pool
+    if isinstance(pool, _Parking):
+        fairy = pool.unpark()
+        if fairy is not None or pool.parked():
+            return fairy  # a parked one that needs I/O (a ping) goes first: the caller's pool.connect() does it
     queue = p.__dict__.get("_pool")
     inner = getattr(queue, "__dict__", {}).get("_queue")  # the asyncio queue, made on first use
     if inner is None or p._pre_ping:
@@ -64,11 +72,15 @@ def checkin_idle(fairy: PoolProxiedConnection) -> bool:
     """Return ``fairy`` to its pool when that needs no I/O (its session is idle, or it was invalidated).
 
     The pool's reset (a ``ROLLBACK`` call, which psycopg sends only inside a transaction) is skipped:
-    there is nothing to roll back. False: the caller must close it the usual way.
+    there is nothing to roll back; a parking pool keeps it parked (:mod:`dbscale.routing.park`).
+    False: the caller must close it the usual way.
     """
     driver: Any = fairy.driver_connection
-    if driver is not None and driver.info.transaction_status != TransactionStatus.IDLE:
-        return False
+    if driver is not None:
+        if driver.pgconn.transaction_status != IDLE:
+            return False
+        if park(fairy):
+            return True
     fairy._checkin(transaction_was_reset=True)
     return True
 
