@@ -131,7 +131,12 @@ RULES: list[tuple[str, str]] = [
     (r"\bThe asyncio (write-through|write-behind) cache\b", r"The synchronous \1 cache"),
     (r"\bAsync(RedisEntries|WriteThrough|WriteBehind|Flusher)\b", r"\1"),
     (r"\bThe asyncio (event log|projector|bulk loader)\b", r"The synchronous \1"),
-    (r"^from collections\.abc import Awaitable, Callable, Iterable$", "from collections.abc import Callable, Iterable"),
+    (
+        r"^from collections\.abc import AsyncIterator, Awaitable, Callable, Iterable$",
+        "from collections.abc import Callable, Iterable, Iterator",
+    ),
+    (r"\bAsyncPrimaries\b", "Primaries"),
+    (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
     (r"\bAwaitable\[(tuple\[int, int, int\])\]", r"\1"),
     (r"\bdbscale\.cluster_aio\b", "dbscale.cluster_sync"),
     (r"\bAsyncBulkLoader\b", "BulkLoader"),

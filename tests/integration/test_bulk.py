@@ -280,3 +280,22 @@ def test_the_loader_refuses_what_cannot_work(cluster: Cluster, target: str) -> N
         bulk_load(cluster, target, [], columns=["id", "nope"], progress=False)
     with pytest.raises(dbscale.BulkLoadError, match="on_error"):
         bulk_load(cluster, target, [], on_error="ignore", progress=False)  # type: ignore[arg-type]
+
+
+def test_the_cli_routes_a_sharded_load_to_the_shard_cluster_shard_for_names(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """``dbscale load --shard-key`` (psycopg straight to each group's write endpoint, no cluster): same placement."""
+    data = write_csv(tmp_path / "in.csv", 3_000, header=True)
+    result = load_cli(
+        topology_config_path, data, "--table", target, "--header", "--shard-key", "id", "--batch-rows", 500
+    )
+    assert result.returncode == 0, result.stderr
+    assert "loaded 3,000 rows" in result.stderr
+    total = 0
+    for group in ("shard0", "shard1"):
+        with cluster.write(group) as conn:
+            ids = conn.execute(text(f"SELECT id FROM {target}")).scalars().all()
+        assert ids and all(cluster.shard_for(i) == group for i in ids)
+        total += len(ids)
+    assert total == 3_000 and counts(cluster, target, "main") == (0, 0)

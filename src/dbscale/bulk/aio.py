@@ -13,9 +13,11 @@ split (:func:`dbscale.bulk.plan.split_failed`) and its good rows are committed w
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,17 +55,22 @@ from dbscale.bulk.plan import (
     Row,
     chunks,
     copy_format,
+    csv_data,
     csv_fields,
     group_of,
     key_from_text,
     previous_lane,
     split_failed,
+    target_name,
     to_values,
 )
-from dbscale.errors import BulkLoadError
+from dbscale.config import libpq_url, mask_url
+from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
+from dbscale.sharding.shardmap import ShardMap, shard_map_of
 
 if TYPE_CHECKING:
     from dbscale.cluster_aio import AsyncCluster
+    from dbscale.config import TopologyConfig
 
 Work = tuple[int, int] | Rejected
 
@@ -80,12 +87,81 @@ class _Gate:
         self.done.set()
 
 
+class AsyncPrimaries:
+    """Each group's write endpoint reached with psycopg alone: what ``dbscale load`` loads through.
+
+    The endpoint is where ``cluster.write(group)`` sends a write — the group's PgBouncer when writes
+    go through it, else its primary — with the same connect timeout; but there is no SQLAlchemy and
+    no router to import and start (the CLI process starts sooner), and one connection per lane
+    stays open for the whole load. A group whose primary Patroni elects (``patroni`` configured)
+    needs the router's discovery: load through the cluster then (:meth:`direct` says which).
+    """
+
+    def __init__(self, config: TopologyConfig) -> None:
+        self.config = config
+        self._connections: dict[str, psycopg.AsyncConnection[Any]] = {}
+
+    @staticmethod
+    def direct(config: TopologyConfig) -> bool:
+        """Whether every group's writer is known from the config alone (no Patroni election to follow)."""
+        return not any(group.patroni for group in config.groups.values())
+
+    def default_group(self) -> str:
+        """``main`` if configured, else the only group (as ``Cluster.default_group``)."""
+        groups = self.config.groups
+        return "main" if "main" in groups or len(groups) != 1 else next(iter(groups))
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The shard map of ``[sharding]`` (a ConfigError without one)."""
+        if self.config.sharding is None:
+            raise ConfigError("sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config")
+        return shard_map_of(self.config.sharding)
+
+    @asynccontextmanager
+    async def transaction(self, target: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
+        conn = self._connections.get(target)
+        if conn is None or conn.closed:
+            conn = self._connections[target] = await self._connect(group_of(target))
+        async with conn.transaction():
+            yield conn
+
+    async def _connect(self, group: str) -> psycopg.AsyncConnection[Any]:
+        cfg = self.config.group(group)
+        bouncer = cfg.pgbouncer is not None and cfg.write_via_pgbouncer
+        url = str(cfg.pgbouncer if bouncer else cfg.primary)
+        timeout = max(1, min(round(cfg.pool.connect_timeout), math.ceil(cfg.write_timeout)))
+        options: dict[str, Any] = {"prepare_threshold": None} if bouncer else {}  # as the cluster's engines
+        try:
+            return await psycopg.AsyncConnection.connect(
+                libpq_url(url), autocommit=True, connect_timeout=timeout, **options
+            )
+        except psycopg.OperationalError as exc:
+            what = "PgBouncer" if bouncer else "primary"
+            raise PrimaryUnavailable(
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {str(exc).strip()}"
+            ) from None
+
+    async def close(self) -> None:
+        """Close every connection."""
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            await conn.close()
+
+    async def __aenter__(self) -> AsyncPrimaries:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
 class AsyncBulkLoader:
     """One load of ``rows`` into ``table`` (see :func:`bulk_load_async` for the parameters)."""
 
     def __init__(
         self,
-        cluster: AsyncCluster,
+        cluster: AsyncCluster | AsyncPrimaries,
         table: str,
         *,
         columns: list[str] | None = None,
@@ -254,8 +330,7 @@ class AsyncBulkLoader:
     ) -> tuple[int | None, Rejected] | None:
         """COPY ``batch[lo:hi]`` and record the resume position in one transaction; None, or where it failed."""
         try:
-            async with self.cluster.write(group_of(target)) as conn:
-                pg: Any = (await conn.get_raw_connection()).driver_connection
+            async with self._transaction(target) as pg:
                 if self.resume:
                     await pg.execute(
                         RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded)
@@ -263,7 +338,7 @@ class AsyncBulkLoader:
                 cur = pg.cursor()
                 async with cur.copy(self._statement()) as copy:
                     if self.raw_csv:
-                        await copy.write(b"".join(batch.values[lo:hi]))
+                        await copy.write(csv_data(batch.values, lo, hi))
                     else:
                         if self.binary:
                             copy.set_types(self.oids)
@@ -297,9 +372,18 @@ class AsyncBulkLoader:
 
     async def _record(self, target: str, position: int, rejected: int) -> None:
         """Move the resume position past rejected rows that no later batch of this target covered."""
-        async with self.cluster.write(group_of(target)) as conn:
-            pg: Any = (await conn.get_raw_connection()).driver_connection
+        async with self._transaction(target) as pg:
             await pg.execute(RECORD_PROGRESS, self._record_args(target, position, 0, rejected))
+
+    @asynccontextmanager
+    async def _transaction(self, target: str) -> AsyncIterator[Any]:
+        """One transaction on ``target``'s group primary as a psycopg connection, committed when the block ends."""
+        if isinstance(self.cluster, AsyncPrimaries):
+            async with self.cluster.transaction(target) as pg:
+                yield pg
+        else:
+            async with self.cluster.write(group_of(target)) as conn:
+                yield (await conn.get_raw_connection()).driver_connection
 
     def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
         """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
@@ -311,8 +395,7 @@ class AsyncBulkLoader:
         """Read the table's columns and types (on the first group that has the table); pick the COPY format."""
         found: list[tuple[str, str, int]] = []
         for group in groups:
-            async with self.cluster.write(group) as conn:
-                pg: Any = (await conn.get_raw_connection()).driver_connection
+            async with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 cur = await pg.execute(COLUMNS_SQL, [self.table])
                 found = await cur.fetchall()
             if found:
@@ -340,8 +423,7 @@ class AsyncBulkLoader:
         """
         positions: dict[str, int] = {}
         for group in groups:
-            async with self.cluster.write(group) as conn:
-                pg: Any = (await conn.get_raw_connection()).driver_connection
+            async with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 await pg.execute(CREATE_PROGRESS)
                 if self.restart:
                     await pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
@@ -390,7 +472,7 @@ class AsyncBulkLoader:
 
 
 async def bulk_load_async(
-    cluster: AsyncCluster,
+    cluster: AsyncCluster | AsyncPrimaries,
     table: str,
     rows: Iterable[Any],
     *,
@@ -445,4 +527,4 @@ async def bulk_load_async(
     return await loader.run(rows)
 
 
-__all__ = ["AsyncBulkLoader", "bulk_load_async"]
+__all__ = ["AsyncBulkLoader", "AsyncPrimaries", "bulk_load_async"]

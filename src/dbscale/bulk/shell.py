@@ -14,9 +14,11 @@ split (:func:`dbscale.bulk.plan.split_failed`) and its good rows are committed w
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,17 +56,22 @@ from dbscale.bulk.plan import (
     Row,
     chunks,
     copy_format,
+    csv_data,
     csv_fields,
     group_of,
     key_from_text,
     previous_lane,
     split_failed,
+    target_name,
     to_values,
 )
-from dbscale.errors import BulkLoadError
+from dbscale.config import libpq_url, mask_url
+from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
+from dbscale.sharding.shardmap import ShardMap, shard_map_of
 
 if TYPE_CHECKING:
     from dbscale.cluster_sync import Cluster
+    from dbscale.config import TopologyConfig
 
 Work = tuple[int, int] | Rejected
 
@@ -81,12 +88,79 @@ class _Gate:
         self.done.set()
 
 
+class Primaries:
+    """Each group's write endpoint reached with psycopg alone: what ``dbscale load`` loads through.
+
+    The endpoint is where ``cluster.write(group)`` sends a write — the group's PgBouncer when writes
+    go through it, else its primary — with the same connect timeout; but there is no SQLAlchemy and
+    no router to import and start (the CLI process starts sooner), and one connection per lane
+    stays open for the whole load. A group whose primary Patroni elects (``patroni`` configured)
+    needs the router's discovery: load through the cluster then (:meth:`direct` says which).
+    """
+
+    def __init__(self, config: TopologyConfig) -> None:
+        self.config = config
+        self._connections: dict[str, psycopg.Connection[Any]] = {}
+
+    @staticmethod
+    def direct(config: TopologyConfig) -> bool:
+        """Whether every group's writer is known from the config alone (no Patroni election to follow)."""
+        return not any(group.patroni for group in config.groups.values())
+
+    def default_group(self) -> str:
+        """``main`` if configured, else the only group (as ``Cluster.default_group``)."""
+        groups = self.config.groups
+        return "main" if "main" in groups or len(groups) != 1 else next(iter(groups))
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The shard map of ``[sharding]`` (a ConfigError without one)."""
+        if self.config.sharding is None:
+            raise ConfigError("sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config")
+        return shard_map_of(self.config.sharding)
+
+    @contextmanager
+    def transaction(self, target: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
+        conn = self._connections.get(target)
+        if conn is None or conn.closed:
+            conn = self._connections[target] = self._connect(group_of(target))
+        with conn.transaction():
+            yield conn
+
+    def _connect(self, group: str) -> psycopg.Connection[Any]:
+        cfg = self.config.group(group)
+        bouncer = cfg.pgbouncer is not None and cfg.write_via_pgbouncer
+        url = str(cfg.pgbouncer if bouncer else cfg.primary)
+        timeout = max(1, min(round(cfg.pool.connect_timeout), math.ceil(cfg.write_timeout)))
+        options: dict[str, Any] = {"prepare_threshold": None} if bouncer else {}  # as the cluster's engines
+        try:
+            return psycopg.Connection.connect(libpq_url(url), autocommit=True, connect_timeout=timeout, **options)
+        except psycopg.OperationalError as exc:
+            what = "PgBouncer" if bouncer else "primary"
+            raise PrimaryUnavailable(
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {str(exc).strip()}"
+            ) from None
+
+    def close(self) -> None:
+        """Close every connection."""
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> Primaries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class BulkLoader:
     """One load of ``rows`` into ``table`` (see :func:`bulk_load` for the parameters)."""
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: Cluster | Primaries,
         table: str,
         *,
         columns: list[str] | None = None,
@@ -255,14 +329,13 @@ class BulkLoader:
     ) -> tuple[int | None, Rejected] | None:
         """COPY ``batch[lo:hi]`` and record the resume position in one transaction; None, or where it failed."""
         try:
-            with self.cluster.write(group_of(target)) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target) as pg:
                 if self.resume:
                     pg.execute(RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded))
                 cur = pg.cursor()
                 with cur.copy(self._statement()) as copy:
                     if self.raw_csv:
-                        copy.write(b"".join(batch.values[lo:hi]))
+                        copy.write(csv_data(batch.values, lo, hi))
                     else:
                         if self.binary:
                             copy.set_types(self.oids)
@@ -296,9 +369,18 @@ class BulkLoader:
 
     def _record(self, target: str, position: int, rejected: int) -> None:
         """Move the resume position past rejected rows that no later batch of this target covered."""
-        with self.cluster.write(group_of(target)) as conn:
-            pg: Any = conn.connection.driver_connection
+        with self._transaction(target) as pg:
             pg.execute(RECORD_PROGRESS, self._record_args(target, position, 0, rejected))
+
+    @contextmanager
+    def _transaction(self, target: str) -> Iterator[Any]:
+        """One transaction on ``target``'s group primary as a psycopg connection, committed when the block ends."""
+        if isinstance(self.cluster, Primaries):
+            with self.cluster.transaction(target) as pg:
+                yield pg
+        else:
+            with self.cluster.write(group_of(target)) as conn:
+                yield conn.connection.driver_connection
 
     def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
         """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
@@ -310,8 +392,7 @@ class BulkLoader:
         """Read the table's columns and types (on the first group that has the table); pick the COPY format."""
         found: list[tuple[str, str, int]] = []
         for group in groups:
-            with self.cluster.write(group) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 cur = pg.execute(COLUMNS_SQL, [self.table])
                 found = cur.fetchall()
             if found:
@@ -339,8 +420,7 @@ class BulkLoader:
         """
         positions: dict[str, int] = {}
         for group in groups:
-            with self.cluster.write(group) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 pg.execute(CREATE_PROGRESS)
                 if self.restart:
                     pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
@@ -389,7 +469,7 @@ class BulkLoader:
 
 
 def bulk_load(
-    cluster: Cluster,
+    cluster: Cluster | Primaries,
     table: str,
     rows: Iterable[Any],
     *,
@@ -444,4 +524,4 @@ def bulk_load(
     return loader.run(rows)
 
 
-__all__ = ["BulkLoader", "bulk_load"]
+__all__ = ["BulkLoader", "Primaries", "bulk_load"]
