@@ -31,8 +31,10 @@ from dbscale.bulk.base import (
     CREATE_PROGRESS,
     FOREVER,
     FORGET_PROGRESS,
+    READ_AHEAD,
     READ_PROGRESS,
     RECORD_PROGRESS,
+    ReadAhead,
     RejectFile,
     _Abandoned,
     _DumpFailed,
@@ -197,6 +199,7 @@ class BulkLoader:
         self.oids: list[int] = []
         self.binary = False
         self._start = time.perf_counter()
+        self._ahead: ReadAhead[Any] = ReadAhead(iter(()))
 
     # -- the load ------------------------------------------------------------------------------------
     def run(self, rows: Iterable[Any]) -> Progress:
@@ -208,15 +211,13 @@ class BulkLoader:
         positions = self._positions(groups) if self.resume else {}
         convert = self._check_raw if self.raw_csv else self._to_values
         width = None if self.raw_csv else len(self.columns)
-        workers = Workers(len(groups) * self.lanes, "dbscale-bulk")
+        workers = Workers(len(groups) * self.lanes + 1, "dbscale-bulk")
         pending: dict[str, Batch] = {}
+        self._ahead = ReadAhead(
+            chunks(rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes)
+        )
         try:
-            for n, chunk in enumerate(
-                chunks(
-                    rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes
-                ),
-                1,
-            ):
+            for n, chunk in enumerate(self._ahead, 1):
                 if any(target in pending for target in chunk.batches):
                     self._flush(pending, workers)
                     pending = {}
@@ -259,7 +260,9 @@ class BulkLoader:
         else:
             gates = {target: _Gate() for target in batches} if self.on_error == "stop" and self.lanes > 1 else {}
             calls = {t: self._call(t, b, gates.get(previous_lane(t)), gates.get(t)) for t, b in batches.items()}
+            calls[READ_AHEAD] = self._read_ahead  # the next chunks are read while these load
             results = workers.run(calls, FOREVER)
+            results.pop(READ_AHEAD, None)
         for target, (loaded, rejected, count) in results.items():
             self.progress.loaded += loaded
             self.progress.rejected += rejected
@@ -269,6 +272,10 @@ class BulkLoader:
         self.progress.seconds = elapsed(self._start)
         if self.callback is not None:
             self.callback(self.progress)
+
+    def _read_ahead(self) -> tuple[int, int, int]:
+        self._ahead.fill(self.lanes)
+        return 0, 0, 0
 
     def _call(
         self, target: str, batch: Batch, after: _Gate | None, gate: _Gate | None
