@@ -142,7 +142,7 @@ class AsyncPrimaries:
         except psycopg.OperationalError as exc:
             what = "PgBouncer" if bouncer else "primary"
             raise PrimaryUnavailable(
-                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {str(exc).strip()}"
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {' '.join(str(exc).split())}"
             ) from None
 
     async def close(self) -> None:

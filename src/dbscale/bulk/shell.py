@@ -141,7 +141,7 @@ class Primaries:
         except psycopg.OperationalError as exc:
             what = "PgBouncer" if bouncer else "primary"
             raise PrimaryUnavailable(
-                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {str(exc).strip()}"
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {' '.join(str(exc).split())}"
             ) from None
 
     def close(self) -> None:
