@@ -5,8 +5,9 @@ loaded into a fresh table by each contender, in one process run, ``--rounds`` ti
 order (the table is truncated before each load); medians and ratios. Every contender starts from
 the same file:
 
-- ``dbscale load FILE`` (the CLI, a process, as a user runs it): CSV records sent as is, COPY
-  (FORMAT csv), a commit and a resume record every 10,000 rows;
+- ``dbscale load FILE`` (the CLI, a process, as a user runs it): the file read in blocks of 10,000
+  whole CSV records sent as is, COPY (FORMAT csv), a commit and a resume record per block, two lanes
+  (connections) straight to the primary with psycopg (no SQLAlchemy in the process);
 - ``psql \\copy`` (a process): one COPY, one transaction;
 - asyncpg ``copy_records_to_table`` (in this process): the file parsed to typed records with the
   ``csv`` module, then one binary COPY;
