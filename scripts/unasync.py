@@ -132,12 +132,11 @@ RULES: list[tuple[str, str]] = [
     (r"\bAsync(RedisEntries|WriteThrough|WriteBehind|Flusher)\b", r"\1"),
     (r"\bThe asyncio (event log|projector|bulk loader)\b", r"The synchronous \1"),
     (
-        r"^from collections\.abc import AsyncIterator, Awaitable, Callable, Iterable$",
+        r"^from collections\.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator$",
         "from collections.abc import Callable, Iterable, Iterator",
     ),
     (r"\bAsyncPrimaries\b", "Primaries"),
     (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
-    (r"\bAwaitable\[(tuple\[int, int, int\])\]", r"\1"),
     (r"\bdbscale\.cluster_aio\b", "dbscale.cluster_sync"),
     (r"\bAsyncBulkLoader\b", "BulkLoader"),
     (r"\bbulk_load_async\b", "bulk_load"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -217,22 +216,3 @@ def test_lanes_take_alternate_chunks_and_resume_per_lane() -> None:
     assert seen == {"g#0": [*range(21, 31), *range(41, 51)], "g#1": [*range(11, 21), *range(31, 41)]}
     assert progress.skipped == 10
     assert (previous_lane("g#1"), previous_lane("g#0"), previous_lane("g")) == ("g#0", "", "")
-
-
-def test_read_ahead_gives_the_same_items_and_raises_an_error_where_it_was_met() -> None:
-    from dbscale.bulk.base import ReadAhead
-
-    def source() -> Iterator[int]:
-        yield 1
-        yield 2
-        raise ValueError("row 3 unreadable")
-
-    ahead = ReadAhead(source())
-    assert next(ahead) == 1
-    ahead.fill(5)  # takes 2, meets the error, keeps it for later
-    assert next(ahead) == 2
-    with pytest.raises(ValueError, match="row 3"):
-        next(ahead)
-    plain = ReadAhead(iter(range(5)))
-    plain.fill(2)
-    assert list(plain) == [0, 1, 2, 3, 4]

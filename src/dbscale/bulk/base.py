@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import orjson
 from psycopg import sql
@@ -46,42 +45,7 @@ COLUMNS_SQL = (
     " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
     " ORDER BY attnum"
 )
-FOREVER = 1e9  # a deadline for the parallel shard flushes that nothing reaches
-READ_AHEAD = "#read-ahead"  # the name of the call that reads the next chunks while a flush loads (no group's)
-
-T = TypeVar("T")
-
-
-class ReadAhead(Iterator[T]):
-    """An iterator whose next items can be taken early (:meth:`fill`), while the previous batches load.
-
-    An error met while filling is raised where the item it stopped would have been: by ``next``,
-    after the items read before it (the loader sees the input as if it had read it in turn).
-    """
-
-    def __init__(self, source: Iterator[T]) -> None:
-        self._source = source
-        self._ahead: deque[T] = deque()
-        self._error: Exception | None = None
-        self._done = False
-
-    def __next__(self) -> T:
-        if self._ahead:
-            return self._ahead.popleft()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return next(self._source)
-
-    def fill(self, n: int) -> None:
-        """Take up to ``n`` items ahead (fewer at the end of the input, or at an error)."""
-        while len(self._ahead) < n and not self._done and self._error is None:
-            try:
-                self._ahead.append(next(self._source))
-            except StopIteration:
-                self._done = True
-            except Exception as exc:
-                self._error = exc
+FOREVER = 1e9  # a deadline for the lanes and the reader that nothing reaches
 
 
 def table_identifier(table: str) -> sql.Composable:
@@ -228,11 +192,9 @@ __all__ = [
     "FOREVER",
     "FORGET_PROGRESS",
     "PROGRESS_TABLE",
-    "READ_AHEAD",
     "READ_PROGRESS",
     "RECORD_PROGRESS",
     "ProgressBar",
-    "ReadAhead",
     "RejectFile",
     "bad_row_error",
     "check_options",
