@@ -18,11 +18,12 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 
 from dbscale.errors import BadRowError, ConfigError
 
-if TYPE_CHECKING:  # the loader (psycopg) is imported when `load` runs, not when the CLI starts
+if TYPE_CHECKING:  # the loader (psycopg) is imported when `load` runs, not when the CLI starts; rich for the bar only
+    from rich.console import Console
+
     from dbscale.bulk.plan import Progress
     from dbscale.bulk.shell import Primaries
     from dbscale.cluster import Cluster
@@ -141,14 +142,13 @@ def load(
         raise ConfigError("--reject-file needs --on-error skip")
     rejects = reject_file or (file.with_name(file.name + ".rejects.jsonl") if on_error is OnError.skip else None)
     names = [c.strip() for c in columns.split(",")] if columns else None
-    console = Console(stderr=True, highlight=False)
     with file.open("rb") as handle:
         if header:
             first = handle.readline()
             names = names or [c.strip() for c in csv_fields(first)]
         rows: Any = csv_records(handle) if kind is InputFormat.csv else _jsonl_rows(handle)
         bar: AbstractContextManager[Callable[[Progress], None] | bool]
-        bar = FileProgress(handle, file.stat().st_size, console) if progress else nullcontext(False)
+        bar = FileProgress(handle, file.stat().st_size, _stderr()) if progress else nullcontext(False)
         with _target(topology, Primaries) as cluster, bar as callback:
             try:
                 result = bulk_load(
@@ -171,7 +171,7 @@ def load(
                 hint = f" (line {line} of {file.name})" if kind is InputFormat.csv else ""
                 print(f"dbscale: error: {exc}{hint}", file=sys.stderr)
                 raise typer.Exit(1) from None
-    _summary(result, table, rejects, console)
+    _summary(result, table, rejects)
 
 
 def _target(topology: TopologyConfig, primaries: type[Primaries]) -> Primaries | Cluster:
@@ -185,17 +185,25 @@ def _target(topology: TopologyConfig, primaries: type[Primaries]) -> Primaries |
     return Cluster(topology)
 
 
-def _summary(result: Progress, table: str, rejects: Path | None, console: Console) -> None:
-    console.print(
-        f"loaded [bold]{result.loaded:,}[/] rows into {table} in {result.seconds:.1f} s "
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _summary(result: Progress, table: str, rejects: Path | None) -> None:
+    """What was loaded, skipped and set aside: plain lines on stderr (no rich to import for them)."""
+    lines = [
+        f"loaded {result.loaded:,} rows into {table} in {result.seconds:.1f} s "
         f"({result.rows_per_second:,.0f} rows/s, {result.batches} commits)"
-    )
+    ]
     if result.skipped:
-        console.print(f"skipped {result.skipped:,} rows committed by an earlier run (--resume)")
+        lines.append(f"skipped {result.skipped:,} rows committed by an earlier run (--resume)")
     if result.rejected:
-        console.print(f"rejected {result.rejected:,} rows → {rejects}")
+        lines.append(f"rejected {result.rejected:,} rows → {rejects}")
     if len(result.per_group) > 1:
-        console.print("per group: " + ", ".join(f"{g} {n:,}" for g, n in sorted(result.per_group.items())))
+        lines.append("per group: " + ", ".join(f"{g} {n:,}" for g, n in sorted(result.per_group.items())))
+    print("\n".join(lines), file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

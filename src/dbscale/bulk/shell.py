@@ -67,11 +67,11 @@ from dbscale.bulk.plan import (
 )
 from dbscale.config import libpq_url, mask_url
 from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
-from dbscale.sharding.shardmap import ShardMap, shard_map_of
 
 if TYPE_CHECKING:
     from dbscale.cluster_sync import Cluster
     from dbscale.config import TopologyConfig
+    from dbscale.sharding.shardmap import ShardMap
 
 Work = tuple[int, int] | Rejected
 QUEUED = 2  # batches read ahead per lane (memory: about lanes × groups × (QUEUED + 1) batches)
@@ -140,6 +140,8 @@ class Primaries:
         """The shard map of ``[sharding]`` (a ConfigError without one)."""
         if self.config.sharding is None:
             raise ConfigError("sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config")
+        from dbscale.sharding.shardmap import shard_map_of  # sharded loads only
+
         return shard_map_of(self.config.sharding)
 
     @contextmanager
