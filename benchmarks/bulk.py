@@ -99,6 +99,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--textbook-rounds", type=int, default=1, help="the INSERT batches are slow: fewer rounds")
+    parser.add_argument(
+        "--duel",
+        type=int,
+        default=7,
+        help="then `dbscale load` and psql \\copy alone, this many runs each, alternating",
+    )
     parser.add_argument("--rss-factor", type=int, default=5, help="the big file for the RSS check is this × --rows")
     args = parser.parse_args()
 
@@ -183,6 +189,13 @@ def main() -> None:
             times["INSERT batches of 1,000 (executemany)"].append(timed(textbook))
             check()
 
+        duel: dict[str, list[float]] = {"dbscale load (CLI process)": [], "psql \\copy": []}
+        for r in range(args.duel):  # the two alone, back to back (the machine's load changes less between them)
+            for name in list(duel)[r % 2 :] + list(duel)[: r % 2]:
+                fresh()
+                duel[name].append(timed(from_file[name]))
+                check()
+
         startup = statistics.median(timed(lambda: run([DBSCALE, "load", "--help"])) for _ in range(3))
         empty = workdir / "empty.csv"
         empty.touch()
@@ -235,6 +248,12 @@ def main() -> None:
     print(
         f"`dbscale.bulk_load` in a running process vs psql \\copy: {psql / lib:.2f}×; vs INSERT batches: {slow / lib:.1f}×"
     )
+    if args.duel:
+        a, b = (statistics.median(duel[name]) for name in duel)
+        print(
+            f"`dbscale load` vs psql \\copy alone, {args.duel} alternating runs each: {a:.2f} s vs {b:.2f} s"
+            f" (medians) = {b / a:.2f}×; per-run ratios {', '.join(f'{y / x:.2f}' for x, y in zip(*duel.values(), strict=True))}"
+        )
     print(f"`dbscale load --help` (interpreter start and the CLI's imports): {startup:.2f} s")
     print(f"`dbscale load` of an empty file (start, imports, config, connections, resume record): {fixed:.2f} s")
     print(f"\n## Typed records already in memory ({args.rows:,} rows)\n")
