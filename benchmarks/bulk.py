@@ -14,7 +14,8 @@ the same file:
 - the textbook: ``executemany`` INSERT in 1,000-row batches, a commit each (psycopg, typed values).
 
 Then typed Python records already in memory (no file): ``dbscale.bulk_load`` (binary COPY through
-psycopg) next to asyncpg ``copy_records_to_table``. Last, peak RSS of ``dbscale load`` for the N-row
+psycopg) next to asyncpg ``copy_records_to_table``. Before that, ``dbscale load`` and ``psql \\copy`` alone,
+``--duel`` runs each, alternating (steadier than the rotating rounds on a shared machine). Last, peak RSS of ``dbscale load`` for the N-row
 file and a 5×N-row file (memory must stay flat: the input is streamed).
 
     python benchmarks/bulk.py                         # a throwaway LocalTopology (one primary)
