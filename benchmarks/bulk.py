@@ -5,15 +5,17 @@ loaded into a fresh table by each contender, in one process run, ``--rounds`` ti
 order (the table is truncated before each load); medians and ratios. Every contender starts from
 the same file:
 
-- ``dbscale load FILE`` (the CLI, a process, as a user runs it): CSV records sent as is, COPY
-  (FORMAT csv), a commit and a resume record every 10,000 rows;
+- ``dbscale load FILE`` (the CLI, a process, as a user runs it): the file read in blocks of 10,000
+  whole CSV records sent as is, COPY (FORMAT csv), a commit and a resume record per block, two lanes
+  (connections) straight to the primary with psycopg (no SQLAlchemy in the process);
 - ``psql \\copy`` (a process): one COPY, one transaction;
 - asyncpg ``copy_records_to_table`` (in this process): the file parsed to typed records with the
   ``csv`` module, then one binary COPY;
 - the textbook: ``executemany`` INSERT in 1,000-row batches, a commit each (psycopg, typed values).
 
 Then typed Python records already in memory (no file): ``dbscale.bulk_load`` (binary COPY through
-psycopg) next to asyncpg ``copy_records_to_table``. Last, peak RSS of ``dbscale load`` for the N-row
+psycopg) next to asyncpg ``copy_records_to_table``. Before that, ``dbscale load`` and ``psql \\copy`` alone,
+``--duel`` runs each, alternating (steadier than the rotating rounds on a shared machine). Last, peak RSS of ``dbscale load`` for the N-row
 file and a 5×N-row file (memory must stay flat: the input is streamed).
 
     python benchmarks/bulk.py                         # a throwaway LocalTopology (one primary)
@@ -98,6 +100,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--textbook-rounds", type=int, default=1, help="the INSERT batches are slow: fewer rounds")
+    parser.add_argument(
+        "--duel",
+        type=int,
+        default=7,
+        help="then `dbscale load` and psql \\copy alone, this many runs each, alternating",
+    )
     parser.add_argument("--rss-factor", type=int, default=5, help="the big file for the RSS check is this × --rows")
     args = parser.parse_args()
 
@@ -182,6 +190,13 @@ def main() -> None:
             times["INSERT batches of 1,000 (executemany)"].append(timed(textbook))
             check()
 
+        duel: dict[str, list[float]] = {"dbscale load (CLI process)": [], "psql \\copy": []}
+        for r in range(args.duel):  # the two alone, back to back (the machine's load changes less between them)
+            for name in list(duel)[r % 2 :] + list(duel)[: r % 2]:
+                fresh()
+                duel[name].append(timed(from_file[name]))
+                check()
+
         startup = statistics.median(timed(lambda: run([DBSCALE, "load", "--help"])) for _ in range(3))
         empty = workdir / "empty.csv"
         empty.touch()
@@ -234,6 +249,12 @@ def main() -> None:
     print(
         f"`dbscale.bulk_load` in a running process vs psql \\copy: {psql / lib:.2f}×; vs INSERT batches: {slow / lib:.1f}×"
     )
+    if args.duel:
+        a, b = (statistics.median(duel[name]) for name in duel)
+        print(
+            f"`dbscale load` vs psql \\copy alone, {args.duel} alternating runs each: {a:.2f} s vs {b:.2f} s"
+            f" (medians) = {b / a:.2f}×; per-run ratios {', '.join(f'{y / x:.2f}' for x, y in zip(*duel.values(), strict=True))}"
+        )
     print(f"`dbscale load --help` (interpreter start and the CLI's imports): {startup:.2f} s")
     print(f"`dbscale load` of an empty file (start, imports, config, connections, resume record): {fixed:.2f} s")
     print(f"\n## Typed records already in memory ({args.rows:,} rows)\n")

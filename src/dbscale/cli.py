@@ -15,6 +15,8 @@ Errors print one line on stderr (``dbscale: error: ...``); no traceback.
 from __future__ import annotations
 
 import enum
+import functools
+import importlib
 import json
 import sys
 import warnings
@@ -23,21 +25,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from typer.core import TyperGroup
 
-from dbscale.cli_advise import advise as advise_command
 from dbscale.cli_load import register as register_load_command
-from dbscale.cli_project import register as register_project_commands
-from dbscale.cli_writes import register as register_write_commands
 from dbscale.errors import ConfigError, DbscaleError
 
-# The CLI starts fast (README "Bulk loading": `dbscale load` against `psql \copy`): this module and the
-# command modules import only typer, rich and the errors at the top; each command imports the
-# configuration, the cluster, the probes and its capability inside its body.
-# tests/unit/test_cli_startup.py holds `import dbscale.cli` to that.
+# The CLI starts fast (README "Bulk loading": `dbscale load` against `psql \copy`): this module and
+# cli_load import only typer and the errors at the top; each command imports the configuration, the
+# cluster, the probes, rich and its capability inside its body, and the command modules of `advise`,
+# `init`, `project` and `write-behind` are imported only when one of them runs (or --help lists them).
+# tests/unit/test_cli_startup.py holds `import dbscale.cli` and `dbscale load` to that.
 if TYPE_CHECKING:
+    from rich.console import Console
+    from typer import _click
+
     from dbscale.probe import NodeStatus
+
+#: Commands whose module is imported when the command is named: name → (module, its ``register``).
+LAZY_COMMANDS = {
+    "advise": "dbscale.cli_advise",
+    "init": "dbscale.cli_project",
+    "project": "dbscale.cli_project",
+    "write-behind": "dbscale.cli_writes",
+}
+
+
+class _Commands(TyperGroup):
+    """The top-level group: the commands in :data:`LAZY_COMMANDS` are added when named or listed."""
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in LAZY_COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        module = LAZY_COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            holder = typer.Typer()
+            importlib.import_module(module).register(holder)  # the module's commands, on a Typer of their own
+            made = typer.main.get_command(holder)  # a group, or the one command of a module with one
+            commands: dict[str, _click.Command] = getattr(made, "commands", None) or {cmd_name: made}
+            for name, command in commands.items():
+                if name in LAZY_COMMANDS:
+                    self.add_command(command, name)
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="dbscale",
@@ -45,11 +75,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 node_app = typer.Typer(help="Fault injection on one node of the local topology.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+@functools.cache
+def console() -> Console:
+    """The stdout console (rich is imported on first use: ``dbscale load`` does not pay for it)."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="Where the local topology lives.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -118,6 +156,8 @@ def _engine_views(state_dir: Path | None, config: Any) -> dict[str, Any]:
 
 
 def _print_engines(views: dict[str, Any]) -> None:
+    from rich.table import Table
+
     for group, view in views.get("patroni", {}).items():
         table = Table(title=f"patroni: group {group}")
         for column in ("member", "host:port", "role", "state", "timeline", "lag (bytes)"):
@@ -126,12 +166,12 @@ def _print_engines(views: dict[str, Any]) -> None:
             lag = m.get("lag")
             table.add_row(m.get("name", "?"), f"{m.get('host')}:{m.get('port')}", m.get("role", "?"),
                           m.get("state", "?"), str(m.get("timeline", "-")), "-" if lag in (None, "") else str(lag))  # fmt: skip
-        out.print(table)
+        console().print(table)
         if view.get("error"):
-            out.print(f"[red]patroni of {group} unreachable:[/] {view['error']}")
+            console().print(f"[red]patroni of {group} unreachable:[/] {view['error']}")
     cluster = views.get("redis_cluster")
     if isinstance(cluster, dict):
-        out.print(f"[red]redis cluster unreachable:[/] {cluster['error']}")
+        console().print(f"[red]redis cluster unreachable:[/] {cluster['error']}")
     elif cluster:
         covered = sum(n.slots for n in cluster if n.role == "master" and n.connected)
         table = Table(title=f"redis cluster: {covered} of 16384 slots served")
@@ -142,7 +182,7 @@ def _print_engines(views: dict[str, Any]) -> None:
             table.add_row(
                 n.name or "-", n.address, n.role, n.master or "-", status, str(n.slots), " ".join(n.ranges) or "-"
             )
-        out.print(table)
+        console().print(table)
 
 
 def _print_status(
@@ -151,6 +191,8 @@ def _print_status(
     shards: list[dict[str, Any]] | None = None,
     engines: dict[str, Any] | None = None,
 ) -> None:
+    from rich.table import Table
+
     if as_json:
         doc: dict[str, Any] = {"nodes": [s.as_dict() for s in statuses]}
         if shards:
@@ -166,20 +208,22 @@ def _print_status(
         health = "[green]healthy[/]" if s.healthy else f"[red]down[/] {s.error or ''}".rstrip()
         lag = _fmt_lag(s) + (" (replay paused)" if s.replay_paused else "")
         table.add_row(s.name, s.group, s.role, str(s.port or "-"), health, lag, s.router or "-")
-    out.print(table)
+    console().print(table)
     if shards:
         _print_shards(shards)
     _print_engines(engines or {})
 
 
 def _print_shards(shards: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
     table = Table(title="shard groups")
     for column in ("group", "rows (estimate)", "skew (rows / mean)"):
         table.add_column(column)
     for row in shards:
         rows = "[red]down[/]" if row["rows"] is None else str(row["rows"])
         table.add_row(row["group"], rows, "-" if row["skew"] is None else f"{row['skew']:.2f}")
-    out.print(table)
+    console().print(table)
 
 
 def _config_path(state_dir: Path | None, config: Path | None) -> Path:
@@ -235,11 +279,11 @@ def up(
     except KeyboardInterrupt as exc:
         fail(f"interrupted: {exc or 'nothing had been started'}", EXIT_INTERRUPTED)
     if not as_json:
-        out.print(f"topology up; config written to [bold]{topology.config_path}[/]")
+        console().print(f"topology up; config written to [bold]{topology.config_path}[/]")
     if edge:
         url = topology.up_edge().url
         if not as_json:
-            out.print(f"edge up: nginx at [bold]{url}[/] (try {url}/users/1) in front of the demo app")
+            console().print(f"edge up: nginx at [bold]{url}[/] (try {url}/users/1) in front of the demo app")
     loaded = load_config(topology.config_path)
     statuses = probe_topology(loaded)
     _print_status(statuses, as_json, probe_shards(loaded), _engine_views(state_dir, loaded))
@@ -260,16 +304,16 @@ def demo(
     from dbscale.demo import run_demo
     from dbscale.probe import probe_topology
 
-    report = run_demo(state_dir, out)
+    report = run_demo(state_dir, console())
     _print_status(probe_topology(load_config(state_dir / "dbscale.toml")), False)
     failures = list(report.failures)
     if workload:
         from dbscale.demo_workload.run import run_workload_demo
 
-        failures += run_workload_demo(state_dir, out, duration=duration).failures
+        failures += run_workload_demo(state_dir, console(), duration=duration).failures
     if failures:
         fail(f"{len(failures)} guarantee(s) did not hold: {'; '.join(failures)}")
-    out.print(
+    console().print(
         f"demo finished; the topology keeps running in {state_dir} (`dbscale down --state-dir {state_dir}` stops it)"
     )
 
@@ -284,10 +328,10 @@ def down(
     if not topology.exists():
         if purge and state_dir.exists():
             fail(f"{state_dir} holds no dbscale topology (no state.json); nothing stopped, nothing deleted", EXIT_USAGE)
-        out.print(f"no topology in {state_dir}; nothing to stop")
+        console().print(f"no topology in {state_dir}; nothing to stop")
         return
     topology.down(purge=purge)
-    out.print(f"topology in {state_dir} stopped" + (" and purged" if purge else ""))
+    console().print(f"topology in {state_dir} stopped" + (" and purged" if purge else ""))
 
 
 @app.command()
@@ -365,7 +409,7 @@ def pgbouncer_config(
     userlist.touch(mode=0o600)
     userlist.chmod(0o600)
     userlist.write_text(files.userlist)
-    out.print(f"wrote {output_dir / 'pgbouncer.ini'} and {userlist} (0600)")
+    console().print(f"wrote {output_dir / 'pgbouncer.ini'} and {userlist} (0600)")
 
 
 class NodeAction(enum.StrEnum):
@@ -389,7 +433,7 @@ def _node_command(action: NodeAction) -> Callable[..., None]:
         if name not in known:
             fail(f"unknown node {name!r}; known nodes: {', '.join(known)}", EXIT_USAGE)
         getattr(topology, action.name)(name)
-        out.print(f"{action.value}: {name} done")
+        console().print(f"{action.value}: {name} done")
 
     command.__doc__ = {
         NodeAction.stop: "Stop a node (fast shutdown).",
@@ -437,7 +481,7 @@ def metrics_serve(
             server = make_server(host, port, wsgi_app(cluster.metrics), handler_class=_Quiet)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port", EXIT_USAGE)
-        out.print(f"serving metrics on http://{host}:{server.server_port}/metrics (Ctrl-C stops)")
+        console().print(f"serving metrics on http://{host}:{server.server_port}/metrics (Ctrl-C stops)")
         # Requests are served in a thread: wsgiref swallows a KeyboardInterrupt raised inside a request, so
         # Ctrl-C must land in this (main) thread, which only waits.
         serving = threading.Thread(target=server.serve_forever, name="dbscale-metrics", daemon=True)
@@ -449,14 +493,9 @@ def metrics_serve(
             server.shutdown()
             server.server_close()
     except KeyboardInterrupt:
-        out.print("stopped")
+        console().print("stopped")
     finally:
         cluster.close()
-
-
-app.command("advise")(advise_command)
-register_project_commands(app)  # dbscale init, dbscale project run | rebuild | status
-register_write_commands(app)  # dbscale write-behind run | dead-letters | status
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

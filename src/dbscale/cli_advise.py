@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dbscale.errors import ConfigError
 
-if TYPE_CHECKING:  # imported where used: the CLI starts without the advisor (pglast)
+if TYPE_CHECKING:  # imported where used: the CLI starts without the advisor (pglast) and rich
+    from rich.console import Console
+
     from dbscale.advisor.model import Advice
 
 DEFAULT_CONFIG = Path(".dbscale/dbscale.toml")
@@ -25,6 +25,8 @@ def _short(sql: str, width: int = 70) -> str:
 
 
 def _print(advice: Advice, console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title="recommended indexes (ranked by calls × estimated time saved)")
     for column in ("#", "index", "serves", "est. cost before → after"):
         table.add_column(column)
@@ -94,7 +96,14 @@ def advise(
     if as_json:
         print(json.dumps({**advice.as_dict(), "sql_file": str(sql_out) if advice.indexes else None}, indent=2))
         return
+    from rich.console import Console
+
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     _print(advice, console)
     if advice.indexes:
         console.print(f"SQL written to [bold]{sql_out}[/]" + ("" if apply else " (--apply creates the indexes)"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``dbscale advise`` to the CLI."""
+    app.command("advise")(advise)

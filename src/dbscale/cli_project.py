@@ -7,6 +7,7 @@ the current directory is importable, as with ``python -m``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -18,20 +19,33 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from dbscale.errors import ConfigError
 
-if TYPE_CHECKING:  # imported where used: the CLI starts without the cluster and CQRS
+if TYPE_CHECKING:  # imported where used: the CLI starts without the cluster, CQRS and rich
+    from rich.console import Console
+
     from dbscale.cluster import Cluster
     from dbscale.cqrs import Projector
 
 project_app = typer.Typer(
     help="CQRS projectors: run a worker, rebuild a read model, show positions.", no_args_is_help=True
 )
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+@functools.cache
+def console() -> Console:
+    """The stdout console (rich is imported on first use: ``dbscale load`` does not pay for it)."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def __getattr__(name: str) -> Any:  # ``from dbscale.cli_project import out`` (cli_writes): the console, made now
+    if name == "out":
+        return console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="The dbscale.toml (default .dbscale/dbscale.toml).")]
 StateDirOpt = Annotated[Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")]
@@ -85,7 +99,7 @@ def run(
     with _cluster(config, state_dir) as cluster:
         projector = load_projector(target, cluster)
         if once:
-            out.print(f"{projector.name}: applied {projector.run_once()} events")
+            console().print(f"{projector.name}: applied {projector.run_once()} events")
             return
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -102,15 +116,17 @@ def rebuild(target: Target, config: ConfigOpt = None, state_dir: StateDirOpt = N
     """Replay the whole log into fresh read-model tables and swap them in atomically."""
     with _cluster(config, state_dir) as cluster:
         projector = load_projector(target, cluster)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=out) as progress:
+        with Progress(*columns, console=console()) as progress:
             task = progress.add_task(f"rebuilding {projector.name}", total=None)
 
             def report(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
             done = projector.rebuild(report)
-        out.print(f"{projector.name}: rebuilt from {done} events and swapped in")
+        console().print(f"{projector.name}: rebuilt from {done} events and swapped in")
 
 
 @project_app.command("status")
@@ -125,6 +141,8 @@ def status(
     if as_json:
         print(json.dumps({"projectors": [r.as_dict() for r in rows]}, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title="dbscale projectors")
     for column in ("projector", "last event", "applied", "lag events", "lag seconds", "error"):
         table.add_column(column)
@@ -133,7 +151,7 @@ def status(
         table.add_row(
             r.name, str(r.position.id), str(r.applied), str(r.lag_events), f"{r.lag_seconds:.3f}", error
         )  # fmt: skip
-    out.print(table)
+    console().print(table)
 
 
 def init(config: ConfigOpt = None, state_dir: StateDirOpt = None) -> None:
@@ -141,7 +159,7 @@ def init(config: ConfigOpt = None, state_dir: StateDirOpt = None) -> None:
     \\[sharding] the global-ID function dbscale_next_id() on every shard group. Idempotent."""
     with _cluster(config, state_dir) as cluster:
         cluster.install()
-    out.print("dbscale tables installed")
+    console().print("dbscale tables installed")
 
 
 def register(app: typer.Typer) -> None:

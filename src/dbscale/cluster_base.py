@@ -16,14 +16,14 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
 
-from dbscale.config import PoolConfig, ShardingConfig, ShardSchemeConfig, TopologyConfig, load_config
+from dbscale.config import PoolConfig, ShardingConfig, TopologyConfig, load_config
 from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
 from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.settings import RouterWiring, router_wiring
 from dbscale.sharding.placement import Key
-from dbscale.sharding.shardmap import Scheme, ShardMap
+from dbscale.sharding.shardmap import ShardMap, shard_map_of
 from dbscale.topology import NodeRef, configured_nodes
 
 _K = TypeVar("_K")
@@ -193,17 +193,6 @@ class ClusterBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(groups={list(self.config.groups)}, nodes={list(self._nodes)})"
-
-
-def _scheme(config: ShardSchemeConfig) -> Scheme:
-    return Scheme(config.strategy or "ring", list(config.groups or ()), config.vnodes, config.weights,
-                  config.ranges, config.default)  # fmt: skip
-
-
-def shard_map_of(sharding: ShardingConfig) -> ShardMap:
-    """The pure :class:`~dbscale.sharding.shardmap.ShardMap` of a ``[sharding]`` section."""
-    entities = {name: _scheme(sharding.scheme(name)) for name in sharding.entities}
-    return ShardMap(_scheme(sharding), entities, {name: e.key for name, e in sharding.entities.items()})
 
 
 def _entity_and_key(entity_or_key: Any, key: Any) -> tuple[str | None, Key]:

@@ -24,16 +24,17 @@ import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from dbscale.errors import ConfigError
 from dbscale.names import Fallback, Policy
 from dbscale.units import parse_duration, parse_read_your_writes, parse_size
+
+if TYPE_CHECKING:  # SQLAlchemy is imported when a URL is made for it, not to read a config (`dbscale load` needs none)
+    from sqlalchemy.engine import URL
 
 # The library's loggers are silent until the application configures logging (the logging HOWTO's
 # rule for libraries); README "Logging" says how to turn them up.
@@ -42,6 +43,17 @@ logging.getLogger("dbscale").addHandler(logging.NullHandler())
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+# SQLAlchemy's URL grammar (sqlalchemy.engine.url._parse_url), so a URL is checked without importing it.
+_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:(?P<username>[^:/]*)(?::(?P<password>[^@]*))?@)?
+        (?:(?:\[(?P<ipv6host>[^/\?]+)\]|(?P<ipv4host>[^/:\?]+))?(?::(?P<port>[^/\?]*))?)?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+    """,
+    re.X,
+)
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.IGNORECASE)
 
 
@@ -69,13 +81,13 @@ def _postgres_url(value: str) -> SecretURL:
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if scheme not in _PG_SCHEMES:
         raise ValueError(f"{shown!r} is not a PostgreSQL URL (use postgresql://user@host:port/dbname)")
+    match = _URL.match(value)  # every PostgreSQL scheme matches: what can be wrong is the port
     try:
-        url = make_url(value)
-        _ = url.port
-    except (ArgumentError, ValueError) as exc:
-        raise ValueError(f"{shown!r} is not a valid URL ({type(exc).__name__}); check host, port and quoting") from None
-    if url.port is not None and not 0 < url.port < 65536:
-        raise ValueError(f"{shown!r} has port {url.port}, outside 1-65535")
+        port = int(match["port"]) if match and match["port"] else None
+    except ValueError:
+        raise ValueError(f"{shown!r} is not a valid URL (ValueError); check host, port and quoting") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{shown!r} has port {port}, outside 1-65535")
     return SecretURL(value)
 
 
@@ -649,14 +661,25 @@ def load_config(
 
 def sqlalchemy_url(url: str, *, async_: bool = False) -> URL:
     """Turn a configured PostgreSQL URL into a SQLAlchemy URL using the psycopg 3 driver."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(str(url))
     return parsed.set(drivername="postgresql+psycopg_async" if async_ else "postgresql+psycopg")
 
 
 def libpq_conninfo(url: str) -> str:
     """Turn a configured PostgreSQL URL into a libpq URL that psycopg.connect() accepts."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(str(url)).set(drivername="postgresql")
     return parsed.render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """A configured PostgreSQL URL as libpq takes it, without SQLAlchemy: only the scheme changes
+    (``postgresql+psycopg://`` and ``postgres://`` become ``postgresql://``); libpq reads the rest."""
+    scheme, sep, rest = str(url).partition("://")
+    return f"postgresql://{rest}" if sep and scheme.lower() in _PG_SCHEMES else str(url)
 
 
 __all__ = [
@@ -675,6 +698,7 @@ __all__ = [
     "env_overrides",
     "is_cluster_url",
     "libpq_conninfo",
+    "libpq_url",
     "load_config",
     "mask_url",
     "node_url",

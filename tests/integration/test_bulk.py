@@ -202,6 +202,76 @@ def test_parallel_lanes_commit_nothing_after_a_bad_row_and_resume_exactly(cluste
     assert counts(cluster, target) == (4_000, 4_000)
 
 
+def test_free_running_lanes_stop_at_a_bad_row_mid_block_and_resume_exactly(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """Three lanes, each taking its next block as soon as its last one is committed: the bad row in the
+    middle of block 6 (lane 2) is named, every row before it is committed and none after it, whatever
+    the other lanes had under way; --resume then loads exactly the rest."""
+    rows, bad_at = 12_000, 5_501
+    data = write_csv(tmp_path / "in.csv", rows, {bad_at: f"{bad_at},oops,NaN-ish,1.00,2024-01-01\n"})
+    args = ("--table", target, "--header", "--batch-rows", 1_000, "--parallel", 3)
+    first = load_cli(topology_config_path, data, *args)
+    assert first.returncode == 1, first.stderr
+    assert f"row {bad_at}, column 'qty'" in first.stderr and f"line {bad_at + 1} of in.csv" in first.stderr
+    assert counts(cluster, target) == (bad_at - 1, bad_at - 1)
+    write_csv(data, rows)
+    second = load_cli(topology_config_path, data, *args, "--resume")
+    assert second.returncode == 0, second.stderr
+    assert counts(cluster, target) == (rows, rows)
+
+
+def test_free_running_lanes_commit_what_was_read_before_an_input_error(cluster: Cluster, target: str) -> None:
+    """The input fails while block 4 is read: blocks 1-3 (both lanes) are committed, then the error is raised."""
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        for n in range(1, 10_001):
+            if n == 3_500:
+                raise OSError("input unreadable at row 3500")
+            yield (n, "r", n, None, None)
+
+    with pytest.raises(OSError, match="row 3500"):
+        bulk_load(cluster, target, rows(), batch_rows=1_000, parallel=2, resume="input", restart=True, progress=False)
+    assert counts(cluster, target) == (3_000, 3_000)
+
+
+def test_free_running_async_lanes_skip_bad_rows_and_stop_at_one(
+    topology_config_path: Path, target: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    """The asyncio loader with three lanes: skip sets two bad rows aside and loads the rest; stop names the first
+    bad row with nothing after it committed."""
+    rows = [(n, "a", "bad" if n in (1_234, 4_321) else n, None, None) for n in range(1, 6_001)]
+
+    async def main() -> tuple[int, int, int]:
+        async with AsyncCluster.from_config(topology_config_path) as acl:
+            skipped = await bulk_load_async(
+                acl,
+                target,
+                rows,
+                batch_rows=500,
+                parallel=3,
+                on_error="skip",
+                reject_file=tmp_path / "r.jsonl",
+                progress=False,
+            )
+            with pytest.raises(dbscale.BadRowError) as caught:
+                await bulk_load_async(
+                    acl, f"{target}_b", rows, batch_rows=500, parallel=3, resume="s", restart=True, progress=False
+                )
+            return skipped.loaded, skipped.rejected, caught.value.row
+
+    with cluster.write() as conn:
+        conn.execute(text(f"CREATE TABLE {target}_b ({COLUMNS})"))
+    try:
+        assert asyncio.run(main()) == (5_998, 2, 1_234)
+        assert counts(cluster, target) == (5_998, 5_998)
+        assert counts(cluster, f"{target}_b") == (1_233, 1_233)
+        assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+    finally:
+        with cluster.write() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {target}_b"))
+
+
 def test_the_async_twin_loads_and_resumes(topology_config_path: Path, target: str, cluster: Cluster) -> None:
     async def main() -> tuple[int, int]:
         async with AsyncCluster.from_config(topology_config_path) as acl:
@@ -280,3 +350,22 @@ def test_the_loader_refuses_what_cannot_work(cluster: Cluster, target: str) -> N
         bulk_load(cluster, target, [], columns=["id", "nope"], progress=False)
     with pytest.raises(dbscale.BulkLoadError, match="on_error"):
         bulk_load(cluster, target, [], on_error="ignore", progress=False)  # type: ignore[arg-type]
+
+
+def test_the_cli_routes_a_sharded_load_to_the_shard_cluster_shard_for_names(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """``dbscale load --shard-key`` (psycopg straight to each group's write endpoint, no cluster): same placement."""
+    data = write_csv(tmp_path / "in.csv", 3_000, header=True)
+    result = load_cli(
+        topology_config_path, data, "--table", target, "--header", "--shard-key", "id", "--batch-rows", 500
+    )
+    assert result.returncode == 0, result.stderr
+    assert "loaded 3,000 rows" in result.stderr
+    total = 0
+    for group in ("shard0", "shard1"):
+        with cluster.write(group) as conn:
+            ids = conn.execute(text(f"SELECT id FROM {target}")).scalars().all()
+        assert ids and all(cluster.shard_for(i) == group for i in ids)
+        total += len(ids)
+    assert total == 3_000 and counts(cluster, target, "main") == (0, 0)

@@ -9,11 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbscale.bulk.plan import (
+    CsvBlock,
     Progress,
     Rejected,
     Row,
     chunks,
     copy_format,
+    csv_blocks,
+    csv_data,
     csv_fields,
     csv_records,
     key_from_text,
@@ -45,6 +48,65 @@ def test_csv_records_agree_with_the_csv_module(rows: list[tuple[int, str]], chun
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     records = list(csv_records(lines(buffer.getvalue()), chunk=chunk))
     assert [csv_fields(r) for r in records] == [[str(n), s] for n, s in rows]
+
+
+def csv_text(rows: list[tuple[int, str]]) -> bytes:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def read_blocks(data: bytes, size: int, read_size: int) -> list[CsvBlock]:
+    import io
+
+    return list(csv_blocks(io.BytesIO(data).read, size, read_size))
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.text('ab,"\n ', max_size=8)), max_size=40),
+    st.integers(1, 7),
+    st.integers(1, 40),
+    st.booleans(),
+)
+def test_csv_blocks_cut_whole_records_as_csv_records_does(
+    rows: list[tuple[int, str]], size: int, read_size: int, last_newline: bool
+) -> None:
+    """Blocks of ``size`` records, cut only at record ends (whatever the read size), agree with csv_records."""
+    data = csv_text(rows)
+    if not last_newline:
+        data = data[:-1]
+    blocks = read_blocks(data, size, read_size)
+    expected = list(csv_records(lines(data.decode())))
+    assert [len(b) for b in blocks[:-1]] == [size] * (len(blocks) - 1) and all(0 < len(b) <= size for b in blocks)
+    assert [r for b in blocks for r in b.records()] == expected
+    assert b"".join(b.data for b in blocks) == b"".join(expected)
+    assert [csv_fields(r) for b in blocks for r in b] == [[str(n), s] for n, s in rows]
+
+
+def test_csv_blocks_of_a_plain_file_are_its_bytes_cut_every_size_lines() -> None:
+    data = b"".join(b"%d,item %d\n" % (n, n) for n in range(1, 10_001))
+    blocks = read_blocks(data, 1_000, 4_096)
+    assert [len(b) for b in blocks] == [1_000] * 10
+    assert blocks[3].data.startswith(b"3001,") and blocks[3].data.endswith(b"4000,item 4000\n")
+    assert csv_data(blocks[3], 0, 1_000) is blocks[3].data
+    assert csv_data(blocks[3], 1, 3) == b"3002,item 3002\n3003,item 3003\n"
+
+
+def test_csv_records_of_a_file_reads_blocks_or_records_and_chunks_resume_inside_a_block() -> None:
+    import io
+
+    data = b"".join(b'%d,"a\nb"\n' % n if n % 10 == 0 else b"%d,x\n" % n for n in range(1, 101))
+    assert list(csv_records(io.BytesIO(data))) == list(csv_records(lines(data.decode())))
+    progress = Progress()
+    seen: list[tuple[int, bytes]] = []
+    for chunk in chunks(csv_records(io.BytesIO(data)), 30, bytes, None, None, "g", {"g": 45}, progress):
+        for batch in chunk.batches.values():
+            seen.extend(zip(batch.numbers, batch.values, strict=True))
+    assert progress.skipped == 45 and [n for n, _ in seen] == list(range(46, 101))
+    assert seen[4] == (50, b'50,"a\nb"\n') and seen[5] == (51, b"51,x\n")
 
 
 def test_to_values_takes_tuples_and_mappings_and_names_what_is_wrong() -> None:

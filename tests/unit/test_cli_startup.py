@@ -51,11 +51,44 @@ def test_launcher_loads_no_capability() -> None:
     assert heavy(imported_by("import dbscale_launcher, dbscale.cli")) == []
 
 
-def test_the_load_path_imports_no_cache_cqrs_or_advisor() -> None:
-    """What ``dbscale load`` imports when it runs: the config, the cluster, the loader (and the ORM the
-    routers need), but not Redis, the cache, CQRS or the advisor."""
-    modules = imported_by("import dbscale.cli; from dbscale.cluster import Cluster; from dbscale.bulk import bulk_load")
-    assert [m for m in heavy(modules) if not m.startswith(("dbscale.cluster", "sqlalchemy."))] == []
+def test_the_load_path_imports_no_sqlalchemy_cluster_cache_cqrs_or_advisor() -> None:
+    """What ``dbscale load`` imports when it runs (a topology without Patroni): the config, the loader and
+    psycopg — no SQLAlchemy (the loader connects to each group's write endpoint with psycopg), no
+    cluster or routers, no Redis, cache, CQRS or advisor."""
+    modules = imported_by(
+        "import dbscale.cli; from dbscale.cli_load import load, _target\n"
+        "from dbscale.bulk.plan import csv_fields, csv_records\n"
+        "from dbscale.bulk.shell import Primaries, bulk_load\n"
+        "from dbscale.config import load_config"
+    )
+    assert heavy(modules) == []
+    assert not [m for m in modules if m == "sqlalchemy" or m.startswith("sqlalchemy.")]
+    assert "psycopg" in modules
+    # nor rich (the summary is plain lines; rich comes with the progress bar), the asyncio loader, or
+    # the modules of the other commands (imported when one of them runs)
+    assert not [m for m in modules if m == "rich" or m.startswith("rich.")]
+    assert not {"dbscale.bulk.aio", "dbscale.cli_writes", "dbscale.cli_project", "dbscale.cli_advise"} & modules
+    assert "dbscale.sharding" not in modules  # an unsharded load needs no shard map
+
+
+def test_the_lazy_commands_are_listed_and_run() -> None:
+    """``advise``, ``init``, ``project`` and ``write-behind`` are added when named: --help lists them, and each
+    resolves to its command (a group's subcommands included)."""
+    from typer.testing import CliRunner
+
+    from dbscale.cli import LAZY_COMMANDS, app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["--help"])
+    assert listed.exit_code == 0 and all(name in listed.output for name in LAZY_COMMANDS)
+    for args, says in (
+        (["advise", "--help"], "--min-gain"),
+        (["init", "--help"], "--config"),
+        (["project", "status", "--help"], "--json"),
+        (["write-behind", "--help"], "dead-letters"),
+    ):
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0 and says in done.output, (args, done.output)
 
 
 def test_import_dbscale_is_lazy_and_every_public_name_resolves() -> None:

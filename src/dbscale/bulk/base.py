@@ -16,8 +16,6 @@ import orjson
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import Format
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichBar
 
 from dbscale.bulk.plan import Batch, Progress, Rejected, Row, locate, value_of
 from dbscale.errors import BadRowError, BulkLoadError
@@ -47,7 +45,7 @@ COLUMNS_SQL = (
     " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
     " ORDER BY attnum"
 )
-FOREVER = 1e9  # a deadline for the parallel shard flushes that nothing reaches
+FOREVER = 1e9  # a deadline for the lanes and the reader that nothing reaches
 
 
 def table_identifier(table: str) -> sql.Composable:
@@ -140,6 +138,9 @@ class ProgressBar:
     """A rich progress bar on stderr: rows loaded, rows/s, elapsed (no total: the input is a stream)."""
 
     def __init__(self, table: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichBar
+
         self._bar = RichBar(
             TextColumn(f"loading {table}"),
             BarColumn(),

@@ -26,7 +26,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import IO, Any, Literal, overload
 
 OnError = Literal["stop", "skip"]
 CopyFormat = Literal["binary", "text", "csv"]
@@ -122,11 +122,19 @@ def to_values(raw: Any, columns: Sequence[str]) -> tuple[Any, ...]:
 
 
 def csv_records(lines: Iterable[bytes], chunk: int = 4096) -> Iterator[bytes]:
-    """CSV records from lines: a line with an odd number of quotes continues on the next (a quoted newline).
+    """CSV records from lines, or from a binary file: a line with an odd number of quotes continues on the next.
 
     Lines are taken ``chunk`` at a time; a chunk without any quote passes through as is (no
-    Python work per line), so a plain CSV file streams at the speed of reading its lines.
+    Python work per line). Given a binary file (an object with ``read``), the result is a
+    :class:`CsvRecords`: the same records one by one, and also in whole blocks
+    (:meth:`CsvRecords.blocks`), which is how an unsharded load reads it — no Python work per record.
     """
+    if hasattr(lines, "read"):
+        return CsvRecords(lines)  # type: ignore[arg-type]
+    return _records_of_lines(lines, chunk)
+
+
+def _records_of_lines(lines: Iterable[bytes], chunk: int = 4096) -> Iterator[bytes]:
     source = iter(lines)
     pending: list[bytes] = []
     quotes = 0
@@ -142,8 +150,162 @@ def csv_records(lines: Iterable[bytes], chunk: int = 4096) -> Iterator[bytes]:
             if quotes % 2 == 0:
                 record, pending, quotes = b"".join(pending), [], 0
                 yield record if record.endswith(b"\n") else record + b"\n"
-    if pending:
-        yield b"".join(pending) + b"\n"
+    if pending:  # a quote left open at the end: the rest is one record (the server names what is wrong)
+        record = b"".join(pending)
+        yield record if record.endswith(b"\n") else record + b"\n"
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """``data`` cut after each newline (``\\n`` only, as a file is read line by line); the tail too."""
+    lines = [line + b"\n" for line in data.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
+class CsvBlock(Sequence[bytes]):
+    """Whole raw CSV records as one ``bytes`` (what one COPY sends as is); split into records only when asked."""
+
+    __slots__ = ("_records", "data", "length")
+
+    def __init__(self, data: bytes, length: int) -> None:
+        self.data = data
+        self.length = length
+        self._records: list[bytes] | None = None
+
+    def records(self) -> list[bytes]:
+        """The records, one ``bytes`` each (split once, on first use: a failed batch, a resumed one)."""
+        if self._records is None:
+            self._records = list(_records_of_lines(_lines(self.data)))
+        return self._records
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        return self.records()[index]
+
+
+def csv_data(values: Sequence[Any], lo: int, hi: int) -> bytes:
+    """The COPY data of raw CSV records ``values[lo:hi]`` (a whole :class:`CsvBlock` as is, without a copy)."""
+    if isinstance(values, CsvBlock) and lo == 0 and hi == len(values):
+        return values.data
+    return b"".join(values[lo:hi])
+
+
+class CsvRecords(Iterator[bytes]):
+    """The raw CSV records of a binary file: one by one, or in blocks of whole records (:meth:`blocks`)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._records: Iterator[bytes] | None = None
+
+    def __next__(self) -> bytes:
+        if self._records is None:
+            self._records = _records_of_lines(self._file)
+        return next(self._records)
+
+    def blocks(self, size: int, read_size: int = 1 << 20) -> Iterator[CsvBlock]:
+        """Blocks of ``size`` whole records (the last may hold fewer), from where the file is (see :func:`csv_blocks`)."""
+        return csv_blocks(self._file.read, size, read_size)
+
+
+def csv_blocks(read: Callable[[int], bytes], size: int, read_size: int = 1 << 20) -> Iterator[CsvBlock]:
+    """Raw CSV from ``read`` in blocks of ``size`` whole records (the last may hold fewer): no Python work per record.
+
+    The data is read ``read_size`` bytes at a time and cut at record ends: a newline outside
+    quotes. A stretch whose quoted fields hold no newline (always so for a file without ``"``) has
+    a record end at every newline, counted and found with ``bytes.count``/``find``; a stretch with
+    a newline inside quotes is split record by record (as :func:`csv_records` does). A last record
+    without its newline gets one.
+    """
+    pieces: list[bytes] = []  # whole records for the next block
+    count = 0  # how many
+    rest = b""  # what was read after the last record end
+    avg = 0.0  # bytes per record so far (to find the n-th newline in few steps)
+    while True:
+        data = read(read_size)
+        if data:
+            whole, rest = _cut_at_record_end(rest + data if rest else data)
+        else:
+            whole, rest = rest, b""
+        if whole:
+            parts = whole.split(b'"') if b'"' in whole else [whole]
+            if len(parts) % 2 == 0 or b"\n" in b"".join(parts[1::2]):  # a newline inside quotes (or a quote left open)
+                records = list(_records_of_lines(_lines(whole)))
+                while count + len(records) >= size:
+                    take, records = records[: size - count], records[size - count :]
+                    yield CsvBlock(b"".join([*pieces, *take]), size)
+                    pieces, count = [], 0
+                if records:
+                    pieces.append(b"".join(records))
+                    count += len(records)
+            else:
+                whole = whole if whole.endswith(b"\n") else whole + b"\n"  # the last record, without its newline
+                start = 0
+                avg = avg or len(whole) / max(1, whole.count(b"\n", 0, 1 << 16))
+                while start < len(whole):
+                    end, seen = _nth_newline(whole, start, size - count, avg)
+                    if end < 0:  # fewer records left than the block needs: they start the next one
+                        pieces.append(whole[start:])
+                        count += seen
+                        break
+                    pieces.append(whole[start : end + 1])
+                    block = CsvBlock(b"".join(pieces), size)
+                    avg = len(block.data) / size
+                    yield block
+                    pieces, count, start = [], 0, end + 1
+        if not data:
+            break
+    if count:
+        yield CsvBlock(b"".join(pieces), count)
+
+
+def _cut_at_record_end(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` as (whole records, the rest): cut after the last newline outside quotes."""
+    last = data.rfind(b"\n")
+    if last < 0:
+        return b"", data
+    if b'"' not in data:
+        return data[: last + 1], data[last + 1 :]
+    head = data[: last + 1]
+    parts = head.split(b'"')
+    if len(parts) % 2 == 1:  # an even number of quotes before the last newline: it is outside quotes
+        return head, data[last + 1 :]
+    start = len(head) - len(parts[-1])  # where part i starts (here: the last one)
+    for i in range(len(parts) - 1, -1, -1):
+        if i % 2 == 0 and (at := parts[i].rfind(b"\n")) >= 0:  # the parts outside quotes have even indexes
+            return data[: start + at + 1], data[start + at + 1 :]
+        if i:
+            start -= len(parts[i - 1]) + 1
+    return b"", data
+
+
+def _nth_newline(data: bytes, start: int, n: int, avg: float) -> tuple[int, int]:
+    """The index of the ``n``-th newline at or after ``start``, or -1 and how many there are when fewer.
+
+    ``avg`` (bytes per line, a guess) lets the search jump ahead, counting what it jumps over with
+    ``bytes.count``, so the data is scanned about once, whatever ``n``.
+    """
+    found = 0
+    while n > 64:
+        end = min(start + int(n * avg * 0.9) + 1, len(data))
+        seen = data.count(b"\n", start, end)
+        if seen >= n:  # jumped too far: a shorter guess
+            avg /= 2
+            continue
+        n, start, found = n - seen, end, found + seen
+        if end == len(data):
+            return -1, found
+    at = start - 1
+    for i in range(n):
+        at = data.find(b"\n", at + 1)
+        if at < 0:
+            return -1, found + i
+    return at, found + n
 
 
 def key_from_text(text: str, type_name: str) -> Any:
@@ -187,7 +349,7 @@ class Batch:
     """One group's rows of one input chunk: their input numbers (ascending) and values, loaded in one COPY."""
 
     numbers: Sequence[int]
-    values: list[Any]
+    values: Sequence[Any]
 
     def __len__(self) -> int:
         return len(self.values)
@@ -211,8 +373,8 @@ class Chunk:
 
 
 def convert_rows(
-    raw: list[Any], first: int, convert: Callable[[Any], Any], width: int | None
-) -> tuple[Sequence[int], list[Any], list[Rejected]]:
+    raw: Sequence[Any], first: int, convert: Callable[[Any], Any], width: int | None
+) -> tuple[Sequence[int], Sequence[Any], list[Rejected]]:
     """Convert one chunk: numbers, values, rejected rows.
 
     Fast path (no Python call per row): every row already is a tuple of ``width`` values (or
@@ -266,11 +428,17 @@ def chunks(
     rows are fixed by ``size`` and ``lanes`` alone and its batches commit in input order. The
     batches are keyed by target (:func:`target_name`); rows at or below their target's recorded
     resume position are left out (``progress.skipped``). ``group_for`` None: every row goes to
-    ``default_group`` (no per-row routing cost).
+    ``default_group`` (no per-row routing cost); then raw CSV records of a file
+    (:class:`CsvRecords`) are read as whole blocks (:class:`CsvBlock`: no Python work per record).
     """
-    source = iter(raw_rows)
+    pieces: Iterator[Sequence[Any]]
+    if group_for is None and isinstance(raw_rows, CsvRecords):
+        pieces = raw_rows.blocks(size)
+    else:
+        source = iter(raw_rows)
+        pieces = iter(lambda: list(islice(source, size)), [])
     first = 1
-    while raw := list(islice(source, size)):
+    for raw in pieces:
         last = first + len(raw) - 1
         lane = ((first - 1) // size) % lanes
         progress.read = last
@@ -373,6 +541,8 @@ __all__ = [
     "Batch",
     "Chunk",
     "CopyFormat",
+    "CsvBlock",
+    "CsvRecords",
     "InputFormat",
     "Located",
     "OnError",
@@ -383,6 +553,8 @@ __all__ = [
     "chunks",
     "convert_rows",
     "copy_format",
+    "csv_blocks",
+    "csv_data",
     "csv_fields",
     "csv_records",
     "group_of",

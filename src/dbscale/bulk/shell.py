@@ -14,16 +14,18 @@ split (:func:`dbscale.bulk.plan.split_failed`) and its good rows are committed w
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dbscale._compat import Event, Workers, event_wait
+from dbscale._compat import Event, Lock, Workers, event_wait
 from dbscale.bulk.base import (
     COLUMNS_SQL,
     CREATE_PROGRESS,
@@ -47,6 +49,7 @@ from dbscale.bulk.base import (
 )
 from dbscale.bulk.plan import (
     Batch,
+    Chunk,
     InputFormat,
     OnError,
     Progress,
@@ -54,19 +57,25 @@ from dbscale.bulk.plan import (
     Row,
     chunks,
     copy_format,
+    csv_data,
     csv_fields,
     group_of,
     key_from_text,
-    previous_lane,
     split_failed,
+    target_name,
     to_values,
 )
-from dbscale.errors import BulkLoadError
+from dbscale.config import libpq_url, mask_url
+from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
 
 if TYPE_CHECKING:
     from dbscale.cluster_sync import Cluster
+    from dbscale.config import TopologyConfig
+    from dbscale.sharding.shardmap import ShardMap
 
 Work = tuple[int, int] | Rejected
+QUEUED = 2  # batches read ahead per lane (memory: about lanes × groups × (QUEUED + 1) batches)
+READER = "#reader"  # the name of the call that reads the input (no group's)
 
 
 class _Gate:
@@ -81,12 +90,102 @@ class _Gate:
         self.done.set()
 
 
+@dataclass(slots=True)
+class _Item:
+    """Chunk ``index``'s batch for ``target``; with ordered commits, the gate to wait for and the gate to open."""
+
+    index: int
+    target: str
+    batch: Batch
+    after: _Gate | None
+    gate: _Gate | None
+
+
+class _Queue:
+    """One target's batches, put by the reader and taken by the target's lane (in input order)."""
+
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.filled = Event()  # set when an item is put, the input ends or the load stops
+        self.taken = Event()  # set when an item is taken or the load stops
+        self.closed = False
+
+
+class Primaries:
+    """Each group's write endpoint reached with psycopg alone: what ``dbscale load`` loads through.
+
+    The endpoint is where ``cluster.write(group)`` sends a write — the group's PgBouncer when writes
+    go through it, else its primary — with the same connect timeout; but there is no SQLAlchemy and
+    no router to import and start (the CLI process starts sooner), and one connection per lane
+    stays open for the whole load. A group whose primary Patroni elects (``patroni`` configured)
+    needs the router's discovery: load through the cluster then (:meth:`direct` says which).
+    """
+
+    def __init__(self, config: TopologyConfig) -> None:
+        self.config = config
+        self._connections: dict[str, psycopg.Connection[Any]] = {}
+
+    @staticmethod
+    def direct(config: TopologyConfig) -> bool:
+        """Whether every group's writer is known from the config alone (no Patroni election to follow)."""
+        return not any(group.patroni for group in config.groups.values())
+
+    def default_group(self) -> str:
+        """``main`` if configured, else the only group (as ``Cluster.default_group``)."""
+        groups = self.config.groups
+        return "main" if "main" in groups or len(groups) != 1 else next(iter(groups))
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The shard map of ``[sharding]`` (a ConfigError without one)."""
+        if self.config.sharding is None:
+            raise ConfigError("sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config")
+        from dbscale.sharding.shardmap import shard_map_of  # sharded loads only
+
+        return shard_map_of(self.config.sharding)
+
+    @contextmanager
+    def transaction(self, target: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
+        conn = self._connections.get(target)
+        if conn is None or conn.closed:
+            conn = self._connections[target] = self._connect(group_of(target))
+        with conn.transaction():
+            yield conn
+
+    def _connect(self, group: str) -> psycopg.Connection[Any]:
+        cfg = self.config.group(group)
+        bouncer = cfg.pgbouncer is not None and cfg.write_via_pgbouncer
+        url = str(cfg.pgbouncer if bouncer else cfg.primary)
+        timeout = max(1, min(round(cfg.pool.connect_timeout), math.ceil(cfg.write_timeout)))
+        options: dict[str, Any] = {"prepare_threshold": None} if bouncer else {}  # as the cluster's engines
+        try:
+            return psycopg.Connection.connect(libpq_url(url), autocommit=True, connect_timeout=timeout, **options)
+        except psycopg.OperationalError as exc:
+            what = "PgBouncer" if bouncer else "primary"
+            raise PrimaryUnavailable(
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {' '.join(str(exc).split())}"
+            ) from None
+
+    def close(self) -> None:
+        """Close every connection."""
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> Primaries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class BulkLoader:
     """One load of ``rows`` into ``table`` (see :func:`bulk_load` for the parameters)."""
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: Cluster | Primaries,
         table: str,
         *,
         columns: list[str] | None = None,
@@ -123,10 +222,21 @@ class BulkLoader:
         self.oids: list[int] = []
         self.binary = False
         self._start = time.perf_counter()
+        self._lock = Lock()
+        self._queues: dict[str, _Queue] = {}
+        self._stop_at: int | None = None
+        self._errors: list[tuple[int, Exception]] = []
 
     # -- the load ------------------------------------------------------------------------------------
     def run(self, rows: Iterable[Any]) -> Progress:
-        """Load every row; the counts (loaded, rejected, skipped by resume, batches, seconds)."""
+        """Load every row; the counts (loaded, rejected, skipped by resume, batches, seconds).
+
+        One reader (numbering, converting and routing the input chunk by chunk) feeds one queue per
+        target; each target's lane takes its next batch as soon as its last one is committed, with
+        no round for the lanes to wait for each other at. An error stops the reader and every lane
+        before the first chunk after the failing one; what the lanes had committed stays committed,
+        and the error of the earliest chunk is raised.
+        """
         self._start = time.perf_counter()
         groups = list(self.cluster.config.groups) if self._sharded() else [self.cluster.default_group()]
         self._describe(groups)
@@ -134,72 +244,138 @@ class BulkLoader:
         positions = self._positions(groups) if self.resume else {}
         convert = self._check_raw if self.raw_csv else self._to_values
         width = None if self.raw_csv else len(self.columns)
-        workers = Workers(len(groups) * self.lanes, "dbscale-bulk")
-        pending: dict[str, Batch] = {}
+        self._queues = {target_name(g, lane, self.lanes): _Queue() for g in groups for lane in range(self.lanes)}
+        self._stop_at = None
+        self._errors = []
+        source = chunks(
+            rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes
+        )
+        workers = Workers(len(self._queues) + 1, "dbscale-bulk")
+        calls = {target: self._lane(target, queue) for target, queue in self._queues.items()}
+        calls[READER] = self._reader(source)
         try:
-            for n, chunk in enumerate(
-                chunks(
-                    rows, self.batch_rows, convert, width, group_for, groups[0], positions, self.progress, self.lanes
-                ),
-                1,
-            ):
-                if any(target in pending for target in chunk.batches):
-                    self._flush(pending, workers)
-                    pending = {}
-                if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
-                    first = chunk.rejected[0].number
-                    pending.update({t: b.before(first) for t, b in chunk.batches.items()})
-                    self._flush(pending, workers)
-                    self._reject(chunk.rejected[0])
-                for bad in chunk.rejected:
-                    self._reject(bad)
-                pending.update(chunk.batches)
-                if n % self.lanes == 0:  # one chunk per lane: load them side by side
-                    self._flush(pending, workers)
-                    pending = {}
-            self._flush(pending, workers)
+            workers.run(calls, FOREVER)
+            if self._errors:
+                raise min(self._errors, key=lambda pair: pair[0])[1]
         except psycopg.Error as exc:  # not a row's fault: the statement, the server, the connection
             raise BulkLoadError(
                 f"loading {self.table!r} failed: {str(exc).strip()} ({self.progress.loaded} rows committed in this run;"
                 " fix the cause and load again with the same resume id to continue after them)"
             ) from exc
         finally:
+            self._halt(-1)  # a lane or the reader still running (an interrupt) ends after its batch
             workers.close()
             self.rejects.close()
             close_callback(self.callback)
         self.progress.seconds = elapsed(self._start)
         return self.progress
 
-    def _flush(self, batches: dict[str, Batch], workers: Workers) -> None:
-        """Load each target's batch: one inline, several side by side.
+    def _reader(self, source: Iterator[Chunk]) -> Callable[[], None]:
+        def read() -> None:
+            last: dict[str, _Gate] = {}  # each group's gate of its latest batch (on_error="stop", parallel lanes)
+            gated = self.on_error == "stop" and self.lanes > 1
+            index = 0
+            try:
+                for index, chunk in enumerate(source):
+                    if self._stop_at is not None:
+                        return
+                    batches = chunk.batches
+                    if chunk.rejected and self.on_error == "stop":  # everything before the bad row is committed first
+                        batches = {t: b.before(chunk.rejected[0].number) for t, b in batches.items()}
+                    for target, batch in batches.items():
+                        if not len(batch):
+                            continue
+                        group = group_of(target)
+                        gate = _Gate() if gated else None
+                        after = last.get(group)
+                        if gate is not None:
+                            last[group] = gate
+                        self._put(self._queues[target], _Item(index, target, batch, after, gate))
+                    for bad in chunk.rejected:
+                        self._reject(bad)
+                index += 1
+            except Exception as exc:  # an input error or a bad row (stop): raised after what came before it
+                self._fail(index, exc)
+            finally:
+                for queue in self._queues.values():
+                    queue.closed = True
+                    queue.filled.set()
 
-        With ``on_error="stop"``, a group's lanes commit in input order (each lane's transaction
-        waits, after its COPY, for the lane before it): a bad row stops the load with nothing after
-        it committed, as with one lane.
-        """
-        batches = {target: batch for target, batch in batches.items() if len(batch)}
-        if not batches:
-            return
-        if len(batches) == 1:
-            results = {target: self._load(target, batch) for target, batch in batches.items()}
-        else:
-            gates = {target: _Gate() for target in batches} if self.on_error == "stop" and self.lanes > 1 else {}
-            calls = {t: self._call(t, b, gates.get(previous_lane(t)), gates.get(t)) for t, b in batches.items()}
-            results = workers.run(calls, FOREVER)
-        for target, (loaded, rejected, count) in results.items():
+        return read
+
+    def _lane(self, target: str, queue: _Queue) -> Callable[[], None]:
+        def lane() -> None:
+            try:
+                while (item := self._take(queue)) is not None:
+                    try:
+                        result = self._load(target, item.batch, item.after, item.gate)
+                    except Exception as exc:  # a bad row (stop), or the server's or connection's error
+                        self._fail(item.index, exc)
+                        return
+                    self._count(target, *result)
+            finally:
+                self._drop(queue)
+
+        return lane
+
+    def _put(self, queue: _Queue, item: _Item) -> None:
+        """Queue ``item`` for its lane, waiting while the lane has ``QUEUED`` batches not yet taken."""
+        while len(queue.items) >= QUEUED and self._stop_at is None:
+            queue.taken.clear()
+            if len(queue.items) < QUEUED or self._stop_at is not None:
+                break
+            event_wait(queue.taken, FOREVER)
+        queue.items.append(item)
+        queue.filled.set()
+
+    def _take(self, queue: _Queue) -> _Item | None:
+        """The lane's next batch; None at the end of the input, or when a stop leaves it none to load."""
+        while True:
+            if queue.items:
+                stop = self._stop_at
+                if stop is not None and queue.items[0].index > stop:
+                    self._drop(queue)
+                    return None
+                item = queue.items.popleft()
+                queue.taken.set()
+                return item
+            if queue.closed or self._stop_at is not None:
+                return None
+            queue.filled.clear()
+            if queue.items or queue.closed or self._stop_at is not None:
+                continue
+            event_wait(queue.filled, FOREVER)
+
+    @staticmethod
+    def _drop(queue: _Queue) -> None:
+        """Leave the lane's queued batches unloaded: a later lane waiting for one to commit gives up too."""
+        while queue.items:
+            gate = queue.items.popleft().gate
+            if gate is not None:
+                gate.finish(False)
+        queue.taken.set()
+
+    def _fail(self, index: int, error: Exception) -> None:
+        self._errors.append((index, error))
+        self._halt(index)
+
+    def _halt(self, index: int) -> None:
+        """Take no chunk after ``index`` (the batches before it are still loaded); wake every waiting lane and the reader."""
+        self._stop_at = index if self._stop_at is None else min(self._stop_at, index)
+        for queue in self._queues.values():
+            queue.filled.set()
+            queue.taken.set()
+
+    def _count(self, target: str, loaded: int, rejected: int, commits: int) -> None:
+        with self._lock:
             self.progress.loaded += loaded
             self.progress.rejected += rejected
-            self.progress.batches += count
+            self.progress.batches += commits
             group = group_of(target)
             self.progress.per_group[group] = self.progress.per_group.get(group, 0) + loaded
-        self.progress.seconds = elapsed(self._start)
-        if self.callback is not None:
-            self.callback(self.progress)
-
-    def _call(
-        self, target: str, batch: Batch, after: _Gate | None, gate: _Gate | None
-    ) -> Callable[[], tuple[int, int, int]]:
-        return lambda: self._load(target, batch, after, gate)
+            self.progress.seconds = elapsed(self._start)
+            if self.callback is not None:
+                self.callback(self.progress)
 
     def _load(
         self, target: str, batch: Batch, after: _Gate | None = None, gate: _Gate | None = None
@@ -255,14 +431,13 @@ class BulkLoader:
     ) -> tuple[int | None, Rejected] | None:
         """COPY ``batch[lo:hi]`` and record the resume position in one transaction; None, or where it failed."""
         try:
-            with self.cluster.write(group_of(target)) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target) as pg:
                 if self.resume:
                     pg.execute(RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded))
                 cur = pg.cursor()
                 with cur.copy(self._statement()) as copy:
                     if self.raw_csv:
-                        copy.write(b"".join(batch.values[lo:hi]))
+                        copy.write(csv_data(batch.values, lo, hi))
                     else:
                         if self.binary:
                             copy.set_types(self.oids)
@@ -292,13 +467,23 @@ class BulkLoader:
             raise bad_row_error(bad, self.resume)
         self.rejects.write(bad)
         if not counted:  # a batch's rejections are counted when its lane reports
-            self.progress.rejected += 1
+            with self._lock:
+                self.progress.rejected += 1
 
     def _record(self, target: str, position: int, rejected: int) -> None:
         """Move the resume position past rejected rows that no later batch of this target covered."""
-        with self.cluster.write(group_of(target)) as conn:
-            pg: Any = conn.connection.driver_connection
+        with self._transaction(target) as pg:
             pg.execute(RECORD_PROGRESS, self._record_args(target, position, 0, rejected))
+
+    @contextmanager
+    def _transaction(self, target: str) -> Iterator[Any]:
+        """One transaction on ``target``'s group primary as a psycopg connection, committed when the block ends."""
+        if isinstance(self.cluster, Primaries):
+            with self.cluster.transaction(target) as pg:
+                yield pg
+        else:
+            with self.cluster.write(group_of(target)) as conn:
+                yield conn.connection.driver_connection
 
     def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
         """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
@@ -310,8 +495,7 @@ class BulkLoader:
         """Read the table's columns and types (on the first group that has the table); pick the COPY format."""
         found: list[tuple[str, str, int]] = []
         for group in groups:
-            with self.cluster.write(group) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 cur = pg.execute(COLUMNS_SQL, [self.table])
                 found = cur.fetchall()
             if found:
@@ -339,8 +523,7 @@ class BulkLoader:
         """
         positions: dict[str, int] = {}
         for group in groups:
-            with self.cluster.write(group) as conn:
-                pg: Any = conn.connection.driver_connection
+            with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 pg.execute(CREATE_PROGRESS)
                 if self.restart:
                     pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
@@ -389,7 +572,7 @@ class BulkLoader:
 
 
 def bulk_load(
-    cluster: Cluster,
+    cluster: Cluster | Primaries,
     table: str,
     rows: Iterable[Any],
     *,
@@ -444,4 +627,4 @@ def bulk_load(
     return loader.run(rows)
 
 
-__all__ = ["BulkLoader", "bulk_load"]
+__all__ = ["BulkLoader", "Primaries", "bulk_load"]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbscale.errors import PlacementError, ShardingError
 from dbscale.sharding.ids import shard_of_id
 from dbscale.sharding.placement import HashMod, JumpHash, Key, Placement
 from dbscale.sharding.ranges import Range
 from dbscale.sharding.ring import HashRing
+
+if TYPE_CHECKING:
+    from dbscale.config import ShardingConfig, ShardSchemeConfig
 
 
 @dataclass(frozen=True)
@@ -99,4 +102,15 @@ class ShardMap:
         return self.groups[shard]
 
 
-__all__ = ["Scheme", "ShardMap"]
+def _scheme(config: ShardSchemeConfig) -> Scheme:
+    return Scheme(config.strategy or "ring", list(config.groups or ()), config.vnodes, config.weights,
+                  config.ranges, config.default)  # fmt: skip
+
+
+def shard_map_of(sharding: ShardingConfig) -> ShardMap:
+    """The :class:`ShardMap` of a validated ``[sharding]`` section (what ``cluster.shard_map`` is built from)."""
+    entities = {name: _scheme(sharding.scheme(name)) for name in sharding.entities}
+    return ShardMap(_scheme(sharding), entities, {name: e.key for name, e in sharding.entities.items()})
+
+
+__all__ = ["Scheme", "ShardMap", "shard_map_of"]
