@@ -124,9 +124,12 @@ def test_unknown_table_in_config_is_exit_2_naming_the_close_match(tmp_path: Path
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command below ``group``, the lazily added ones included (asked for by name, as click does)."""
     yield path, group
-    for name, sub in getattr(group, "commands", {}).items():
-        yield from _commands(sub, (*path, name))
+    if hasattr(group, "list_commands"):  # a group (typer's own click, not necessarily the click package)
+        ctx = group.context_class(group)
+        for name in group.list_commands(ctx):
+            yield from _commands(group.get_command(ctx, name), (*path, name))
 
 
 def test_help_texts_keep_their_bracketed_words() -> None:
