@@ -118,7 +118,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bdbscale\.cache\.l2_async\b", "dbscale.cache.l2"),
     (r"\bdbscale\.cache\.l2_cluster_async\b", "dbscale.cache.l2_cluster"),
     (r"\bAConn\b", "Conn"),
-    (r"\ba(connected|drop|get_options)\b", r"\1"),
+    (r"\ba(closed|connected|drop|get_options)\b", r"\1"),
     (r"\.aclose\(\)", ".close()"),
     (r'\bflavour="async"', 'flavour="sync"'),
     (

@@ -11,14 +11,18 @@ from hypothesis import strategies as st
 from dbscale.cache.writes.policy import (
     DELETE,
     SAVE,
+    SAVE_SHA,
     Change,
     TableSpec,
     cache_key,
     coalesce,
     decode_entry,
     group_rows,
+    pack_save,
+    pack_wait,
     parse_stream_id,
     plan_batch,
+    save_command_parts,
     upsert_params,
 )
 from dbscale.errors import NotInTransaction
@@ -64,6 +68,20 @@ def test_redelivered_batch_plans_nothing() -> None:
 def test_stream_ids_compare_numerically() -> None:
     assert parse_stream_id("10-0") > parse_stream_id("9-99")
     assert parse_stream_id("5-10") > parse_stream_id("5-9")
+
+
+@given(st.text(max_size=20), st.sampled_from([SAVE, DELETE]), st.binary(max_size=300), st.integers(1, 10**9))
+def test_packed_save_is_what_redis_py_packs(key: str, op: str, data: bytes, ttl_ms: int) -> None:
+    from redis.connection import PythonRespSerializer
+
+    def encode(value: object) -> bytes:  # redis-py's Encoder for a client without decode_responses
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    packer = PythonRespSerializer(6000, encode)
+    stream, entry = "ns:wb:{t\u00e9}", "ns:w:t:{" + key + "}"
+    want = b"".join(packer.pack("EVALSHA", SAVE_SHA, 2, stream, entry, key, op, data, ttl_ms, "", ""))
+    assert pack_save(save_command_parts(stream, ttl_ms), entry, key, op, data) == want
+    assert pack_wait(2, 150) == b"".join(packer.pack("WAIT", 2, 150))
 
 
 def test_decode_entry_from_redis_reply() -> None:

@@ -87,17 +87,53 @@ SAVE, DELETE = "s", "d"
 SEND_BATCH = 512
 
 
+def resp_bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def save_command_parts(stream: str, ttl_ms: int) -> tuple[bytes, bytes]:
+    """The fixed head and tail of a table's packed save (see :func:`pack_save`), built once per table.
+
+    The head is ``EVALSHA sha 2 stream`` (11 elements in all), the tail the TTL and the empty
+    channel and message (no L1 broadcast: write-behind's ``get()`` reads Redis).
+    """
+    head = b"*11\r\n" + b"".join(resp_bulk(v) for v in (b"EVALSHA", SAVE_SHA.encode(), b"2", stream.encode()))
+    tail = resp_bulk(str(ttl_ms).encode()) + resp_bulk(b"") + resp_bulk(b"")
+    return head, tail
+
+
+def pack_save(parts: tuple[bytes, bytes], entry_key: str, key: str, op: str, data: bytes) -> bytes:
+    """The RESP encoding of one :data:`SAVE_SCRIPT` call (``EVALSHA``), as redis-py would pack it.
+
+    A batch of saves is these bytes concatenated: one write, then one reply per save, in order.
+    """
+    head, tail = parts
+    return b"%b%b%b%b%b%b" % (
+        head,
+        resp_bulk(entry_key.encode()),
+        resp_bulk(key.encode()),
+        resp_bulk(op.encode()),
+        resp_bulk(data),
+        tail,
+    )
+
+
+def pack_wait(replicas: int, timeout_ms: int) -> bytes:
+    """The RESP encoding of ``WAIT replicas timeout_ms``."""
+    return b"*3\r\n" + b"".join(resp_bulk(v) for v in (b"WAIT", str(replicas).encode(), str(timeout_ms).encode()))
+
+
 @dataclass(eq=False)
 class Queued:
-    """A save waiting to be sent to Redis: its script keys and arguments, then Redis's reply.
+    """A save waiting to be sent to Redis: its packed ``EVALSHA`` (:func:`pack_save`), then Redis's reply.
 
     ``reply`` is the stream id, or the exception Redis answered for this save (or for its round
     trip); ``replicas`` is what ``WAIT`` answered for the round trip that carried it. ``wake`` is
     the waiting caller's event: set once the reply is in, or to make it send the next round trip.
     """
 
-    keys: list[str]
-    args: list[Any]
+    command: bytes
     wake: Any
     sent: bool = False
     reply: Any = None
@@ -289,9 +325,13 @@ __all__ = [
     "coalesce",
     "decode_entry",
     "group_rows",
+    "pack_save",
+    "pack_wait",
     "parse_stream_id",
     "plan_batch",
     "quote_ident",
+    "resp_bulk",
+    "save_command_parts",
     "unnest_params",
     "unnest_upsert_sql",
     "upsert_params",
