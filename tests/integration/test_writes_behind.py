@@ -345,3 +345,33 @@ def test_async_concurrent_saves_share_round_trips_and_a_cancelled_queued_save_ne
             await pv.close()
 
     asyncio.run(main())
+
+
+def test_a_save_replaces_foreign_data_at_its_entry_and_a_foreign_stream_refuses_the_whole_round_trip(
+    topology_config_path: Path, views: str
+) -> None:
+    import redis
+
+    from dbscale.errors import CacheUnavailable
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        raw.set(pv.strategy.entry_key(f"{views}:1"), b"not a hash")
+        pv.save({"k": 1, "v": 1, "note": None})  # the garbage is replaced by the entry
+        assert pv.get(1) == {"k": 1, "v": 1, "note": None}
+        pv.flush(timeout=30)
+        raw.delete(pv.strategy.stream)
+        raw.set(pv.strategy.stream, b"not a stream")
+        with pytest.raises(CacheUnavailable, match="WRONGTYPE"):
+            pv.save({"k": 2, "v": 2, "note": None})
+        assert raw.exists(pv.strategy.entry_key(f"{views}:2")) == 0  # refused as a whole: nothing ran
+        raw.delete(pv.strategy.stream)
+        raw.close()
+        pv.close()
+    assert _rows_of(topology_config_path, views) == {1: {"k": 1, "v": 1, "note": None}}
+
+
+def _rows_of(config: Path, table: str) -> dict[int, dict[str, Any]]:
+    with Cluster.from_config(config) as cluster:
+        return _rows(cluster, table)

@@ -19,6 +19,7 @@ from dbscale.cache.writes.policy import (
     decode_entry,
     group_rows,
     pack_save,
+    pack_saves,
     pack_wait,
     parse_stream_id,
     plan_batch,
@@ -70,17 +71,23 @@ def test_stream_ids_compare_numerically() -> None:
     assert parse_stream_id("5-10") > parse_stream_id("5-9")
 
 
-@given(st.text(max_size=20), st.sampled_from([SAVE, DELETE]), st.binary(max_size=300), st.integers(1, 10**9))
-def test_packed_save_is_what_redis_py_packs(key: str, op: str, data: bytes, ttl_ms: int) -> None:
+@given(
+    st.lists(st.tuples(st.text(max_size=20), st.sampled_from([SAVE, DELETE]), st.binary(max_size=300)), min_size=1),
+    st.integers(1, 10**9),
+)
+def test_packed_saves_are_what_redis_py_packs(saves: list[tuple[str, str, bytes]], ttl_ms: int) -> None:
     from redis.connection import PythonRespSerializer
 
     def encode(value: object) -> bytes:  # redis-py's Encoder for a client without decode_responses
         return value if isinstance(value, bytes) else str(value).encode()
 
     packer = PythonRespSerializer(6000, encode)
-    stream, entry = "ns:wb:{t\u00e9}", "ns:w:t:{" + key + "}"
-    want = b"".join(packer.pack("EVALSHA", SAVE_SHA, 2, stream, entry, key, op, data, ttl_ms, "", ""))
-    assert pack_save(save_command_parts(stream, ttl_ms), entry, key, op, data) == want
+    stream = "ns:wb:{t\u00e9}"
+    entries = ["ns:w:t:{" + key + "}" for key, _, _ in saves]
+    args = [arg for save in saves for arg in save]
+    want = b"".join(packer.pack("EVALSHA", SAVE_SHA, len(saves) + 1, stream, *entries, ttl_ms, *args))
+    packed = [pack_save(entry, *save) for entry, save in zip(entries, saves, strict=True)]
+    assert pack_saves(save_command_parts(stream, ttl_ms), packed) == want
     assert pack_wait(2, 150) == b"".join(packer.pack("WAIT", 2, 150))
 
 

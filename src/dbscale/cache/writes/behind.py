@@ -66,6 +66,7 @@ from dbscale.cache.writes.policy import (
     decode_entry,
     group_rows,
     pack_save,
+    pack_saves,
     pack_wait,
     parse_stream_id,
     plan_batch,
@@ -122,6 +123,7 @@ class WriteBehind:
         live.add(self)
         self._queue: deque[Queued] = deque()  # saves not yet sent (appends and pops are thread-safe)
         self._sending = Lock()  # held by the caller sending a round trip (one in flight per object)
+        self._shared = False  # the last round trip carried several callers' saves
         self.flusher_running: Flusher | None = None
         self._flush_flusher: Flusher | None = None
 
@@ -142,7 +144,7 @@ class WriteBehind:
         if not self._checked:
             self._persistence_check()
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
-        queued = Queued(pack_save(self._parts, s.entry_key(key), key, op, data), Event())
+        queued = Queued(pack_save(s.entry_key(key), key, op, data), Event())
         self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
             while not queued.sent:
@@ -181,9 +183,12 @@ class WriteBehind:
 
     def _send(self) -> None:
         """Send the queued saves (at most :data:`SEND_BATCH`) in one round trip; set each one's reply."""
+        if self._shared:  # callers are concurrent: let the ones just woken queue their next saves first
+            sleep(0)
         batch: list[Queued] = []
         while self._queue and len(batch) < SEND_BATCH:
             batch.append(self._queue.popleft())
+        self._shared = len(batch) > 1
         try:
             replies, replicas = self._execute(batch)
         except RedisError as exc:
@@ -198,47 +203,49 @@ class WriteBehind:
                 queued.wake.set()
 
     def _execute(self, batch: list[Queued]) -> tuple[list[Any], int | None]:
-        """The replies of ``batch``'s scripts (an exception for a refused one) and ``WAIT``'s answer."""
-        replies, replicas = self._round_trip([q.command for q in batch])
-        todo = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if todo:  # a NOSCRIPT reply (Redis restarted) ran nothing: load the script, send those again
+        """The replies of ``batch``'s saves (an exception for a refused one) and ``WAIT``'s answer."""
+        command = pack_saves(self._parts, [q.packed for q in batch])
+        reply, replicas = self._round_trip(command)
+        if isinstance(reply, NoScriptError):  # Redis restarted: the script ran nothing; load it, send again
             self.redis.client.script_load(SAVE_SCRIPT)
-            again, replicas = self._round_trip([batch[i].command for i in todo])
-            for i, reply in zip(todo, again, strict=True):
-                replies[i] = reply
-        return replies, replicas
+            reply, replicas = self._round_trip(command)
+        if isinstance(reply, BaseException):  # refused as a whole (nothing ran)
+            return [reply] * len(batch), replicas
+        if not isinstance(reply, list) or len(reply) != len(batch):
+            raise ResponseError(f"the write-behind save script answered {reply!r} for {len(batch)} saves")
+        return reply, replicas
 
-    def _round_trip(self, commands: list[bytes]) -> tuple[list[Any], int | None]:
-        """Send ``commands`` (then ``WAIT``) in one write on the save connection; one reply each, in order."""
-        if self.wait_replicas:  # on the same connection, after the scripts: WAIT counts them
-            commands = [*commands, self._wait]
+    def _round_trip(self, command: bytes) -> tuple[Any, int | None]:
+        """Send ``command`` (then ``WAIT``) in one write on the save connection; its reply (an error reply
+        as the exception) and ``WAIT``'s answer."""
         idle = self._idle
         conn = idle.pop() if idle else self._new_connection()
-        replies: list[Any] = []
+        replicas = None
         try:
             if closed(conn):  # the server closed it while idle; nothing was sent on it: reconnect
                 drop(conn)
             if not connected(conn):
                 conn.connect()  # bounded by socket_connect_timeout
             with deadline(self.redis.timeout):
-                conn.send_packed_command((b"".join(commands),), check_health=False)
-                for _ in commands:
+                conn.send_packed_command((command + self._wait if self.wait_replicas else command,), False)
+                try:
+                    reply = conn.read_response()
+                except ResponseError as exc:  # an error reply, read whole: the connection stays in step
+                    reply = exc
+                if self.wait_replicas:  # on the same connection, after the script: WAIT counts its writes
                     try:
-                        reply = conn.read_response()
-                    except ResponseError as exc:  # this command's error reply (read whole): the rest follow
-                        reply = exc
-                    replies.append(reply)
+                        answer = conn.read_response()
+                    except ResponseError:
+                        answer = 0
+                    replicas = int(answer)
         except BaseException as exc:
-            drop(conn)  # replies may be unread: the next round trip must not read them
+            drop(conn)  # a reply may be unread: the next round trip must not read it
             idle.append(conn)
             if isinstance(exc, OSError):  # the deadline, or a socket error redis-py did not wrap
                 raise RedisConnectionError(f"Redis round trip failed: {exc!r}") from exc
             raise
         idle.append(conn)
-        if not self.wait_replicas:
-            return replies, None
-        answer = replies.pop()
-        return replies, 0 if isinstance(answer, BaseException) else int(answer)
+        return reply, replicas
 
     def _new_connection(self) -> Conn:
         return make_connection(self._pool)  # type: ignore[no-any-return]

@@ -65,18 +65,36 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 """
 
-# KEYS[1] stream, KEYS[2] entry hash; ARGV: key, op ("s"/"d"), data, ttl ms, channel, message.
-# One atomic step: the stream order of a key's changes is the order its cache entry saw them.
+# KEYS[1] stream, KEYS[2..n+1] the entry hashes of n saves; ARGV[1] ttl ms, then key, op ("s"/"d"), data per save.
+# Per save, one atomic step: the stream order of a key's changes is the order its cache entry saw them.
+# One call carries a round trip's saves (Lua's per-call cost is paid once); the reply has one element per
+# save: its stream id, or the error that stopped it (then no later save of the call ran either).
 SAVE_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[2])['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
-local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
-local tomb = '0'
-if ARGV[2] == 'd' then tomb = '1' end
-redis.call('HSET', KEYS[2], 'v', id, 'd', ARGV[3], 't', tomb)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return id
+local stream = KEYS[1]
+local kind = redis.call('TYPE', stream)['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. stream .. ' holds a ' .. kind .. ', not a write-behind stream')
+end
+local ttl = ARGV[1]
+local ids = {}
+for i = 2, #KEYS do
+  local entry, a = KEYS[i], 3 * i - 4
+  local op, data = ARGV[a + 1], ARGV[a + 2]
+  local id = redis.pcall('XADD', stream, '*', 'k', ARGV[a], 'o', op, 'd', data)
+  if type(id) == 'table' and id.err then
+    for j = i, #KEYS do ids[j - 1] = id end
+    return ids
+  end
+  local tomb = '0'
+  if op == 'd' then tomb = '1' end
+  if type(redis.pcall('HSET', entry, 'v', id, 'd', data, 't', tomb)) == 'table' then
+    redis.call('DEL', entry)  -- data dbscale did not write (another type): replaced
+    redis.call('HSET', entry, 'v', id, 'd', data, 't', tomb)
+  end
+  redis.call('PEXPIRE', entry, ttl)
+  ids[i - 1] = id
+end
+return ids
 """
 
 #: ``EVALSHA`` name of :data:`SAVE_SCRIPT` (loaded by ``SCRIPT LOAD`` when Redis answers ``NOSCRIPT``).
@@ -92,30 +110,32 @@ def resp_bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-def save_command_parts(stream: str, ttl_ms: int) -> tuple[bytes, bytes]:
-    """The fixed head and tail of a table's packed save (see :func:`pack_save`), built once per table.
-
-    The head is ``EVALSHA sha 2 stream`` (11 elements in all), the tail the TTL and the empty
-    channel and message (no L1 broadcast: write-behind's ``get()`` reads Redis).
-    """
-    head = b"*11\r\n" + b"".join(resp_bulk(v) for v in (b"EVALSHA", SAVE_SHA.encode(), b"2", stream.encode()))
-    tail = resp_bulk(str(ttl_ms).encode()) + resp_bulk(b"") + resp_bulk(b"")
-    return head, tail
+def save_command_parts(stream: str, ttl_ms: int) -> tuple[bytes, bytes, bytes]:
+    """The fixed parts of a table's packed :data:`SAVE_SCRIPT` call, built once per table: the script's
+    sha, its first key (the stream) and its first argument (the TTL), each a RESP bulk string."""
+    return resp_bulk(SAVE_SHA.encode()), resp_bulk(stream.encode()), resp_bulk(str(ttl_ms).encode())
 
 
-def pack_save(parts: tuple[bytes, bytes], entry_key: str, key: str, op: str, data: bytes) -> bytes:
-    """The RESP encoding of one :data:`SAVE_SCRIPT` call (``EVALSHA``), as redis-py would pack it.
+def pack_save(entry_key: str, key: str, op: str, data: bytes) -> tuple[bytes, bytes]:
+    """One save's share of a packed :data:`SAVE_SCRIPT` call: its key (the entry hash), its arguments."""
+    return resp_bulk(entry_key.encode()), b"%b%b%b" % (resp_bulk(key.encode()), resp_bulk(op.encode()), resp_bulk(data))
 
-    A batch of saves is these bytes concatenated: one write, then one reply per save, in order.
-    """
-    head, tail = parts
-    return b"%b%b%b%b%b%b" % (
-        head,
-        resp_bulk(entry_key.encode()),
-        resp_bulk(key.encode()),
-        resp_bulk(op.encode()),
-        resp_bulk(data),
-        tail,
+
+def pack_saves(parts: tuple[bytes, bytes, bytes], saves: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The RESP encoding of one ``EVALSHA`` of :data:`SAVE_SCRIPT` carrying ``saves`` (:func:`pack_save`),
+    as redis-py would pack it."""
+    sha, stream, ttl = parts
+    n = len(saves)
+    return b"".join(
+        (
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 * n + 5),
+            sha,
+            resp_bulk(b"%d" % (n + 1)),
+            stream,
+            *(entry for entry, _ in saves),
+            ttl,
+            *(args for _, args in saves),
+        )
     )
 
 
@@ -126,14 +146,14 @@ def pack_wait(replicas: int, timeout_ms: int) -> bytes:
 
 @dataclass(eq=False)
 class Queued:
-    """A save waiting to be sent to Redis: its packed ``EVALSHA`` (:func:`pack_save`), then Redis's reply.
+    """A save waiting to be sent to Redis: its share of the packed script call (:func:`pack_save`), then Redis's reply.
 
     ``reply`` is the stream id, or the exception Redis answered for this save (or for its round
     trip); ``replicas`` is what ``WAIT`` answered for the round trip that carried it. ``wake`` is
     the waiting caller's event: set once the reply is in, or to make it send the next round trip.
     """
 
-    command: bytes
+    packed: tuple[bytes, bytes]
     wake: Any
     sent: bool = False
     reply: Any = None
@@ -326,6 +346,7 @@ __all__ = [
     "decode_entry",
     "group_rows",
     "pack_save",
+    "pack_saves",
     "pack_wait",
     "parse_stream_id",
     "plan_batch",
