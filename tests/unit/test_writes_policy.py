@@ -16,6 +16,7 @@ from dbscale.cache.writes.policy import (
     TableSpec,
     cache_key,
     coalesce,
+    decode_entries,
     decode_entry,
     group_rows,
     pack_save,
@@ -89,6 +90,23 @@ def test_packed_saves_are_what_redis_py_packs(saves: list[tuple[str, str, bytes]
     packed = [pack_save(entry, *save) for entry, save in zip(entries, saves, strict=True)]
     assert pack_saves(save_command_parts(stream, ttl_ms), packed) == want
     assert pack_wait(2, 150) == b"".join(packer.pack("WAIT", 2, 150))
+
+
+def test_decode_entries_from_the_raw_xreadgroup_reply() -> None:
+    raw = [
+        [
+            b"ns:wb:{t}",
+            [
+                [b"1-0", [b"k", b"u:1", b"o", b"s", b"d", b"\x01row"]],
+                [b"1-1", None],  # deleted while pending
+                [b"2-0", [b"o", b"d", b"k", b"u:2", b"d", b"\x02"]],  # another field order
+            ],
+        ]
+    ]
+    want = [Change("1-0", "u:1", SAVE, b"\x01row"), Change("2-0", "u:2", DELETE, b"\x02")]
+    assert decode_entries(raw) == want
+    assert decode_entries({b"ns:wb:{t}": raw[0][1]}) == want  # RESP3: a map
+    assert decode_entries(None) == [] and decode_entries([]) == []
 
 
 def test_decode_entry_from_redis_reply() -> None:

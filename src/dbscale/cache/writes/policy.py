@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 #: The sequence every write-through version is drawn from (one per database).
 VERSION_SEQUENCE = "dbscale_write_version"
@@ -118,7 +119,11 @@ def save_command_parts(stream: str, ttl_ms: int) -> tuple[bytes, bytes, bytes]:
 
 def pack_save(entry_key: str, key: str, op: str, data: bytes) -> tuple[bytes, bytes]:
     """One save's share of a packed :data:`SAVE_SCRIPT` call: its key (the entry hash), its arguments."""
-    return resp_bulk(entry_key.encode()), b"%b%b%b" % (resp_bulk(key.encode()), resp_bulk(op.encode()), resp_bulk(data))
+    entry, k, o = entry_key.encode(), key.encode(), op.encode()
+    return (
+        b"$%d\r\n%b\r\n" % (len(entry), entry),
+        b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(o), o, len(data), data),
+    )
 
 
 def pack_saves(parts: tuple[bytes, bytes, bytes], saves: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -273,9 +278,11 @@ def as_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True)
-class Change:
-    """One stream entry: ``op`` :data:`SAVE` (``data`` is the row) or :data:`DELETE` (``data`` is the key value)."""
+class Change(NamedTuple):
+    """One stream entry: ``op`` :data:`SAVE` (``data`` is the row) or :data:`DELETE` (``data`` is the key value).
+
+    A named tuple: a flush round makes one per entry, and a frozen dataclass costs several times more to build.
+    """
 
     id: str
     key: str
@@ -290,12 +297,41 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any]) -> Change:
     return Change(as_str(entry_id), as_str(get.get("k", b"")), as_str(get.get("o", b"")), bytes(data) if data else b"")
 
 
+def decode_entries(reply: Any) -> list[Change]:
+    """The changes of an ``XREADGROUP`` reply of one stream as Redis sends it (no redis-py parsing:
+    ``[[stream, [[id, [field, value, …]], …]]]``, or a map in RESP3); an entry deleted while pending
+    (no fields) is left out."""
+    if not reply:
+        return []
+    streams = list(reply.items()) if isinstance(reply, Mapping) else reply
+    out = []
+    for entry_id, fields in streams[0][1]:
+        if not fields:
+            continue
+        if len(fields) == 6 and fields[0] == b"k" and fields[2] == b"o" and fields[4] == b"d":  # as XADD wrote it
+            out.append(Change(entry_id.decode(), fields[1].decode(), fields[3].decode(), fields[5]))
+        else:
+            out.append(decode_entry(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
+    return out
+
+
+def _ordered(changes: Iterable[Change]) -> list[tuple[tuple[int, int], Change]]:
+    """``changes`` with their parsed ids, in stream order (each id parsed once)."""
+    keyed = [(parse_stream_id(c.id), c) for c in changes]
+    keyed.sort(key=itemgetter(0))  # a read is in stream order already: one linear pass
+    return keyed
+
+
+def _last_per_key(keyed: list[tuple[tuple[int, int], Change]]) -> list[Change]:
+    last: dict[str, tuple[tuple[int, int], Change]] = {}
+    for item in keyed:
+        last[item[1].key] = item
+    return [c for _, c in sorted(last.values(), key=itemgetter(0))]
+
+
 def coalesce(changes: Iterable[Change]) -> list[Change]:
     """The last change of each key in stream order (later ids win), ordered by id."""
-    last: dict[str, Change] = {}
-    for change in sorted(changes, key=lambda c: parse_stream_id(c.id)):
-        last[change.key] = change
-    return sorted(last.values(), key=lambda c: parse_stream_id(c.id))
+    return _last_per_key(_ordered(changes))
 
 
 @dataclass
@@ -311,10 +347,10 @@ class Batch:
 def plan_batch(changes: Sequence[Change], applied: str) -> Batch:
     """Plan a flush: drop entries at or below ``applied`` (already in the database), coalesce the rest."""
     floor = parse_stream_id(applied)
-    fresh = [c for c in changes if parse_stream_id(c.id) > floor]
-    batch = Batch(apply=coalesce(fresh), ids=[c.id for c in changes], skipped=len(changes) - len(fresh))
+    fresh = [item for item in _ordered(changes) if item[0] > floor]
+    batch = Batch(apply=_last_per_key(fresh), ids=[c.id for c in changes], skipped=len(changes) - len(fresh))
     if fresh:
-        batch.last_id = max((c.id for c in fresh), key=parse_stream_id)
+        batch.last_id = fresh[-1][1].id
     return batch
 
 
@@ -343,6 +379,7 @@ __all__ = [
     "TableSpec",
     "cache_key",
     "coalesce",
+    "decode_entries",
     "decode_entry",
     "group_rows",
     "pack_save",
