@@ -168,3 +168,22 @@ def test_an_async_hook_in_a_blocking_write_is_refused_and_awaited_in_an_async_on
         run_hooks([hook])
     asyncio.run(arun_hooks([hook, lambda: ran.append(2)]))
     assert ran == [1, 2]
+
+
+def test_wakeup_wakes_its_one_waiter_once_per_set() -> None:
+    import threading
+
+    from dbscale._compat import Wakeup
+
+    wake = Wakeup()
+    wake.set()
+    wake.set()  # twice before the wait: one wake-up
+    assert wake.wait()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(wake.wait()))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not woke  # the earlier sets were consumed: it blocks
+    wake.set()
+    waiter.join(5)
+    assert woke == [True]

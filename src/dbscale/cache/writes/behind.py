@@ -46,7 +46,18 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from dbscale._compat import Event, Lock, Runner, deadline, event_wait, join, sleep, spawn, try_acquire
+from dbscale._compat import (
+    Event,
+    Lock,
+    Runner,
+    Wakeup,
+    deadline,
+    event_wait,
+    join,
+    sleep,
+    spawn,
+    try_acquire,
+)
 from dbscale.cache.core import CacheFront
 from dbscale.cache.l2_base import Conn, closed, connected, drop, get_options, live, make_connection
 from dbscale.cache.writes.base import Strategy
@@ -145,7 +156,7 @@ class WriteBehind:
         if not self._checked:
             self._persistence_check()
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
-        queued = Queued(pack_save(s.entry_key(key), key, op, data), Event())
+        queued = Queued(pack_save(s.entry_key(key), key, op, data), Wakeup())
         self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
             while not queued.sent:

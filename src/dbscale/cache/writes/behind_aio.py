@@ -45,7 +45,18 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from dbscale._compat import AEvent, ALock, ARunner, adeadline, aevent_wait, ajoin, asleep, aspawn, atry_acquire
+from dbscale._compat import (
+    AEvent,
+    ALock,
+    ARunner,
+    AWakeup,
+    adeadline,
+    aevent_wait,
+    ajoin,
+    asleep,
+    aspawn,
+    atry_acquire,
+)
 from dbscale.cache.core import CacheFront
 from dbscale.cache.l2_base import AConn, aclosed, aconnected, adrop, aget_options, live, make_connection
 from dbscale.cache.writes.base import Strategy
@@ -144,7 +155,7 @@ class AsyncWriteBehind:
         if not self._checked:
             await self._persistence_check()
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
-        queued = Queued(pack_save(s.entry_key(key), key, op, data), AEvent())
+        queued = Queued(pack_save(s.entry_key(key), key, op, data), AWakeup())
         self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
             while not queued.sent:
