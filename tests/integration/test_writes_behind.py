@@ -375,3 +375,42 @@ def test_a_save_replaces_foreign_data_at_its_entry_and_a_foreign_stream_refuses_
 def _rows_of(config: Path, table: str) -> dict[int, dict[str, Any]]:
     with Cluster.from_config(config) as cluster:
         return _rows(cluster, table)
+
+
+def test_a_save_connection_the_server_closed_while_idle_is_replaced_before_sending(
+    topology_config_path: Path, views: str
+) -> None:
+    """The save path probes its idle connection before sending (it never re-sends a save): a connection
+    Redis closed in between is replaced, and the save goes through, once."""
+    import asyncio
+
+    import redis
+
+    def kill_save_connections(raw: redis.Redis) -> None:
+        for client in raw.client_list():
+            if client["cmd"] == "evalsha":
+                raw.client_kill_filter(_id=client["id"])
+        time.sleep(0.1)  # the FIN reaches the client's socket
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        pv.save({"k": 1, "v": 1, "note": None})
+        kill_save_connections(raw)
+        pv.save({"k": 2, "v": 2, "note": None})
+
+        async def main() -> None:
+            async with AsyncCluster.from_config(topology_config_path) as acluster:
+                apv = acluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+                await apv.save({"k": 3, "v": 3, "note": None})
+                kill_save_connections(raw)
+                await asyncio.sleep(0.05)  # the event loop reads the EOF
+                await apv.save({"k": 4, "v": 4, "note": None})
+                await apv.close()
+
+        asyncio.run(main())
+        assert raw.xlen(pv.strategy.stream) == 4  # each save appended once
+        pv.flush(timeout=30)
+        assert {k: r["v"] for k, r in _rows(cluster, views).items()} == {1: 1, 2: 2, 3: 3, 4: 4}
+        raw.close()
+        pv.close()
