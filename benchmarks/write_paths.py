@@ -1,7 +1,8 @@
 """Write paths: write-behind vs a direct ``cluster.write()`` per change vs write-through, measured.
 
 The same changes (upserts of ``--changes`` rows over ``--keys`` keys) on each path, first from one
-caller, then from 16 concurrent callers (threads of one process, GIL-bound for every path), from
+blocking caller (a latency: each call waits for the one before; not what "throughput" means for a
+server), then from 16 concurrent callers (threads of one process, GIL-bound for every path), from
 16 asyncio tasks of one event loop (``AsyncCluster``), then from 4 writer processes (``--callers``) (a server fleet's shape: each process owns a share
 of the keys, so every key's last value is known): acknowledgement latency (p50/p99 of each call) and
 sustained throughput. For write-behind, "sustained" counts until the last change is in the
@@ -210,6 +211,15 @@ async def run_tasks(
     return samples, elapsed
 
 
+def shape_label(callers: str) -> str:
+    """``1`` → one blocking caller (latency-bound, not a throughput), ``16`` → 16 threads, ``16async``, ``4proc``."""
+    if callers.endswith("proc"):
+        return callers.replace("proc", " processes")
+    if callers.endswith("async"):
+        return callers.replace("async", " asyncio tasks")
+    return "1 blocking caller (latency-bound)" if callers == "1" else f"{callers} threads"
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
@@ -283,7 +293,7 @@ def main() -> None:
                                 return asyncio.run(run_tasks(config, path, tables[path], todo, threads))
                             return run(todo, call, threads)
 
-                        case = f"{label} | {callers.replace('proc', ' processes').replace('async', ' asyncio tasks')}"
+                        case = f"{label} | {shape_label(callers)}"
                         for _ in range(args.rounds):  # interleaved: a load spike hits every path alike
                             record("direct cluster.write() per change", case, *measure("direct", direct))
                             record("write-through save()", case, *measure("through", through.save))

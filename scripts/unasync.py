@@ -79,7 +79,7 @@ RULES: list[tuple[str, str]] = [
     (r", in the calling thread or task\.", ", in the calling thread."),
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
-    (r"\bA(Event|Lock|LoopLocal|Runner|Workers)\b", r"\1"),
+    (r"\bA(Event|Lock|LoopLocal|Runner|Wakeup|Workers)\b", r"\1"),
     (r"\ba(acquire|call_loader|deadline|event_wait|join|run_hooks|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),
@@ -118,7 +118,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bdbscale\.cache\.l2_async\b", "dbscale.cache.l2"),
     (r"\bdbscale\.cache\.l2_cluster_async\b", "dbscale.cache.l2_cluster"),
     (r"\bAConn\b", "Conn"),
-    (r"\ba(connected|drop|get_options)\b", r"\1"),
+    (r"\ba(closed|connected|drop|get_options)\b", r"\1"),
     (r"\.aclose\(\)", ".close()"),
     (r'\bflavour="async"', 'flavour="sync"'),
     (

@@ -9,6 +9,7 @@ Each pair keeps one contract:
 asyncio                      blocking                     contract
 ============================ ============================ ==============================================
 ``ALock``, ``AEvent``        ``Lock``, ``Event``          the primitives
+``AWakeup``                  ``Wakeup``                   one waiter's wake-up: ``set``, ``wait``, ``clear``
 ``asleep(s)``                ``sleep(s)``                 wait ``s`` seconds
 ``atry_acquire(lock)``       ``try_acquire(lock)``        take the lock if free, else False at once
 ``aacquire(lock, s)``        ``acquire(lock, s)``         take the lock within ``s`` seconds, else False
@@ -49,8 +50,36 @@ Runner = threading.Thread
 ALock = asyncio.Lock
 AEvent = asyncio.Event
 ARunner = asyncio.Task[None]
+AWakeup = asyncio.Event
 sleep = time.sleep
 asleep = asyncio.sleep
+
+
+class Wakeup:
+    """The wake-up of one waiting thread: an Event's ``set``/``wait``/``clear`` for a single waiter, on one lock.
+
+    ``wait()`` takes the lock that ``set()`` released, so it also clears (``clear`` is a no-op); several
+    ``set()`` before a ``wait()`` wake it once. A ``threading.Event`` costs a Condition, and a new lock
+    per wait, which a write-behind save made for every call.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Wake the waiter (now, or at its next :meth:`wait`)."""
+        with contextlib.suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def wait(self) -> bool:
+        """Block until :meth:`set` (consumes it)."""
+        return self._lock.acquire()
+
+    def clear(self) -> None:
+        """Nothing to do: :meth:`wait` consumed the wake-up."""
 
 
 def try_acquire(lock: threading.Lock) -> bool:
@@ -280,11 +309,13 @@ __all__ = [
     "ALock",
     "ALoopLocal",
     "ARunner",
+    "AWakeup",
     "AWorkers",
     "Event",
     "Lock",
     "LoopLocal",
     "Runner",
+    "Wakeup",
     "Workers",
     "aacquire",
     "acall_loader",

@@ -40,7 +40,7 @@ def run(
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Drain the stream and exit.")] = False,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Stream entries per flush transaction.")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Stream entries per flush transaction.")] = 5000,
     interval: Annotated[
         float, typer.Option("--interval", min=0.0, help="Seconds to wait after a round that was not a full batch.")
     ] = 0.2,

@@ -345,3 +345,72 @@ def test_async_concurrent_saves_share_round_trips_and_a_cancelled_queued_save_ne
             await pv.close()
 
     asyncio.run(main())
+
+
+def test_a_save_replaces_foreign_data_at_its_entry_and_a_foreign_stream_refuses_the_whole_round_trip(
+    topology_config_path: Path, views: str
+) -> None:
+    import redis
+
+    from dbscale.errors import CacheUnavailable
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        raw.set(pv.strategy.entry_key(f"{views}:1"), b"not a hash")
+        pv.save({"k": 1, "v": 1, "note": None})  # the garbage is replaced by the entry
+        assert pv.get(1) == {"k": 1, "v": 1, "note": None}
+        pv.flush(timeout=30)
+        raw.delete(pv.strategy.stream)
+        raw.set(pv.strategy.stream, b"not a stream")
+        with pytest.raises(CacheUnavailable, match="WRONGTYPE"):
+            pv.save({"k": 2, "v": 2, "note": None})
+        assert raw.exists(pv.strategy.entry_key(f"{views}:2")) == 0  # refused as a whole: nothing ran
+        raw.delete(pv.strategy.stream)
+        raw.close()
+        pv.close()
+    assert _rows_of(topology_config_path, views) == {1: {"k": 1, "v": 1, "note": None}}
+
+
+def _rows_of(config: Path, table: str) -> dict[int, dict[str, Any]]:
+    with Cluster.from_config(config) as cluster:
+        return _rows(cluster, table)
+
+
+def test_a_save_connection_the_server_closed_while_idle_is_replaced_before_sending(
+    topology_config_path: Path, views: str
+) -> None:
+    """The save path probes its idle connection before sending (it never re-sends a save): a connection
+    Redis closed in between is replaced, and the save goes through, once."""
+    import asyncio
+
+    import redis
+
+    def kill_save_connections(raw: redis.Redis) -> None:
+        for client in raw.client_list():
+            if client["cmd"] == "evalsha":
+                raw.client_kill_filter(_id=client["id"])
+        time.sleep(0.1)  # the FIN reaches the client's socket
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        pv.save({"k": 1, "v": 1, "note": None})
+        kill_save_connections(raw)
+        pv.save({"k": 2, "v": 2, "note": None})
+
+        async def main() -> None:
+            async with AsyncCluster.from_config(topology_config_path) as acluster:
+                apv = acluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+                await apv.save({"k": 3, "v": 3, "note": None})
+                kill_save_connections(raw)
+                await asyncio.sleep(0.05)  # the event loop reads the EOF
+                await apv.save({"k": 4, "v": 4, "note": None})
+                await apv.close()
+
+        asyncio.run(main())
+        assert raw.xlen(pv.strategy.stream) == 4  # each save appended once
+        pv.flush(timeout=30)
+        assert {k: r["v"] for k, r in _rows(cluster, views).items()} == {1: 1, 2: 2, 3: 3, 4: 4}
+        raw.close()
+        pv.close()

@@ -11,14 +11,20 @@ from hypothesis import strategies as st
 from dbscale.cache.writes.policy import (
     DELETE,
     SAVE,
+    SAVE_SHA,
     Change,
     TableSpec,
     cache_key,
     coalesce,
+    decode_entries,
     decode_entry,
     group_rows,
+    pack_save,
+    pack_saves,
+    pack_wait,
     parse_stream_id,
     plan_batch,
+    save_command_parts,
     upsert_params,
 )
 from dbscale.errors import NotInTransaction
@@ -64,6 +70,43 @@ def test_redelivered_batch_plans_nothing() -> None:
 def test_stream_ids_compare_numerically() -> None:
     assert parse_stream_id("10-0") > parse_stream_id("9-99")
     assert parse_stream_id("5-10") > parse_stream_id("5-9")
+
+
+@given(
+    st.lists(st.tuples(st.text(max_size=20), st.sampled_from([SAVE, DELETE]), st.binary(max_size=300)), min_size=1),
+    st.integers(1, 10**9),
+)
+def test_packed_saves_are_what_redis_py_packs(saves: list[tuple[str, str, bytes]], ttl_ms: int) -> None:
+    from redis.connection import PythonRespSerializer
+
+    def encode(value: object) -> bytes:  # redis-py's Encoder for a client without decode_responses
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    packer = PythonRespSerializer(6000, encode)
+    stream = "ns:wb:{t\u00e9}"
+    entries = ["ns:w:t:{" + key + "}" for key, _, _ in saves]
+    args = [arg for save in saves for arg in save]
+    want = b"".join(packer.pack("EVALSHA", SAVE_SHA, len(saves) + 1, stream, *entries, ttl_ms, *args))
+    packed = [pack_save(entry, *save) for entry, save in zip(entries, saves, strict=True)]
+    assert pack_saves(save_command_parts(stream, ttl_ms), packed) == want
+    assert pack_wait(2, 150) == b"".join(packer.pack("WAIT", 2, 150))
+
+
+def test_decode_entries_from_the_raw_xreadgroup_reply() -> None:
+    raw = [
+        [
+            b"ns:wb:{t}",
+            [
+                [b"1-0", [b"k", b"u:1", b"o", b"s", b"d", b"\x01row"]],
+                [b"1-1", None],  # deleted while pending
+                [b"2-0", [b"o", b"d", b"k", b"u:2", b"d", b"\x02"]],  # another field order
+            ],
+        ]
+    ]
+    want = [Change("1-0", "u:1", SAVE, b"\x01row"), Change("2-0", "u:2", DELETE, b"\x02")]
+    assert decode_entries(raw) == want
+    assert decode_entries({b"ns:wb:{t}": raw[0][1]}) == want  # RESP3: a map
+    assert decode_entries(None) == [] and decode_entries([]) == []
 
 
 def test_decode_entry_from_redis_reply() -> None:
@@ -125,3 +168,22 @@ def test_an_async_hook_in_a_blocking_write_is_refused_and_awaited_in_an_async_on
         run_hooks([hook])
     asyncio.run(arun_hooks([hook, lambda: ran.append(2)]))
     assert ran == [1, 2]
+
+
+def test_wakeup_wakes_its_one_waiter_once_per_set() -> None:
+    import threading
+
+    from dbscale._compat import Wakeup
+
+    wake = Wakeup()
+    wake.set()
+    wake.set()  # twice before the wait: one wake-up
+    assert wake.wait()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(wake.wait()))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not woke  # the earlier sets were consumed: it blocks
+    wake.set()
+    waiter.join(5)
+    assert woke == [True]

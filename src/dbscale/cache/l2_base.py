@@ -7,6 +7,7 @@ The clients themselves are :class:`~dbscale.cache.l2_async.AsyncRedisL2` (the as
 from __future__ import annotations
 
 import os
+import select
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +27,12 @@ __all__ = [
     "CacheUnavailable",
     "Conn",
     "HasIdle",
+    "aclosed",
     "aconnected",
     "adrop",
     "aget_options",
     "client_options",
+    "closed",
     "connected",
     "drop",
     "failure",
@@ -154,6 +157,28 @@ def connected(conn: Conn) -> bool:
 def aconnected(conn: AConn) -> bool:
     """Has ``conn`` a stream (it may still have been closed by the server)?"""
     return conn.is_connected
+
+
+def closed(conn: Conn) -> bool:
+    """Has the server closed ``conn`` (or left bytes on it) while it sat idle? One zero-timeout poll.
+
+    For a connection whose sends must not be retried (a write-behind save would append twice): a
+    dead connection is found before anything is sent on it, instead of by a failed read after.
+    """
+    sock = conn._sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # a closed descriptor
+        return True
+    return bool(readable)  # at EOF, or holding bytes no reply of ours accounts for
+
+
+def aclosed(conn: AConn) -> bool:
+    """Has the server closed ``conn`` while it sat idle? (The event loop has read its EOF by now.)"""
+    reader = getattr(conn, "_reader", None)
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 def drop(conn: Conn) -> None:

@@ -4,10 +4,17 @@
 Theory of operation. :meth:`WriteBehind.save` runs one Lua script that appends the change to
 the table's Redis Stream and updates its cache entry (same order in both), and returns once Redis
 has it (with ``wait_replicas=N``, once N Redis replicas have it, by ``WAIT``). Concurrent saves of
-one object (threads, or tasks) share round trips: while one caller's pipeline is in flight the
+one object (threads, or tasks) share round trips: while one caller's round trip is in flight the
 others queue and wait; when it ends, the callers it carried are woken with their replies, and the
-caller of the oldest save still queued is woken to send every queued save in one pipeline
-(``WAIT`` last, on the same connection). Each caller returns only once Redis answered its own script. A flusher
+caller of the oldest save still queued is woken to send every queued save in one round trip
+(``WAIT`` last, on the same connection). Each caller returns only once Redis answered its own script.
+The transport is the L2 GET fast path's (:mod:`dbscale.cache.l2`): each save is packed once
+(``EVALSHA``, :func:`~dbscale.cache.writes.policy.pack_save`), a round trip is one write of the
+concatenated commands on the object's own connection, then one read per reply, without redis-py's
+pipeline object and per-command pool probe. A save is never sent twice: a connection the server
+closed while idle is found before sending (:func:`~dbscale.cache.l2_base.closed`), and any error or
+interruption after sending fails every save of that round trip (it may or may not be in Redis) and
+drops the connection, so no reply is left for the next round trip to read. A flusher
 (:class:`Flusher`: ``start_flusher()`` in-process, or ``dbscale write-behind run``) takes over
 the stream by bumping an epoch in the database, then, each round, moves new entries into the
 consumer group's pending list; when older entries are pending too (``XPENDING``: a dead or fenced
@@ -33,12 +40,26 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from dbscale._compat import Event, Lock, Runner, event_wait, join, sleep, spawn, try_acquire
+from dbscale._compat import (
+    Event,
+    Lock,
+    Runner,
+    Wakeup,
+    deadline,
+    event_wait,
+    join,
+    sleep,
+    spawn,
+    try_acquire,
+)
 from dbscale.cache.core import CacheFront
+from dbscale.cache.l2_base import Conn, closed, connected, drop, get_options, live, make_connection
 from dbscale.cache.writes.base import Strategy
 from dbscale.cache.writes.policy import (
     ADVANCE_SQL,
@@ -47,17 +68,21 @@ from dbscale.cache.writes.policy import (
     DELETE,
     SAVE,
     SAVE_SCRIPT,
-    SAVE_SHA,
     SEND_BATCH,
     TAKEOVER_SQL,
     Batch,
     Change,
     Queued,
     as_str,
+    decode_entries,
     decode_entry,
     group_rows,
+    pack_save,
+    pack_saves,
+    pack_wait,
     parse_stream_id,
     plan_batch,
+    save_command_parts,
     unnest_params,
     unnest_upsert_sql,
 )
@@ -103,8 +128,14 @@ class WriteBehind:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         self._checked = False
+        self._parts = save_command_parts(self.strategy.stream, self.strategy.ttl_ms)
+        self._wait = pack_wait(wait_replicas, self.wait_timeout_ms)
+        self._pool = redis.ConnectionPool.from_url(self.strategy.url, **get_options(self.redis.timeout))
+        self._idle: list[Conn] = []  # the save connection (one round trip in flight); dropped in a forked child
+        live.add(self)
         self._queue: deque[Queued] = deque()  # saves not yet sent (appends and pops are thread-safe)
         self._sending = Lock()  # held by the caller sending a round trip (one in flight per object)
+        self._shared = False  # the last round trip carried several callers' saves
         self.flusher_running: Flusher | None = None
         self._flush_flusher: Flusher | None = None
 
@@ -125,7 +156,7 @@ class WriteBehind:
         if not self._checked:
             self._persistence_check()
         # no L1 broadcast: get() reads Redis; cache-aside copies are invalidated at flush (``invalidates``)
-        queued = Queued([s.stream, s.entry_key(key)], [key, op, data, s.ttl_ms, "", ""], Event())
+        queued = Queued(pack_save(s.entry_key(key), key, op, data), Wakeup())
         self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
             while not queued.sent:
@@ -164,9 +195,12 @@ class WriteBehind:
 
     def _send(self) -> None:
         """Send the queued saves (at most :data:`SEND_BATCH`) in one round trip; set each one's reply."""
+        if self._shared:  # callers are concurrent: let the ones just woken queue their next saves first
+            sleep(0)
         batch: list[Queued] = []
         while self._queue and len(batch) < SEND_BATCH:
             batch.append(self._queue.popleft())
+        self._shared = len(batch) > 1
         try:
             replies, replicas = self._execute(batch)
         except RedisError as exc:
@@ -181,34 +215,52 @@ class WriteBehind:
                 queued.wake.set()
 
     def _execute(self, batch: list[Queued]) -> tuple[list[Any], int | None]:
-        """The replies of ``batch``'s scripts (an exception for a refused one) and ``WAIT``'s answer."""
-        client = self.redis.client
-        if len(batch) == 1 and not self.wait_replicas:  # the lone caller: a plain EVALSHA
-            q = batch[0]
-            try:
-                return [client.evalsha(SAVE_SHA, len(q.keys), *q.keys, *q.args)], None
-            except NoScriptError:
-                client.script_load(SAVE_SCRIPT)
-                return [client.evalsha(SAVE_SHA, len(q.keys), *q.keys, *q.args)], None
-            except ResponseError as exc:
-                return [exc], None
-        replies: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for attempt in range(2):  # a NOSCRIPT reply (Redis restarted) ran nothing: load the script, resend
-            with client.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    pipe.evalsha(SAVE_SHA, len(batch[i].keys), *batch[i].keys, *batch[i].args)
-                if self.wait_replicas:  # on the same connection, after the scripts: WAIT counts them
-                    pipe.wait(self.wait_replicas, self.wait_timeout_ms)
-                got = pipe.execute(raise_on_error=False)
-            replicas = int(got.pop()) if self.wait_replicas else None
-            for i, reply in zip(todo, got, strict=True):
-                replies[i] = reply
-            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-            if not todo or attempt:
-                break
-            client.script_load(SAVE_SCRIPT)
-        return replies, replicas
+        """The replies of ``batch``'s saves (an exception for a refused one) and ``WAIT``'s answer."""
+        command = pack_saves(self._parts, [q.packed for q in batch])
+        reply, replicas = self._round_trip(command)
+        if isinstance(reply, NoScriptError):  # Redis restarted: the script ran nothing; load it, send again
+            self.redis.client.script_load(SAVE_SCRIPT)
+            reply, replicas = self._round_trip(command)
+        if isinstance(reply, BaseException):  # refused as a whole (nothing ran)
+            return [reply] * len(batch), replicas
+        if not isinstance(reply, list) or len(reply) != len(batch):
+            raise ResponseError(f"the write-behind save script answered {reply!r} for {len(batch)} saves")
+        return reply, replicas
+
+    def _round_trip(self, command: bytes) -> tuple[Any, int | None]:
+        """Send ``command`` (then ``WAIT``) in one write on the save connection; its reply (an error reply
+        as the exception) and ``WAIT``'s answer."""
+        idle = self._idle
+        conn = idle.pop() if idle else self._new_connection()
+        replicas = None
+        try:
+            if closed(conn):  # the server closed it while idle; nothing was sent on it: reconnect
+                drop(conn)
+            if not connected(conn):
+                conn.connect()  # bounded by socket_connect_timeout
+            with deadline(self.redis.timeout):
+                conn.send_packed_command((command + self._wait if self.wait_replicas else command,), False)
+                try:
+                    reply = conn.read_response()
+                except ResponseError as exc:  # an error reply, read whole: the connection stays in step
+                    reply = exc
+                if self.wait_replicas:  # on the same connection, after the script: WAIT counts its writes
+                    try:
+                        answer = conn.read_response()
+                    except ResponseError:
+                        answer = 0
+                    replicas = int(answer)
+        except BaseException as exc:
+            drop(conn)  # a reply may be unread: the next round trip must not read it
+            idle.append(conn)
+            if isinstance(exc, OSError):  # the deadline, or a socket error redis-py did not wrap
+                raise RedisConnectionError(f"Redis round trip failed: {exc!r}") from exc
+            raise
+        idle.append(conn)
+        return reply, replicas
+
+    def _new_connection(self) -> Conn:
+        return make_connection(self._pool)  # type: ignore[no-any-return]
 
     def save(self, row: Mapping[str, Any]) -> str:
         """Queue ``row`` (an upsert by its key column) and cache it; returns the change's stream id."""
@@ -317,9 +369,12 @@ class WriteBehind:
         }
 
     def close(self) -> None:
-        """Stop this object's flusher (if started) and close its Redis client."""
+        """Stop this object's flusher (if started) and close its Redis connections."""
         if self.flusher_running is not None:
             self.flusher_running.stop()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            drop(conn)
         self.redis.close()
 
 
@@ -336,7 +391,7 @@ class Flusher:
         self,
         owner: WriteBehind,
         *,
-        batch: int = 1000,
+        batch: int = 5000,
         block: float = 0.2,
         interval: float = 0.2,
         consumer: str | None = None,
@@ -375,14 +430,19 @@ class Flusher:
             self.takeover()
         client = self.owner.redis.client
         stream = self.s.stream
-        read = client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms or None)
-        fresh = read[0][1] if read else []
+        block = ("BLOCK", self.block_ms) if self.block_ms else ()
+        # named in bytes, the command has no redis-py reply parser: decode_entries reads the raw reply
+        # (redis-py's dict per entry costs more than the rest of the round's client work)
+        read = client.execute_command(
+            b"XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.batch, *block, "STREAMS", stream, ">"
+        )
+        changes = decode_entries(read)
         pending = client.xpending(stream, GROUP)
-        if pending["pending"] != len(fresh):  # older entries are pending (a dead or fenced flusher's): oldest first
-            _, fresh, _ = client.xautoclaim(
+        if pending["pending"] != (len(read[0][1]) if read else 0):  # older entries are pending (a dead or fenced
+            _, fresh, _ = client.xautoclaim(  # flusher's): the oldest first
                 stream, GROUP, self.consumer, min_idle_time=0, start_id="0-0", count=self.batch
             )
-        changes = [decode_entry(entry_id, fields) for entry_id, fields in fresh if fields]
+            changes = [decode_entry(entry_id, fields) for entry_id, fields in fresh if fields]
         if not changes:
             self.owner.status()
             return 0

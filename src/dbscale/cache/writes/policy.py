@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 #: The sequence every write-through version is drawn from (one per database).
 VERSION_SEQUENCE = "dbscale_write_version"
@@ -65,18 +66,36 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 """
 
-# KEYS[1] stream, KEYS[2] entry hash; ARGV: key, op ("s"/"d"), data, ttl ms, channel, message.
-# One atomic step: the stream order of a key's changes is the order its cache entry saw them.
+# KEYS[1] stream, KEYS[2..n+1] the entry hashes of n saves; ARGV[1] ttl ms, then key, op ("s"/"d"), data per save.
+# Per save, one atomic step: the stream order of a key's changes is the order its cache entry saw them.
+# One call carries a round trip's saves (Lua's per-call cost is paid once); the reply has one element per
+# save: its stream id, or the error that stopped it (then no later save of the call ran either).
 SAVE_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[2])['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
-local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
-local tomb = '0'
-if ARGV[2] == 'd' then tomb = '1' end
-redis.call('HSET', KEYS[2], 'v', id, 'd', ARGV[3], 't', tomb)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return id
+local stream = KEYS[1]
+local kind = redis.call('TYPE', stream)['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. stream .. ' holds a ' .. kind .. ', not a write-behind stream')
+end
+local ttl = ARGV[1]
+local ids = {}
+for i = 2, #KEYS do
+  local entry, a = KEYS[i], 3 * i - 4
+  local op, data = ARGV[a + 1], ARGV[a + 2]
+  local id = redis.pcall('XADD', stream, '*', 'k', ARGV[a], 'o', op, 'd', data)
+  if type(id) == 'table' and id.err then
+    for j = i, #KEYS do ids[j - 1] = id end
+    return ids
+  end
+  local tomb = '0'
+  if op == 'd' then tomb = '1' end
+  if type(redis.pcall('HSET', entry, 'v', id, 'd', data, 't', tomb)) == 'table' then
+    redis.call('DEL', entry)  -- data dbscale did not write (another type): replaced
+    redis.call('HSET', entry, 'v', id, 'd', data, 't', tomb)
+  end
+  redis.call('PEXPIRE', entry, ttl)
+  ids[i - 1] = id
+end
+return ids
 """
 
 #: ``EVALSHA`` name of :data:`SAVE_SCRIPT` (loaded by ``SCRIPT LOAD`` when Redis answers ``NOSCRIPT``).
@@ -87,17 +106,59 @@ SAVE, DELETE = "s", "d"
 SEND_BATCH = 512
 
 
+def resp_bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def save_command_parts(stream: str, ttl_ms: int) -> tuple[bytes, bytes, bytes]:
+    """The fixed parts of a table's packed :data:`SAVE_SCRIPT` call, built once per table: the script's
+    sha, its first key (the stream) and its first argument (the TTL), each a RESP bulk string."""
+    return resp_bulk(SAVE_SHA.encode()), resp_bulk(stream.encode()), resp_bulk(str(ttl_ms).encode())
+
+
+def pack_save(entry_key: str, key: str, op: str, data: bytes) -> tuple[bytes, bytes]:
+    """One save's share of a packed :data:`SAVE_SCRIPT` call: its key (the entry hash), its arguments."""
+    entry, k, o = entry_key.encode(), key.encode(), op.encode()
+    return (
+        b"$%d\r\n%b\r\n" % (len(entry), entry),
+        b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(o), o, len(data), data),
+    )
+
+
+def pack_saves(parts: tuple[bytes, bytes, bytes], saves: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The RESP encoding of one ``EVALSHA`` of :data:`SAVE_SCRIPT` carrying ``saves`` (:func:`pack_save`),
+    as redis-py would pack it."""
+    sha, stream, ttl = parts
+    n = len(saves)
+    return b"".join(
+        (
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 * n + 5),
+            sha,
+            resp_bulk(b"%d" % (n + 1)),
+            stream,
+            *(entry for entry, _ in saves),
+            ttl,
+            *(args for _, args in saves),
+        )
+    )
+
+
+def pack_wait(replicas: int, timeout_ms: int) -> bytes:
+    """The RESP encoding of ``WAIT replicas timeout_ms``."""
+    return b"*3\r\n" + b"".join(resp_bulk(v) for v in (b"WAIT", str(replicas).encode(), str(timeout_ms).encode()))
+
+
 @dataclass(eq=False)
 class Queued:
-    """A save waiting to be sent to Redis: its script keys and arguments, then Redis's reply.
+    """A save waiting to be sent to Redis: its share of the packed script call (:func:`pack_save`), then Redis's reply.
 
     ``reply`` is the stream id, or the exception Redis answered for this save (or for its round
     trip); ``replicas`` is what ``WAIT`` answered for the round trip that carried it. ``wake`` is
     the waiting caller's event: set once the reply is in, or to make it send the next round trip.
     """
 
-    keys: list[str]
-    args: list[Any]
+    packed: tuple[bytes, bytes]
     wake: Any
     sent: bool = False
     reply: Any = None
@@ -217,9 +278,11 @@ def as_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True)
-class Change:
-    """One stream entry: ``op`` :data:`SAVE` (``data`` is the row) or :data:`DELETE` (``data`` is the key value)."""
+class Change(NamedTuple):
+    """One stream entry: ``op`` :data:`SAVE` (``data`` is the row) or :data:`DELETE` (``data`` is the key value).
+
+    A named tuple: a flush round makes one per entry, and a frozen dataclass costs several times more to build.
+    """
 
     id: str
     key: str
@@ -234,12 +297,41 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any]) -> Change:
     return Change(as_str(entry_id), as_str(get.get("k", b"")), as_str(get.get("o", b"")), bytes(data) if data else b"")
 
 
+def decode_entries(reply: Any) -> list[Change]:
+    """The changes of an ``XREADGROUP`` reply of one stream as Redis sends it (no redis-py parsing:
+    ``[[stream, [[id, [field, value, …]], …]]]``, or a map in RESP3); an entry deleted while pending
+    (no fields) is left out."""
+    if not reply:
+        return []
+    streams = list(reply.items()) if isinstance(reply, Mapping) else reply
+    out = []
+    for entry_id, fields in streams[0][1]:
+        if not fields:
+            continue
+        if len(fields) == 6 and fields[0] == b"k" and fields[2] == b"o" and fields[4] == b"d":  # as XADD wrote it
+            out.append(Change(entry_id.decode(), fields[1].decode(), fields[3].decode(), fields[5]))
+        else:
+            out.append(decode_entry(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
+    return out
+
+
+def _ordered(changes: Iterable[Change]) -> list[tuple[tuple[int, int], Change]]:
+    """``changes`` with their parsed ids, in stream order (each id parsed once)."""
+    keyed = [(parse_stream_id(c.id), c) for c in changes]
+    keyed.sort(key=itemgetter(0))  # a read is in stream order already: one linear pass
+    return keyed
+
+
+def _last_per_key(keyed: list[tuple[tuple[int, int], Change]]) -> list[Change]:
+    last: dict[str, tuple[tuple[int, int], Change]] = {}
+    for item in keyed:
+        last[item[1].key] = item
+    return [c for _, c in sorted(last.values(), key=itemgetter(0))]
+
+
 def coalesce(changes: Iterable[Change]) -> list[Change]:
     """The last change of each key in stream order (later ids win), ordered by id."""
-    last: dict[str, Change] = {}
-    for change in sorted(changes, key=lambda c: parse_stream_id(c.id)):
-        last[change.key] = change
-    return sorted(last.values(), key=lambda c: parse_stream_id(c.id))
+    return _last_per_key(_ordered(changes))
 
 
 @dataclass
@@ -255,10 +347,10 @@ class Batch:
 def plan_batch(changes: Sequence[Change], applied: str) -> Batch:
     """Plan a flush: drop entries at or below ``applied`` (already in the database), coalesce the rest."""
     floor = parse_stream_id(applied)
-    fresh = [c for c in changes if parse_stream_id(c.id) > floor]
-    batch = Batch(apply=coalesce(fresh), ids=[c.id for c in changes], skipped=len(changes) - len(fresh))
+    fresh = [item for item in _ordered(changes) if item[0] > floor]
+    batch = Batch(apply=_last_per_key(fresh), ids=[c.id for c in changes], skipped=len(changes) - len(fresh))
     if fresh:
-        batch.last_id = max((c.id for c in fresh), key=parse_stream_id)
+        batch.last_id = fresh[-1][1].id
     return batch
 
 
@@ -287,11 +379,17 @@ __all__ = [
     "TableSpec",
     "cache_key",
     "coalesce",
+    "decode_entries",
     "decode_entry",
     "group_rows",
+    "pack_save",
+    "pack_saves",
+    "pack_wait",
     "parse_stream_id",
     "plan_batch",
     "quote_ident",
+    "resp_bulk",
+    "save_command_parts",
     "unnest_params",
     "unnest_upsert_sql",
     "upsert_params",
