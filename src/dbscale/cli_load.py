@@ -125,7 +125,10 @@ def load(
         str | None, typer.Option("--shard-key", help="Route rows by this column (cluster.shard_for).")
     ] = None,
     config: Annotated[Path, typer.Option("--config", help="The dbscale.toml of the topology.")] = DEFAULT_CONFIG,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Show the progress bar (default: when stderr is a terminal)."),
+    ] = None,
 ) -> None:
     """Bulk load a CSV or JSON-lines file with COPY: committed per batch, resumable, bad rows named or skipped."""
     from dbscale.bulk.plan import csv_fields, csv_records
@@ -148,6 +151,8 @@ def load(
             names = names or [c.strip() for c in csv_fields(first)]
         rows: Any = csv_records(handle) if kind is InputFormat.csv else _jsonl_rows(handle)
         bar: AbstractContextManager[Callable[[Progress], None] | bool]
+        if progress is None:  # a bar redrawn into a log file or a pipe is noise: only on a terminal
+            progress = sys.stderr.isatty()
         bar = FileProgress(handle, file.stat().st_size, _stderr()) if progress else nullcontext(False)
         with _target(topology, Primaries) as cluster, bar as callback:
             try:

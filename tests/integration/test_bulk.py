@@ -314,6 +314,28 @@ def test_jsonl_through_the_cli(topology_config_path: Path, cluster: Cluster, tar
         assert conn.execute(text(f"SELECT day FROM {target} WHERE id = 7")).scalar() == datetime.date(2024, 2, 3)
 
 
+def test_the_progress_bar_is_drawn_on_a_terminal_or_when_asked(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    data = write_csv(tmp_path / "in.csv", 300)
+
+    def load(*flags: str) -> str:
+        with cluster.write() as conn:
+            conn.execute(text(f"TRUNCATE {target}"))
+        done = subprocess.run(
+            [DBSCALE, "load", str(data), "--table", target, "--header", "--config", str(topology_config_path), *flags],
+            capture_output=True,  # stderr is a pipe, not a terminal
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert "loaded 300 rows" in done.stderr
+        return done.stderr
+
+    assert "rows/s" not in load().split("loaded 300 rows")[0]  # a pipe: no bar by default
+    assert "rows/s" in load("--progress").split("loaded 300 rows")[0]  # asked for: drawn anyway
+
+
 def test_rows_routed_through_the_group_seam_land_on_their_shard_groups(cluster: Cluster, target: str) -> None:
     """The seam sharded loads use (``group_for``), driven by a hand-made placement over the two shard groups."""
     placement = HashMod(["shard0", "shard1"])
