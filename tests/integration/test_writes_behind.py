@@ -414,3 +414,55 @@ def test_a_save_connection_the_server_closed_while_idle_is_replaced_before_sendi
         assert {k: r["v"] for k, r in _rows(cluster, views).items()} == {1: 1, 2: 2, 3: 3, 4: 4}
         raw.close()
         pv.close()
+
+
+def test_a_sender_cancelled_mid_round_trip_fails_its_batch_and_the_next_save_goes_through(
+    topology_config_path: Path, views: str
+) -> None:
+    """The caller sending a shared round trip is cancelled while Redis holds it: every save it carried
+    fails (it may or may not be in Redis), none hangs, and the next save runs on a fresh connection
+    (no stale reply is read for it)."""
+    import asyncio
+
+    import redis
+
+    from dbscale.errors import CacheUnavailable
+
+    raw = redis.Redis.from_url(str(load_redis_url(topology_config_path)))
+
+    async def main() -> None:
+        async with AsyncCluster.from_config(topology_config_path) as cluster:
+            pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+            await pv.save({"k": 0, "v": 0, "note": None})  # persistence check, script loaded
+            # a shared round trip first: the next sender yields once, so its batch-mates join it
+            await asyncio.gather(*(pv.save({"k": k, "v": k, "note": None}) for k in (10, 11, 12)))
+            sizes = _count_round_trips(pv)
+            raw.client_pause(3000, all=False)  # WRITE mode: Redis holds the save script unanswered
+            try:
+                tasks = [asyncio.create_task(pv.save({"k": k, "v": k, "note": None})) for k in (1, 2, 3)]
+                await asyncio.sleep(0.3)
+                assert sizes == [3] and not any(t.done() for t in tasks)  # one round trip, in flight
+                tasks[0].cancel()  # the sender
+                done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+            finally:
+                raw.client_unpause()
+            assert isinstance(done[0], asyncio.CancelledError)
+            for failed in done[1:]:
+                assert isinstance(failed, CacheUnavailable) and "interrupted" in str(failed), failed
+            entry_id = await pv.save({"k": 4, "v": 4, "note": None})
+            assert await pv.get(4) == {"k": 4, "v": 4, "note": None}
+            assert entry_id.encode() in {e[0] for e in raw.xrange(pv.strategy.stream)}
+            await pv.flush(timeout=30)
+            await pv.close()
+
+    asyncio.run(main())
+    raw.close()
+    rows = _rows_of(topology_config_path, views)
+    assert {0, 4, 10, 11, 12} <= set(rows) <= {0, 1, 2, 3, 4, 10, 11, 12}  # 1–3: maybe, never half-written
+    assert all(r["v"] == k for k, r in rows.items())
+
+
+def load_redis_url(config: Path) -> str:
+    from dbscale.config import load_config
+
+    return str(load_config(config).cache.redis_url)
