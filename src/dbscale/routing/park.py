@@ -156,10 +156,7 @@ class _Parking:
 
     def dispose(self) -> None:
         """Close the idle connections, parked ones included."""
-        with self._park_lock:
-            dropped, self._parked = self._parked, []
-        for f in dropped:
-            f._checkin(transaction_was_reset=True)
+        self.drop_parked()  # back in the queue, which the pool's dispose closes
         base: Any = super()
         base.dispose()
 
