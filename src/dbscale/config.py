@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -668,18 +668,33 @@ def sqlalchemy_url(url: str, *, async_: bool = False) -> URL:
 
 
 def libpq_conninfo(url: str) -> str:
-    """Turn a configured PostgreSQL URL into a libpq URL that psycopg.connect() accepts."""
-    from sqlalchemy.engine import make_url
+    """Turn a configured PostgreSQL URL into a libpq URL that psycopg.connect() accepts.
 
-    parsed = make_url(str(url)).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
-
-
-def libpq_url(url: str) -> str:
-    """A configured PostgreSQL URL as libpq takes it, without SQLAlchemy: only the scheme changes
-    (``postgresql+psycopg://`` and ``postgres://`` become ``postgresql://``); libpq reads the rest."""
-    scheme, sep, rest = str(url).partition("://")
-    return f"postgresql://{rest}" if sep and scheme.lower() in _PG_SCHEMES else str(url)
+    Read with SQLAlchemy's grammar (:data:`_URL`, the one the config is checked with, so every
+    connection reads a URL alike) and rendered as SQLAlchemy's ``render_as_string`` does, with
+    user and password re-quoted (a raw ``/`` in a password would otherwise end libpq's host part),
+    without importing SQLAlchemy (``dbscale load`` starts without it).
+    """
+    m = _URL.match(str(url))
+    if m is None:
+        raise ValueError(f"{mask_url(str(url))!r} is not a PostgreSQL URL")
+    out = "postgresql://"
+    if m["username"] is not None:
+        out += quote(unquote(m["username"]), safe=" +")
+        if m["password"] is not None:
+            out += ":" + quote(unquote(m["password"]), safe=" +")
+        out += "@"
+    host = m["ipv4host"] or m["ipv6host"]
+    if host is not None:
+        out += f"[{host}]" if ":" in host else host
+    if m["port"]:
+        out += f":{int(m['port'])}"
+    if m["database"] is not None:
+        out += "/" + m["database"]
+    pairs = sorted(parse_qsl(m["query"] or ""), key=lambda kv: kv[0])  # stable: a key's values keep their order
+    if pairs:
+        out += "?" + "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in pairs)
+    return out
 
 
 __all__ = [
@@ -698,7 +713,6 @@ __all__ = [
     "env_overrides",
     "is_cluster_url",
     "libpq_conninfo",
-    "libpq_url",
     "load_config",
     "mask_url",
     "node_url",

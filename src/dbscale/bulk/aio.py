@@ -64,7 +64,7 @@ from dbscale.bulk.plan import (
     target_name,
     to_values,
 )
-from dbscale.config import libpq_url, mask_url
+from dbscale.config import libpq_conninfo, mask_url
 from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class AsyncPrimaries:
         options: dict[str, Any] = {"prepare_threshold": None} if bouncer else {}  # as the cluster's engines
         try:
             return await psycopg.AsyncConnection.connect(
-                libpq_url(url), autocommit=True, connect_timeout=timeout, **options
+                libpq_conninfo(url), autocommit=True, connect_timeout=timeout, **options
             )
         except psycopg.OperationalError as exc:
             what = "PgBouncer" if bouncer else "primary"

@@ -65,7 +65,7 @@ from dbscale.bulk.plan import (
     target_name,
     to_values,
 )
-from dbscale.config import libpq_url, mask_url
+from dbscale.config import libpq_conninfo, mask_url
 from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class Primaries:
         timeout = max(1, min(round(cfg.pool.connect_timeout), math.ceil(cfg.write_timeout)))
         options: dict[str, Any] = {"prepare_threshold": None} if bouncer else {}  # as the cluster's engines
         try:
-            return psycopg.Connection.connect(libpq_url(url), autocommit=True, connect_timeout=timeout, **options)
+            return psycopg.Connection.connect(libpq_conninfo(url), autocommit=True, connect_timeout=timeout, **options)
         except psycopg.OperationalError as exc:
             what = "PgBouncer" if bouncer else "primary"
             raise PrimaryUnavailable(
