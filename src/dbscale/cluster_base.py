@@ -107,9 +107,7 @@ class ClusterBase:
 
     def default_group(self) -> str:
         """The group used when none is named: ``main`` if configured, else the only group."""
-        if "main" in self.config.groups or len(self.config.groups) != 1:
-            return "main"
-        return next(iter(self.config.groups))
+        return self.config.default_group()
 
     def causal_token(self, group: str | None = None) -> str | None:
         """This context's read-your-writes token (e.g. ``"main/0/3000060"``), or None before any write.
@@ -153,12 +151,7 @@ class ClusterBase:
         return self.shard_map.group_of_id(global_id)
 
     def _sharding(self) -> ShardingConfig:
-        if self.config.sharding is None:
-            raise ConfigError(
-                "sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config "
-                "(`dbscale up --shards 2` writes it)"
-            )
-        return self.config.sharding
+        return self.config.sharding_section()
 
     def _router_wiring(self, group: str) -> RouterWiring:
         self._check_open()

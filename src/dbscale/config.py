@@ -386,6 +386,21 @@ class TopologyConfig(_Model):
         except KeyError:
             raise ConfigError(f"groups.{name}: no such group (known: {', '.join(sorted(self.groups))})") from None
 
+    def default_group(self) -> str:
+        """The group used when none is named: ``main`` if configured, else the only group."""
+        if "main" in self.groups or len(self.groups) != 1:
+            return "main"
+        return next(iter(self.groups))
+
+    def sharding_section(self) -> ShardingConfig:
+        """The ``[sharding]`` section; a ConfigError saying how to add it when there is none."""
+        if self.sharding is None:
+            raise ConfigError(
+                "sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config "
+                "(`dbscale up --shards 2` writes it)"
+            )
+        return self.sharding
+
     def model_post_init(self, __context: Any) -> None:
         if not self.groups:
             raise ValueError("groups: at least one group is required, e.g. [groups.main] primary = 'postgresql://...'")

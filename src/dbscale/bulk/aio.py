@@ -65,7 +65,7 @@ from dbscale.bulk.plan import (
     to_values,
 )
 from dbscale.config import libpq_conninfo, mask_url
-from dbscale.errors import BulkLoadError, ConfigError, PrimaryUnavailable
+from dbscale.errors import BulkLoadError, PrimaryUnavailable
 
 if TYPE_CHECKING:
     from dbscale.cluster_aio import AsyncCluster
@@ -131,17 +131,14 @@ class AsyncPrimaries:
 
     def default_group(self) -> str:
         """``main`` if configured, else the only group (as ``Cluster.default_group``)."""
-        groups = self.config.groups
-        return "main" if "main" in groups or len(groups) != 1 else next(iter(groups))
+        return self.config.default_group()
 
     @property
     def shard_map(self) -> ShardMap:
         """The shard map of ``[sharding]`` (a ConfigError without one)."""
-        if self.config.sharding is None:
-            raise ConfigError("sharding: not configured; add [sharding] groups = ['shard0', 'shard1'] to the config")
         from dbscale.sharding.shardmap import shard_map_of  # sharded loads only
 
-        return shard_map_of(self.config.sharding)
+        return shard_map_of(self.config.sharding_section())
 
     @asynccontextmanager
     async def transaction(self, target: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
