@@ -6,7 +6,9 @@ The CLI runs as a subprocess (as a user runs it), so a killed loader is a real k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import os
 import signal
 import subprocess
 import sys
@@ -334,6 +336,27 @@ def test_the_progress_bar_is_drawn_on_a_terminal_or_when_asked(
 
     assert "rows/s" not in load().split("loaded 300 rows")[0]  # a pipe: no bar by default
     assert "rows/s" in load("--progress").split("loaded 300 rows")[0]  # asked for: drawn anyway
+
+    import pty  # stderr a terminal: drawn by default
+
+    with cluster.write() as conn:
+        conn.execute(text(f"TRUNCATE {target}"))
+    leader, follower = pty.openpty()
+    shown = b""
+    try:
+        loader = subprocess.Popen(
+            [DBSCALE, "load", str(data), "--table", target, "--header", "--config", str(topology_config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        with contextlib.suppress(OSError):  # EIO once the loader exited and all it wrote is read
+            while chunk := os.read(leader, 65536):
+                shown += chunk
+        assert loader.wait(timeout=120) == 0, shown
+    finally:
+        os.close(leader)
+    assert b"rows/s" in shown.split(b"loaded 300 rows")[0] and b"loaded 300 rows" in shown
 
 
 def test_rows_routed_through_the_group_seam_land_on_their_shard_groups(cluster: Cluster, target: str) -> None:
