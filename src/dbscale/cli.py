@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from dbscale.probe import NodeStatus
 
-#: Commands whose module is imported when the command is named: name → (module, its ``register``).
+#: Commands whose module is imported when the command is named: name → the module (its ``register(app)`` adds them).
 LAZY_COMMANDS = {
     "advise": "dbscale.cli_advise",
     "init": "dbscale.cli_project",
