@@ -58,3 +58,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q -e ".[dev,bench]"
     touch "$stamp"
 fi
+# An editable install leaves src/ without bytecode, and where PYTHONDONTWRITEBYTECODE is set Python never
+# writes it: every CLI start would compile dbscale's modules again (a wheel install compiles them once).
+"$VENV/bin/python" -m compileall -q src >/dev/null

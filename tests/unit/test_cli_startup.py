@@ -69,6 +69,7 @@ def test_the_load_path_imports_no_sqlalchemy_cluster_cache_cqrs_or_advisor() -> 
     assert not [m for m in modules if m == "rich" or m.startswith("rich.")]
     assert not {"dbscale.bulk.aio", "dbscale.cli_writes", "dbscale.cli_project", "dbscale.cli_advise"} & modules
     assert "dbscale.sharding" not in modules  # an unsharded load needs no shard map
+    assert "orjson" not in modules  # JSON lines and reject files only
 
 
 def test_the_lazy_commands_are_listed_and_run() -> None:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import Format
@@ -119,6 +118,8 @@ class RejectFile:
         """Append one rejected row (flushed at once: the file is the record of what was set aside)."""
         if self.path is None:
             return
+        import orjson  # only when a row is set aside: a load without rejects does not import it
+
         record = {"row": bad.number, "column": bad.column, "value": bad.value, "reason": bad.reason, "data": bad.data}
         line = orjson.dumps(record, default=str) + b"\n"
         with self._lock:
