@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import csv
 import datetime
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,14 @@ def peak_rss_mb(args: list[str]) -> float:
     return peak / 1024
 
 
+@contextmanager
+def _removed_after(workdir: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--config", type=Path, help="an existing topology's dbscale.toml (default: start one)")
@@ -111,7 +121,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="dbscale-bench-bulk-"))
     data = write_csv(workdir / "data.csv", args.rows)
-    with bench_config(args.config, "bulk") as config, Cluster.from_config(config) as cluster:
+    with (
+        bench_config(args.config, "bulk") as config,
+        Cluster.from_config(config) as cluster,
+        _removed_after(workdir),  # the CSV files go also when the run is interrupted (SIGTERM, Ctrl-C)
+    ):
         url = str(cluster.node(f"{cluster.default_group()}-primary").url)
         table = f"bulk_{uuid.uuid4().hex[:8]}"
         with cluster.write() as conn:
@@ -231,9 +245,6 @@ def main() -> None:
         fresh()
         with cluster.write() as conn:
             conn.execute(text(f"DROP TABLE {table}"))
-    for path in workdir.iterdir():
-        path.unlink()
-    workdir.rmdir()
 
     psql = statistics.median(times["psql \\copy"])
     print(f"\n## Bulk load of a {args.rows:,}-row CSV (5 typed columns), medians of {args.rounds} rounds\n")
