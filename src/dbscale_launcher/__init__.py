@@ -4,11 +4,22 @@ Importing the CLI (typer, rich) and then a command's capability (SQLAlchemy, pyd
 takes a noticeable moment on a loaded machine; a Ctrl-C in that window would print a
 ``KeyboardInterrupt`` traceback from the middle of an import. Catching it needs code that runs before
 ``dbscale/__init__.py``, hence this module of a few lines.
+
+A command in :data:`QUICK_EXIT` that succeeded ends its process without the interpreter's teardown
+(freeing every module and object, OpenSSL's clean-up in psycopg's libpq: 0.07–0.14 s measured here,
+psycopg's share alone ~55 ms): ``dbscale load`` is timed against ``psql \\copy``, whose process ends at
+once. The exit handlers still run and the output is flushed; a failure exits the usual way.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
+
+#: Commands that close whatever they open before returning, so nothing is left for the teardown to do.
+QUICK_EXIT = frozenset({"load"})
 
 
 def main() -> None:
@@ -18,4 +29,21 @@ def main() -> None:
     except KeyboardInterrupt:
         print("dbscale: interrupted", file=sys.stderr)
         sys.exit(130)
-    run()
+    if len(sys.argv) < 2 or sys.argv[1] not in QUICK_EXIT:
+        run()
+        return
+    try:
+        run()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process with status 0 as ``sys.exit(0)`` would, minus the interpreter's teardown."""
+    atexit._run_exitfuncs()  # what the normal exit runs: executor thread joins, logging's flush
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            stream.flush()
+    os._exit(0)

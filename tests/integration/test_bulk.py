@@ -414,3 +414,37 @@ def test_the_cli_routes_a_sharded_load_to_the_shard_cluster_shard_for_names(
         assert ids and all(cluster.shard_for(i) == group for i in ids)
         total += len(ids)
     assert total == 3_000 and counts(cluster, target, "main") == (0, 0)
+
+
+def test_a_successful_load_ends_its_process_without_the_teardown(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """``dbscale load`` that succeeded skips the interpreter's teardown (dbscale_launcher.QUICK_EXIT): exit
+    handlers still run and every line is out; a failed load exits the usual way, with its status."""
+    data = write_csv(tmp_path / "in.csv", 1_000)
+    script = (
+        "import atexit, sys\n"
+        "class Finalized:\n"
+        "    def __del__(self): print('finalized', file=sys.stderr)\n"
+        "keep = Finalized()  # a module global: only the interpreter's teardown finalizes it\n"
+        "atexit.register(lambda: print('exit handler', file=sys.stderr))\n"
+        "from dbscale_launcher import main\n"
+        "sys.argv = ['dbscale', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", script, *args, "--config", str(topology_config_path), "--no-progress"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    done = run("load", str(data), "--table", target, "--header")
+    assert done.returncode == 0, done.stderr
+    assert "loaded 1,000 rows" in done.stderr and "exit handler" in done.stderr
+    assert "finalized" not in done.stderr  # no teardown
+    assert counts(cluster, target) == (1_000, 1_000)
+
+    failed = run("load", str(data), "--table", target, "--header")  # the same ids again: a key violation
+    assert failed.returncode == 1, failed.stderr
+    assert "duplicate key" in failed.stderr and "exit handler" in failed.stderr
+    assert "finalized" in failed.stderr  # the usual exit
+    assert counts(cluster, target) == (1_000, 1_000)
