@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,130 @@ def test_a_save_replaces_foreign_data_at_its_entry_and_a_foreign_stream_refuses_
         raw.close()
         pv.close()
     assert _rows_of(topology_config_path, views) == {1: {"k": 1, "v": 1, "note": None}}
+
+
+@contextmanager
+def _over_maxmemory(raw: Any, filler: str) -> Iterator[None]:
+    """Redis over its ``maxmemory`` for the block (``noeviction``: writes get -OOM): ``maxmemory`` just above
+    what Redis held before a 2 MB ``filler``; ``maxmemory``, its policy and the filler are restored after it."""
+    import redis
+
+    saved = raw.config_get("maxmemory", "maxmemory-policy")
+    try:
+        raw.config_set("maxmemory-policy", "noeviction")
+        for _ in range(32):
+            raw.rpush(filler, b"x" * 65_536)
+        raw.config_set("maxmemory", int(raw.info("memory")["used_memory"]) - 1_000_000)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            raw.rpush(filler, b"x")
+        yield
+    finally:
+        raw.config_set("maxmemory", saved["maxmemory"])
+        raw.config_set("maxmemory-policy", saved["maxmemory-policy"])
+        raw.delete(filler)
+
+
+def _xadds(raw: Any) -> int:
+    """The XADDs Redis has run, refused or failed so far (``INFO commandstats``)."""
+    stats = raw.info("commandstats").get("cmdstat_xadd", {})
+    return sum(int(stats.get(field, 0)) for field in ("calls", "rejected_calls", "failed_calls"))
+
+
+def _assert_out_of_memory(failed: object) -> None:
+    from dbscale.errors import CacheUnavailable
+
+    assert isinstance(failed, CacheUnavailable), failed
+    assert "out of memory" in str(failed) and "maxmemory" in str(failed), failed
+
+
+def test_a_save_call_over_maxmemory_is_refused_whole_and_each_of_its_callers_is_told(
+    topology_config_path: Path, views: str
+) -> None:
+    """Over ``maxmemory`` Redis refuses a packed save call before it runs (the script's shebang): no
+    change is appended, no entry written, and every save it carried raises; once memory is back, the
+    same saves go through."""
+    import asyncio
+
+    import redis
+
+    raw = redis.Redis.from_url(load_redis_url(topology_config_path))
+    keys = range(1, 9)
+
+    async def main() -> None:
+        async with AsyncCluster.from_config(topology_config_path) as cluster:
+            pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+            await pv.save({"k": 0, "v": 0, "note": None})  # persistence check, script loaded, connection open
+            stream, entries = pv.strategy.stream, [pv.strategy.entry_key(f"{views}:{k}") for k in keys]
+            depth, xadds = raw.xlen(stream), _xadds(raw)
+            sizes = _count_round_trips(pv)
+            with _over_maxmemory(raw, f"{views}:filler"):
+                done = await asyncio.gather(
+                    *(pv.save({"k": k, "v": k, "note": "x" * 1000}) for k in keys), return_exceptions=True
+                )
+                assert sizes == [1, 7]  # the first save alone, then one call carrying the other seven
+                for failed in done:
+                    _assert_out_of_memory(failed)
+                assert raw.xlen(stream) == depth and raw.exists(*entries) == 0  # nothing of either call
+                assert _xadds(raw) == xadds  # refused before the script ran: not one XADD was tried
+            await asyncio.gather(*(pv.save({"k": k, "v": k, "note": None}) for k in keys))
+            assert raw.xlen(stream) == depth + len(keys)
+            await pv.flush(timeout=30)
+            await pv.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        raw.close()
+    assert _rows_of(topology_config_path, views) == {k: {"k": k, "v": k, "note": None} for k in range(9)}
+
+
+def test_blocking_saves_sharing_a_call_over_maxmemory_all_raise_and_none_lands(
+    topology_config_path: Path, views: str
+) -> None:
+    import threading
+
+    import redis
+
+    keys = range(1, 9)
+    with Cluster.from_config(topology_config_path) as cluster:
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        pv.save({"k": 0, "v": 0, "note": None})
+        stream, entries = pv.strategy.stream, [pv.strategy.entry_key(f"{views}:{k}") for k in keys]
+        depth, xadds = raw.xlen(stream), _xadds(raw)
+        sizes = _count_round_trips(pv)
+        failures: list[BaseException] = []
+
+        def saver(k: int) -> None:
+            try:
+                pv.save({"k": k, "v": k, "note": "x" * 1000})
+            except Exception as exc:
+                failures.append(exc)
+
+        with _over_maxmemory(raw, f"{views}:filler"):
+            pv._sending.acquire()  # as if a round trip were in flight: the savers queue behind it
+            workers = [threading.Thread(target=saver, args=(k,)) for k in keys]
+            for w in workers:
+                w.start()
+            deadline = time.monotonic() + 10
+            while len(pv._queue) < len(keys):
+                assert time.monotonic() < deadline, "the savers did not queue"
+                time.sleep(0.01)
+            pv._sending.release()
+            pv._wake_next()  # the oldest sends every queued save in one call
+            for w in workers:
+                w.join(timeout=30)
+            assert sizes == [len(keys)] and len(failures) == len(keys)
+            for failed in failures:
+                _assert_out_of_memory(failed)
+            assert raw.xlen(stream) == depth and raw.exists(*entries) == 0
+            assert _xadds(raw) == xadds
+        for k in keys:
+            pv.save({"k": k, "v": k, "note": None})
+        pv.flush(timeout=30)
+        assert _rows(cluster, views) == {k: {"k": k, "v": k, "note": None} for k in range(9)}
+        raw.close()
+        pv.close()
 
 
 def _rows_of(config: Path, table: str) -> dict[int, dict[str, Any]]:

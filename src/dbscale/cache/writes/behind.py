@@ -42,7 +42,7 @@ from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
@@ -176,6 +176,12 @@ class WriteBehind:
                 self._wake_next()  # it may have been woken to send: pass that on
             raise
         reply = queued.reply
+        if isinstance(reply, OutOfMemoryError):  # the save script's shebang: Redis refused the call whole
+            raise CacheUnavailable(
+                f"Redis is out of memory (used memory above its maxmemory) and refused the change of {key!r}:"
+                " nothing of its round trip was appended or cached, nothing acknowledged; free memory in Redis"
+                " or raise its maxmemory, then retry"
+            ) from reply
         if isinstance(reply, BaseException):
             raise CacheUnavailable(
                 f"Redis did not take the change of {key!r} ({reply}); nothing was acknowledged: retry, check Redis"

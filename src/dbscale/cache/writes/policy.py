@@ -53,9 +53,13 @@ TAKEOVER_SQL = (
 CHECKPOINT_SQL = f"SELECT last_id, epoch FROM {CHECKPOINT_TABLE} WHERE stream = :stream FOR UPDATE"
 ADVANCE_SQL = f"UPDATE {CHECKPOINT_TABLE} SET last_id = :last_id WHERE stream = :stream"
 
+# The write scripts open with a ``#!lua`` shebang and no flags (Redis 7): over ``maxmemory`` Redis refuses
+# the whole call with -OOM before it runs (no ``allow-oom``); without one, the script would run and only its
+# first write be refused from inside (a call never stops part-way for memory either way). Keys: all in KEYS.
+
 # KEYS[1] entry hash; ARGV: version, data, tombstone flag ("1"/"0"), ttl ms, channel, message.
 # Applied only over a strictly smaller version (or no entry); then the L1s of every process drop the key.
-SET_IF_NEWER = """
+SET_IF_NEWER = """#!lua
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '')
@@ -70,7 +74,7 @@ return 1
 # Per save, one atomic step: the stream order of a key's changes is the order its cache entry saw them.
 # One call carries a round trip's saves (Lua's per-call cost is paid once); the reply has one element per
 # save: its stream id, or the error that stopped it (then no later save of the call ran either).
-SAVE_SCRIPT = """
+SAVE_SCRIPT = """#!lua
 local stream = KEYS[1]
 local kind = redis.call('TYPE', stream)['ok']
 if kind ~= 'stream' and kind ~= 'none' then
@@ -102,7 +106,7 @@ return ids
 SAVE_SHA = hashlib.sha1(SAVE_SCRIPT.encode()).hexdigest()
 
 SAVE, DELETE = "s", "d"
-#: At most this many queued saves go to Redis in one pipeline (one round trip).
+#: At most this many queued saves go to Redis in one script call (one round trip).
 SEND_BATCH = 512
 
 
