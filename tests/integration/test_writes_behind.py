@@ -591,3 +591,33 @@ def load_redis_url(config: Path) -> str:
     from dbscale.config import load_config
 
     return str(load_config(config).cache.redis_url)
+
+
+def test_startup_warns_about_redis_settings_that_lose_acknowledged_changes(
+    topology_config_path: Path, views: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first save checks the real Redis: appendonly no (the local topology's setting) and an evicting
+    maxmemory-policy each get a warning; appendonly yes with noeviction gets none."""
+    import redis
+
+    raw = redis.Redis.from_url(load_redis_url(topology_config_path))
+    before = raw.config_get("appendonly", "maxmemory", "maxmemory-policy")
+
+    def first_save_warnings() -> list[str]:
+        caplog.clear()
+        with Cluster.from_config(topology_config_path) as cluster, caplog.at_level("WARNING", "dbscale.write_behind"):
+            cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}").save({"k": 1, "v": 1, "note": None})
+        return [r.getMessage() for r in caplog.records if r.name == "dbscale.write_behind"]
+
+    try:
+        raw.config_set("appendonly", "no")
+        raw.config_set("maxmemory", str(1 << 30))
+        raw.config_set("maxmemory-policy", "allkeys-lru")
+        aof, evicting = first_save_warnings()
+        assert "appendonly no" in aof and "allkeys-lru" in evicting
+        raw.config_set("appendonly", "yes")
+        raw.config_set("maxmemory-policy", "noeviction")
+        assert first_save_warnings() == []
+    finally:
+        for name, value in before.items():
+            raw.config_set(name, value)

@@ -187,3 +187,23 @@ def test_wakeup_wakes_its_one_waiter_once_per_set() -> None:
     wake.set()
     waiter.join(5)
     assert woke == [True]
+
+
+def test_risky_redis_settings_name_what_would_be_lost() -> None:
+    from dbscale.cache.writes.policy import risky_redis_settings
+
+    safe = {"appendonly": "yes", "maxmemory": "0", "maxmemory-policy": "allkeys-lru"}  # no limit: nothing evicted
+    assert risky_redis_settings(safe) == []
+    assert (
+        risky_redis_settings({b"appendonly": b"yes", b"maxmemory": b"100mb", b"maxmemory-policy": b"noeviction"}) == []
+    )
+    assert risky_redis_settings({}) == []  # CONFIG answered nothing (renamed, restricted): nothing to say
+    (aof,) = risky_redis_settings({"appendonly": "no"})
+    assert "appendonly no" in aof and "lost" in aof
+    (evicting,) = risky_redis_settings(
+        {"appendonly": "yes", "maxmemory": "104857600", "maxmemory-policy": "allkeys-lru"}
+    )
+    assert "allkeys-lru" in evicting and "the stream itself" in evicting and "noeviction" in evicting
+    (volatile,) = risky_redis_settings({"maxmemory": "1", "maxmemory-policy": "volatile-ttl"})
+    assert "cache entries" in volatile and "older row" in volatile
+    assert len(risky_redis_settings({"appendonly": "no", "maxmemory": "1", "maxmemory-policy": "allkeys-random"})) == 2

@@ -81,6 +81,7 @@ from dbscale.cache.writes.policy import (
     pack_wait,
     parse_stream_id,
     plan_batch,
+    risky_redis_settings,
     save_command_parts,
     unnest_params,
     unnest_upsert_sql,
@@ -139,16 +140,14 @@ class AsyncWriteBehind:
         self._flush_flusher: AsyncFlusher | None = None
 
     async def _persistence_check(self) -> None:
+        """Warn (once per object) about Redis settings that lose acknowledged changes: no AOF, eviction."""
         self._checked = True
         try:
-            reply = await self.redis.client.config_get("appendonly")
+            reply = await self.redis.client.config_get("appendonly", "maxmemory", "maxmemory-policy")
         except RedisError:  # CONFIG may be renamed or forbidden: nothing to warn about then
             return
-        if as_str(reply.get("appendonly", "yes")) == "no":
-            log.warning(
-                "Redis runs with appendonly no: write-behind changes acknowledged since the last RDB snapshot"
-                " are lost if Redis restarts before they are flushed; set appendonly yes (see the README)"
-            )
+        for warning in risky_redis_settings(reply):
+            log.warning(warning)
 
     async def _save(self, key: str, op: str, data: bytes) -> str:
         s = self.strategy

@@ -271,6 +271,29 @@ def cache_key(template: str, key_column: str, row: Mapping[str, Any]) -> str:
         ) from None
 
 
+def risky_redis_settings(settings: Mapping[Any, Any]) -> list[str]:
+    """Warnings for the Redis settings (``CONFIG GET appendonly maxmemory maxmemory-policy``) under which
+    write-behind loses acknowledged changes or serves older rows; none when they are safe (or unknown)."""
+    values = {as_str(k): as_str(v) for k, v in settings.items()}
+    warnings = []
+    if values.get("appendonly") == "no":
+        warnings.append(
+            "Redis runs with appendonly no: write-behind changes acknowledged since the last RDB snapshot"
+            " are lost if Redis restarts before they are flushed; set appendonly yes (see the README)"
+        )
+    policy = values.get("maxmemory-policy", "noeviction")
+    if values.get("maxmemory", "0") != "0" and policy != "noeviction":
+        if policy.startswith("allkeys-"):
+            what = "the stream itself, losing acknowledged changes not yet flushed"
+        else:  # volatile-*: keys with a TTL, i.e. the cache entries
+            what = "cache entries before their change is flushed, so get() reads an older row from the database"
+        warnings.append(
+            f"Redis runs with maxmemory-policy {policy}: at maxmemory it may evict {what};"
+            " set maxmemory-policy noeviction for the Redis that holds write-behind streams"
+        )
+    return warnings
+
+
 def parse_stream_id(stream_id: str) -> tuple[int, int]:
     """A Redis stream id ``"ms-seq"`` as a comparable pair."""
     ms, _, seq = stream_id.partition("-")
@@ -393,6 +416,7 @@ __all__ = [
     "plan_batch",
     "quote_ident",
     "resp_bulk",
+    "risky_redis_settings",
     "save_command_parts",
     "unnest_params",
     "unnest_upsert_sql",
