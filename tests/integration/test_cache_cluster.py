@@ -60,3 +60,26 @@ def test_async_cluster_cache(topology_config_path: Path) -> None:
         await cluster.close()
 
     asyncio.run(main())
+
+
+def test_async_invalidation_reads_the_primaries_positions_and_returns_their_connections(
+    topology_config_path: Path,
+) -> None:
+    """The marker of an AsyncCluster's invalidation is read on each group's primary, and each connection
+    that read it goes back to its pool: none is left checked out for the garbage collector."""
+
+    async def main() -> None:
+        async with AsyncCluster.from_config(
+            topology_config_path, cache={"namespace": f"t{uuid.uuid4().hex[:12]}"}
+        ) as cluster:
+            cluster.reset_causal()
+            for _ in range(3):
+                assert await cluster.cache.invalidate("n:1")
+            engines = list(cluster._engines.values())
+            assert engines  # the primaries the positions were read on
+            for engine in engines:
+                assert engine.sync_engine.pool.checkedout() == 0
+            assert cluster.metrics.value("cache_marker_failures_total") == 0
+            assert cluster.metrics.value("cache_markers_total") == 3
+
+    asyncio.run(main())

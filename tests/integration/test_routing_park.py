@@ -160,6 +160,44 @@ def test_dispose_closes_parked_connections(topology_config_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_the_pool_a_dispose_makes_parks_too(topology_config_path: Path, table: str) -> None:
+    """``engine.dispose()`` (failover handling, a forked worker) replaces the engine's pool with
+    ``pool.recreate()``; reads park their connection in the new pool as in the old one."""
+    query = text(f"SELECT v FROM {table} WHERE k = :k")
+
+    def check(metrics: Any, old: Any, pool: Any) -> None:
+        assert pool is not old and type(pool) is type(old) and old.parked() == 0
+        assert pool.parked() == 1 and pool.checkedout() == 0  # one connection served the reads, and waits parked
+        assert metrics.value("pool_connects_total", group="main", node=REPLICA) == 2  # one per pool
+
+    with Cluster.from_config(topology_config_path, **one_replica(topology_config_path)) as cluster:
+        cluster.reset_causal()
+        engine = cluster.engine(REPLICA, read_only=True)
+        with cluster.read() as conn:
+            assert conn.execute(query, {"k": 1}).scalar_one() == 10
+        old = engine.pool
+        engine.dispose()
+        for k in range(1, 21):
+            with cluster.read() as conn:
+                assert conn.execute(query, {"k": k}).scalar_one() == k * 10
+        check(cluster.metrics, old, engine.pool)
+
+    async def main() -> None:
+        async with AsyncCluster.from_config(topology_config_path, **one_replica(topology_config_path)) as acl:
+            acl.reset_causal()
+            aengine = acl.engine(REPLICA, read_only=True)
+            async with acl.read() as conn:
+                assert (await conn.execute(query, {"k": 1})).scalar_one() == 10
+            aold = aengine.sync_engine.pool
+            await aengine.dispose()
+            for k in range(1, 21):
+                async with acl.read() as conn:
+                    assert (await conn.execute(query, {"k": k})).scalar_one() == k * 10
+            check(acl.metrics, aold, aengine.sync_engine.pool)
+
+    asyncio.run(main())
+
+
 def test_a_dead_parked_connection_is_retried_once_and_its_node_drops_the_rest(
     topology_config_path: Path, table: str
 ) -> None:

@@ -6,6 +6,7 @@ the shared part, and the answers to callers of the other flavour, are in ``base.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from dbscale.causality.base import FAILURES, INSERT_LSN_SQL, CausalityBase
@@ -35,8 +36,12 @@ class AsyncClusterCausality(CausalityBase):
             router = self._cluster.router(name)
             try:
                 await router.ensure_started()
-                async with await router.connect(self._writer(router)) as conn:
+                # closed by hand: the connection comes back started, and asyncio's would start again when entered
+                conn = await router.connect(self._writer(router))
+                try:
                     marks[name] = self._mark(router, (await conn.exec_driver_sql(INSERT_LSN_SQL)).scalar_one())
+                finally:
+                    await asyncio.shield(conn.close())
             except MarkerUnavailable:
                 raise
             except FAILURES as exc:

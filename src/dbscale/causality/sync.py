@@ -36,8 +36,12 @@ class ClusterCausality(CausalityBase):
             router = self._cluster.router(name)
             try:
                 router.ensure_started()
-                with router.connect(self._writer(router)) as conn:
+                # closed by hand: the connection comes back started, and asyncio's would start again when entered
+                conn = router.connect(self._writer(router))
+                try:
                     marks[name] = self._mark(router, conn.exec_driver_sql(INSERT_LSN_SQL).scalar_one())
+                finally:
+                    conn.close()
             except MarkerUnavailable:
                 raise
             except FAILURES as exc:

@@ -31,6 +31,14 @@ def idle_window(pool: Any) -> float | None:
     return _WINDOWS.get(pool)
 
 
+def carry_idle_window(old: Any, new: Any) -> None:
+    """Give ``new``, made by ``old.recreate()`` (``engine.dispose()``), the idle window of ``old``, whose
+    ping listeners it inherits."""
+    idle = _WINDOWS.get(old)
+    if idle is not None:
+        _WINDOWS[new] = idle
+
+
 def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
     """Ping ``engine``'s connections on checkout only when idle longer than ``idle`` seconds."""
     dialect = engine.dialect
@@ -55,4 +63,4 @@ def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = 
     event.listen(engine, "checkout", checkout)
 
 
-__all__ = ["USED_KEY", "idle_window", "install_idle_ping"]
+__all__ = ["USED_KEY", "carry_idle_window", "idle_window", "install_idle_ping"]
