@@ -79,7 +79,7 @@ RULES: list[tuple[str, str]] = [
     (r", in the calling thread or task\.", ", in the calling thread."),
     (r"\bAsyncCache\b", "Cache"),
     # dbscale._compat: each asyncio primitive has a blocking namesake
-    (r"\bA(Event|Lock|LoopLocal|Runner|Semaphore|Wakeup|Workers|IN_FLIGHT)\b", r"\1"),
+    (r"\bA(Event|Lock|LoopLocal|Runner|Wakeup|Workers)\b", r"\1"),
     (r"\ba(acquire|call_loader|deadline|event_wait|join|run_hooks|sleep|spawn|to_thread|try_acquire)\b", r"\1"),
     # the module docstring's first line
     (r"\bThe asyncio group router\b", "The synchronous group router"),

@@ -49,14 +49,6 @@ Event = threading.Event
 Runner = threading.Thread
 ALock = asyncio.Lock
 AEvent = asyncio.Event
-Semaphore = threading.Semaphore
-ASemaphore = asyncio.Semaphore
-#: Round trips a caller-shared sender (write-behind's saves) may have in flight at once. asyncio: one — the
-#: tasks that queue meanwhile ride the next one, and its reply wakes them at no cost. Threads: one per
-#: caller (up to this many) — waking the threads a shared reply carried (GIL hand-offs) costs more CPU
-#: than each sending its own (measured: 16 threads, 1.8x the saves/s of one shared round trip at a time).
-IN_FLIGHT = 16
-AIN_FLIGHT = 1
 ARunner = asyncio.Task[None]
 AWakeup = asyncio.Event
 sleep = time.sleep
@@ -90,13 +82,13 @@ class Wakeup:
         """Nothing to do: :meth:`wait` consumed the wake-up."""
 
 
-def try_acquire(lock: threading.Lock | threading.Semaphore) -> bool:
-    """Take ``lock`` (or a slot of a semaphore) if it is free; False at once if it is held."""
+def try_acquire(lock: threading.Lock) -> bool:
+    """Take ``lock`` if it is free; False at once if it is held."""
     return lock.acquire(blocking=False)
 
 
-async def atry_acquire(lock: asyncio.Lock | asyncio.Semaphore) -> bool:
-    """Take ``lock`` (or a slot of a semaphore) if it is free; False at once if it is held (taking a free one does not yield)."""
+async def atry_acquire(lock: asyncio.Lock) -> bool:
+    """Take ``lock`` if it is free; False at once if it is held (acquiring a free lock does not yield)."""
     if lock.locked():
         return False
     await lock.acquire()
@@ -313,20 +305,16 @@ class AWorkers:
 
 
 __all__ = [
-    "AIN_FLIGHT",
-    "IN_FLIGHT",
     "AEvent",
     "ALock",
     "ALoopLocal",
     "ARunner",
-    "ASemaphore",
     "AWakeup",
     "AWorkers",
     "Event",
     "Lock",
     "LoopLocal",
     "Runner",
-    "Semaphore",
     "Wakeup",
     "Workers",
     "aacquire",

@@ -46,10 +46,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from dbscale._compat import (
-    AIN_FLIGHT,
     AEvent,
+    ALock,
     ARunner,
-    ASemaphore,
     AWakeup,
     adeadline,
     aevent_wait,
@@ -132,10 +131,10 @@ class AsyncWriteBehind:
         self._parts = save_command_parts(self.strategy.stream, self.strategy.ttl_ms)
         self._wait = pack_wait(wait_replicas, self.wait_timeout_ms)
         self._pool = aredis.ConnectionPool.from_url(self.strategy.url, **aget_options(self.redis.timeout))
-        self._idle: list[AConn] = []  # the save connections (one per round trip in flight); dropped in a forked child
+        self._idle: list[AConn] = []  # the save connection (one round trip in flight); dropped in a forked child
         live.add(self)
         self._queue: deque[Queued] = deque()  # saves not yet sent (appends and pops are thread-safe)
-        self._sending = ASemaphore(AIN_FLIGHT)  # a slot per round trip in flight (asyncio: one; threads: one each)
+        self._sending = ALock()  # held by the caller sending a round trip (one in flight per object)
         self._shared = False  # the last round trip carried several callers' saves
         self.flusher_running: AsyncFlusher | None = None
         self._flush_flusher: AsyncFlusher | None = None
@@ -159,13 +158,13 @@ class AsyncWriteBehind:
         self._queue.append(queued)  # before trying the lock: a sender that ends after a failed try sees it
         try:
             while not queued.sent:
-                if not queued.taken and await atry_acquire(self._sending):  # a free slot: send what is queued
+                if await atry_acquire(self._sending):  # nobody is sending: send every queued save
                     try:
                         await self._send()
                     finally:
                         self._sending.release()
                         self._wake_next()
-                else:  # the round trip carrying it replies, or one in flight ends and wakes it to send
+                else:  # the round trip in flight ends by replying to this save or by waking it to send
                     await queued.wake.wait()
                     queued.wake.clear()
         except BaseException:
@@ -203,13 +202,8 @@ class AsyncWriteBehind:
         if self._shared:  # callers are concurrent: let the ones just woken queue their next saves first
             await asleep(0)
         batch: list[Queued] = []
-        with contextlib.suppress(IndexError):  # another sender may empty the queue meanwhile (threads)
-            while len(batch) < SEND_BATCH:
-                queued = self._queue.popleft()
-                queued.taken = True
-                batch.append(queued)
-        if not batch:  # every queued save was taken by senders in flight: their replies wake the callers
-            return
+        while self._queue and len(batch) < SEND_BATCH:
+            batch.append(self._queue.popleft())
         self._shared = len(batch) > 1
         try:
             replies, replicas = await self._execute(batch)

@@ -164,7 +164,6 @@ class Queued:
 
     packed: tuple[bytes, bytes]
     wake: Any
-    taken: bool = False  # a sender took it off the queue (its round trip carries it)
     sent: bool = False
     reply: Any = None
     replicas: int | None = None
