@@ -159,11 +159,14 @@ class AsyncWriteBehind:
         try:
             while not queued.sent:
                 if await atry_acquire(self._sending):  # nobody is sending: send every queued save
+                    batch: list[Queued] = []
                     try:
-                        await self._send()
+                        await self._send(batch)
                     finally:
                         self._sending.release()
-                        self._wake_next()
+                        self._wake_next()  # the next round trip goes out first, then this one's callers wake
+                        for carried in batch:
+                            carried.wake.set()
                 else:  # the round trip in flight ends by replying to this save or by waking it to send
                     await queued.wake.wait()
                     queued.wake.clear()
@@ -197,11 +200,11 @@ class AsyncWriteBehind:
         with contextlib.suppress(IndexError):
             self._queue[0].wake.set()
 
-    async def _send(self) -> None:
-        """Send the queued saves (at most :data:`SEND_BATCH`) in one round trip; set each one's reply."""
+    async def _send(self, batch: list[Queued]) -> None:
+        """Send the queued saves (at most :data:`SEND_BATCH`, gathered into ``batch``) in one round trip; set
+        each one's reply (the caller wakes them)."""
         if self._shared:  # callers are concurrent: let the ones just woken queue their next saves first
             await asleep(0)
-        batch: list[Queued] = []
         while self._queue and len(batch) < SEND_BATCH:
             batch.append(self._queue.popleft())
         self._shared = len(batch) > 1
@@ -216,7 +219,6 @@ class AsyncWriteBehind:
         finally:
             for queued, reply in zip(batch, replies, strict=True):
                 queued.reply, queued.replicas, queued.sent = reply, replicas, True
-                queued.wake.set()
 
     async def _execute(self, batch: list[Queued]) -> tuple[list[Any], int | None]:
         """The replies of ``batch``'s saves (an exception for a refused one) and ``WAIT``'s answer."""
