@@ -53,3 +53,21 @@ def test_fast_parameters_equal_sqlalchemys(params: dict[str, int]) -> None:
 def test_a_statement_without_binds(params: Any) -> None:
     prepared = fast.prepare(text("SELECT 1"), params, DIALECT)
     assert prepared is not None and prepared[0] == "SELECT 1" and prepared[1] == {}
+
+
+def test_a_text_built_anew_per_call_is_compiled_once_and_keeps_its_own_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``conn.execute(text("…"), params)`` inline makes a new object each call: it compiles once (by
+    SQLAlchemy's cache key), and a later equal text with values bound in it gets its own values."""
+    compiles: list[Any] = []
+    plan = fast._plan
+    monkeypatch.setattr(fast, "_plan", lambda *args, **kwargs: compiles.append(args[0]) or plan(*args, **kwargs))
+    sql = "SELECT v FROM inline_t WHERE k = :k AND v > :v"
+    for k in range(5):
+        prepared = fast.prepare(text(sql), {"k": k, "v": 0}, DIALECT)
+        assert prepared is not None and prepared[:2] == built(text(sql), {"k": k, "v": 0})
+    assert len(compiles) == 1
+    for bound in (7, 8):  # equal statements (one cache key) whose own values differ
+        statement = text(sql).bindparams(v=bound)
+        prepared = fast.prepare(statement, {"k": 1}, DIALECT)
+        assert prepared is not None and prepared[1] == {"k": 1, "v": bound}
+    assert len(compiles) == 2

@@ -36,7 +36,7 @@ from sqlalchemy.sql.compiler import Compiled
 
 #: Statements compiled per (statement id, dialect id); the entry keeps the statement alive, so the id stays its own.
 _BY_ID: dict[tuple[int, int], tuple[Executable, _Plan | None]] = {}
-#: Statements built per call (a fresh ``select()`` each time) share a plan by SQLAlchemy's cache key.
+#: Statements built per call (a fresh ``text()`` or ``select()`` each time) share a plan by SQLAlchemy's cache key.
 _BY_KEY: dict[tuple[Any, int], _Plan | None] = {}
 _MAX = 2000  # entries per cache; a cache that fills up is cleared (statements are usually module constants)
 _METADATA: dict[tuple[str, ...], SimpleResultMetaData] = {}
@@ -116,10 +116,7 @@ def prepare(statement: Executable, parameters: Any, dialect: Dialect) -> tuple[s
     hit = _BY_ID.get(ident)
     if hit is not None and hit[0] is statement:
         plan = hit[1]  # compiled from this very object: its own parameter values are in the plan
-    elif kind is TextClause:
-        plan = _plan(statement, dialect)
-        _remember(_BY_ID, ident, (statement, plan))
-    else:
+    else:  # by SQLAlchemy's cache key: a text() or select built anew per call compiles once, not each time
         cache_key = statement._generate_cache_key()  # type: ignore[attr-defined]
         if cache_key is None:
             return None
