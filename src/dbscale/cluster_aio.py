@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from dbscale._compat import AWorkers
-from dbscale.cluster_base import _NO_KEY, ClusterBase
+from dbscale.cluster_base import _NO_KEY, ClusterBase, renew_pool
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.forks import inherit
 from dbscale.routing.aio import AsyncGroupRouter, AsyncReadConnection
 from dbscale.routing.park import AsyncParkingPool
 from dbscale.routing.settings import instrument_engine
@@ -228,6 +229,16 @@ class AsyncCluster(ClusterBase):
             {"group": g, "rows": v, "skew": None if v is None or mean == 0 else round(v / mean, 3)}
             for g, v in estimates.items()
         ]
+
+    def _after_fork(self) -> None:
+        """In a forked child: new pools, routers' monitors and locks; nothing of the parent's is closed
+        (:mod:`dbscale.forks`). No I/O, no lock of the parent's: what needs either is made on first use."""
+        super()._after_fork()
+        for engine in self._engines.values():
+            renew_pool(engine.sync_engine)
+        for router in self._routers.values():
+            router.after_fork()
+        inherit(self._fanout_workers.pop(None, None))  # its threads are the parent's
 
     async def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

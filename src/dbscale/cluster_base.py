@@ -18,9 +18,10 @@ from sqlalchemy import Engine
 
 from dbscale.config import PoolConfig, ShardingConfig, TopologyConfig, load_config
 from dbscale.errors import ClusterClosed, ConfigError
+from dbscale.forks import AtFork, inherit
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
-from dbscale.routing.pool import install_idle_ping
+from dbscale.routing.pool import carry_idle_window, install_idle_ping
 from dbscale.routing.settings import RouterWiring, router_wiring
 from dbscale.sharding.placement import Key
 from dbscale.sharding.shardmap import ShardMap, shard_map_of
@@ -75,6 +76,7 @@ class ClusterBase:
         self._closed = False
         self._causal = CausalContext()
         self._shard_maps: dict[None, ShardMap] = {}
+        _clusters.add(self)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **overrides: Any) -> Self:
@@ -170,6 +172,10 @@ class ClusterBase:
         if pool.pre_ping:
             install_idle_ping(engine, pool.ping_idle)
 
+    def _after_fork(self) -> None:
+        """In a forked child (:mod:`dbscale.forks`): a new lock (a parent's thread may have held this one)."""
+        self._lock = threading.Lock()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClusterClosed("this cluster is closed; create a new one")
@@ -188,6 +194,27 @@ class ClusterBase:
         return f"{type(self).__name__}(groups={list(self.config.groups)}, nodes={list(self._nodes)})"
 
 
+def renew_pool(engine: Engine) -> None:
+    """Give ``engine`` a new, empty pool in a forked child, leaving the parent's connections untouched.
+
+    SQLAlchemy's ``dispose(close=False)`` for a child process; the old pool, with the connections
+    parked in front of it, is kept referenced (:func:`dbscale.forks.inherit`), so none of them is
+    checked in, reset or closed in the child. The new pool keeps the idle-ping window.
+    """
+    old = engine.pool
+    inherit(old)
+    engine.dispose(close=False)
+    carry_idle_window(old, engine.pool)
+
+
+def _reset_after_fork(cluster: ClusterBase) -> None:
+    cluster._after_fork()
+
+
+#: Every cluster not yet collected: reset in a forked child before the child can use it.
+_clusters: AtFork[ClusterBase] = AtFork(_reset_after_fork)
+
+
 def _entity_and_key(entity_or_key: Any, key: Any) -> tuple[str | None, Key]:
     if key is _NO_KEY:
         return None, entity_or_key
@@ -196,4 +223,4 @@ def _entity_and_key(entity_or_key: Any, key: Any) -> tuple[str | None, Key]:
     return entity_or_key, key
 
 
-__all__ = ["ClusterBase", "engine_options", "shard_map_of"]
+__all__ = ["ClusterBase", "engine_options", "renew_pool", "shard_map_of"]

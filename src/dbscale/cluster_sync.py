@@ -17,8 +17,9 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
 from dbscale._compat import Workers
-from dbscale.cluster_base import _NO_KEY, ClusterBase
+from dbscale.cluster_base import _NO_KEY, ClusterBase, renew_pool
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.forks import inherit
 from dbscale.routing.park import ParkingPool
 from dbscale.routing.router import GroupRouter, ReadConnection
 from dbscale.routing.settings import instrument_engine
@@ -228,6 +229,16 @@ class Cluster(ClusterBase):
             {"group": g, "rows": v, "skew": None if v is None or mean == 0 else round(v / mean, 3)}
             for g, v in estimates.items()
         ]
+
+    def _after_fork(self) -> None:
+        """In a forked child: new pools, routers' monitors and locks; nothing of the parent's is closed
+        (:mod:`dbscale.forks`). No I/O, no lock of the parent's: what needs either is made on first use."""
+        super()._after_fork()
+        for engine in self._engines.values():
+            renew_pool(engine)
+        for router in self._routers.values():
+            router.after_fork()
+        inherit(self._fanout_workers.pop(None, None))  # its threads are the parent's
 
     def close(self) -> None:
         """Stop the health monitors and dispose every engine (closing pooled connections). Idempotent."""

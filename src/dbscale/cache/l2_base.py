@@ -6,9 +6,7 @@ The clients themselves are :class:`~dbscale.cache.l2_async.AsyncRedisL2` (the as
 
 from __future__ import annotations
 
-import os
 import select
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -19,6 +17,7 @@ from redis.retry import Retry
 
 from dbscale.config import mask_url
 from dbscale.errors import CacheEntryError, CacheError, CacheUnavailable
+from dbscale.forks import AtFork
 
 __all__ = [
     "BATCH",
@@ -197,14 +196,10 @@ class HasIdle(Protocol):
     _idle: list[Any]
 
 
-#: Every live L2 client, so a forked child drops the idle connections it shares with its parent.
-live: weakref.WeakSet[HasIdle] = weakref.WeakSet()
+def _drop_idle(l2: HasIdle) -> None:
+    l2._idle = []  # the parent's connections, shared with it: forgotten (redis-py sends nothing from a child)
 
 
-def _after_fork() -> None:
-    for l2 in list(live):
-        l2._idle = []
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+#: Every live L2 client (and write-behind object): a forked child drops the idle connections it shares with
+#: its parent (:mod:`dbscale.forks`).
+live: AtFork[HasIdle] = AtFork(_drop_idle)

@@ -14,6 +14,7 @@ file is stale. Edit ``aio.py``, then run ``python scripts/unasync.py``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -29,6 +30,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.forks import inherit
 from dbscale.routing.context import CommitHooks, arun_hooks
 from dbscale.routing.core import ReadPlan, primary_down
 from dbscale.routing.errors import (
@@ -85,6 +87,18 @@ class AsyncGroupRouter(GroupRouterBase):
     async def close(self) -> None:
         """Stop the health monitor."""
         await self.monitor.stop()
+
+    def after_fork(self) -> None:
+        """In a forked child (:mod:`dbscale.forks`): a new monitor, started on first use, and a new lock.
+
+        The parent's monitor (its runner is gone, its connections are the parent's) is kept, untouched;
+        reads the parent had in flight are not counted here. Assignments only (no I/O, no lock taken).
+        """
+        inherit(self.monitor)
+        self.monitor = self.monitor.renewed()
+        self._lock = threading.Lock()  # GroupRouterBase's, maybe held by a parent's thread at the fork
+        self._outstanding = dict.fromkeys(self._outstanding, 0)
+        self._started = False
 
     # -- connections ------------------------------------------------------------------------------
     def engine(self, node: str, read_only: bool) -> AsyncEngine:

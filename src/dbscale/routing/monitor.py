@@ -126,6 +126,12 @@ class SyncMonitor:
         self._runner: Runner | None = None
         self._start_lock = threading.Lock()  # held without awaiting: start() is idempotent across threads
 
+    def renewed(self) -> SyncMonitor:
+        """A new, unstarted monitor of the same nodes (a forked child's: this one's runner and connections
+        belong to the parent; see :mod:`dbscale.forks`). Makes no connection, takes no lock."""
+        conninfo = {name: prober.conninfo for name, prober in self._probers.items()}
+        return SyncMonitor(self.router, conninfo, self.timeout)
+
     def run_round(self) -> GroupState:
         """Probe every due node now and return the new state (also usable without the background runner).
 

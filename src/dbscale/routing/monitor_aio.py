@@ -125,6 +125,12 @@ class AsyncMonitor:
         self._runner: ARunner | None = None
         self._start_lock = threading.Lock()  # held without awaiting: start() is idempotent across threads
 
+    def renewed(self) -> AsyncMonitor:
+        """A new, unstarted monitor of the same nodes (a forked child's: this one's runner and connections
+        belong to the parent; see :mod:`dbscale.forks`). Makes no connection, takes no lock."""
+        conninfo = {name: prober.conninfo for name, prober in self._probers.items()}
+        return AsyncMonitor(self.router, conninfo, self.timeout)
+
     async def run_round(self) -> GroupState:
         """Probe every due node now and return the new state (also usable without the background runner).
 

@@ -14,6 +14,7 @@ file is stale. Edit ``aio.py``, then run ``python scripts/unasync.py``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -27,6 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import PoolProxiedConnection
 
 from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.forks import inherit
 from dbscale.routing.context import CommitHooks, run_hooks
 from dbscale.routing.core import ReadPlan, primary_down
 from dbscale.routing.errors import (
@@ -83,6 +85,18 @@ class GroupRouter(GroupRouterBase):
     def close(self) -> None:
         """Stop the health monitor."""
         self.monitor.stop()
+
+    def after_fork(self) -> None:
+        """In a forked child (:mod:`dbscale.forks`): a new monitor, started on first use, and a new lock.
+
+        The parent's monitor (its runner is gone, its connections are the parent's) is kept, untouched;
+        reads the parent had in flight are not counted here. Assignments only (no I/O, no lock taken).
+        """
+        inherit(self.monitor)
+        self.monitor = self.monitor.renewed()
+        self._lock = threading.Lock()  # GroupRouterBase's, maybe held by a parent's thread at the fork
+        self._outstanding = dict.fromkeys(self._outstanding, 0)
+        self._started = False
 
     # -- connections ------------------------------------------------------------------------------
     def engine(self, node: str, read_only: bool) -> Engine:
