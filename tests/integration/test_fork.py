@@ -176,3 +176,69 @@ def test_async_cluster_made_before_fork_uses_new_connections_in_the_child(topolo
         finally:
             loop.run_until_complete(cluster.close())
             loop.close()
+
+
+# -- the cache: L1 coherent across the fork, both ways --------------------------------------------------
+def cache_child(cluster: Cluster, table: str, to_parent: Any, to_child: Any) -> None:
+    """Reads the parent's row through the inherited cache, sees the parent's change to it, then changes a
+    row the parent has in its L1 and invalidates it (the parent must see that change)."""
+
+    @cluster.cache.cached(ttl=300, key=f"{table}:{{seq}}")
+    def value(seq: int) -> str:
+        with cluster.read() as conn:
+            return str(conn.execute(text(f"SELECT v FROM {table} WHERE seq = :s"), {"s": seq}).scalar_one())
+
+    assert value(1) == "one"
+    assert cluster.cache.core.listener is None or cluster.cache.core.listener.wait_ready(5)
+    to_parent.put("ready")
+    assert to_child.get(timeout=30) == "changed"  # the parent updated row 1 and invalidated its key
+    deadline = time.monotonic() + 10
+    while value(1) != "uno":  # an L1 copy kept from the parent (or no subscription) would stay "one"
+        assert time.monotonic() < deadline, "the child never saw the parent's invalidation"
+        time.sleep(0.05)
+    with cluster.write() as conn:
+        conn.execute(text(f"UPDATE {table} SET v = 'dos' WHERE seq = 2"))
+    cluster.cache.invalidate(f"{table}:2")
+    to_parent.put("changed")
+
+
+def test_the_cache_of_a_cluster_made_before_fork_stays_coherent_both_ways(topology_config_path: Path) -> None:
+    """Parent and child each keep values in L1 across the fork: each one's invalidation reaches the
+    other (the child subscribes anew and has its own origin; nothing inherited in L1 outlives it)."""
+    columns = "owner int, seq int, v text NOT NULL, PRIMARY KEY (owner, seq)"
+    with (
+        replicated_table(
+            topology_config_path, columns, "INSERT INTO {name} VALUES (0, 1, 'one'), (0, 2, 'two')"
+        ) as table,
+        Cluster.from_config(topology_config_path, cache={"namespace": f"fork{os.getpid()}", "l1_ttl": 300}) as cluster,
+    ):
+
+        @cluster.cache.cached(ttl=300, key=f"{table}:{{seq}}")
+        def value(seq: int) -> str:
+            with cluster.read() as conn:
+                return str(conn.execute(text(f"SELECT v FROM {table} WHERE seq = :s"), {"s": seq}).scalar_one())
+
+        assert (value(1), value(2)) == ("one", "two")
+        listener = cluster.cache.core.listener
+        assert listener is not None and listener.wait_ready(5)
+        assert (value(1), value(2)) == ("one", "two")  # now in the parent's L1
+        ctx = mp.get_context("fork")
+        to_parent, to_child = ctx.Queue(), ctx.Queue()
+        proc = ctx.Process(target=cache_child, args=(cluster, table, to_parent, to_child))
+        proc.start()
+        try:
+            assert to_parent.get(timeout=30) == "ready"
+            with cluster.write() as conn:
+                conn.execute(text(f"UPDATE {table} SET v = 'uno' WHERE seq = 1"))
+            cluster.cache.invalidate(f"{table}:1")
+            to_child.put("changed")
+            assert to_parent.get(timeout=30) == "changed", "the child failed"  # it updated row 2, invalidated it
+            deadline = time.monotonic() + 10
+            while value(2) != "dos":  # the child's broadcast taken for the parent's own would leave "two"
+                assert time.monotonic() < deadline, "the parent never saw the child's invalidation"
+                time.sleep(0.05)
+            proc.join(30)
+            assert proc.exitcode == 0
+        finally:
+            if proc.is_alive():
+                proc.kill()

@@ -39,6 +39,7 @@ FOUNDATION = (
     "dbscale.engines",
     "dbscale._compat",
     "dbscale._flow",
+    "dbscale.forks",
 )
 
 #: room prefix -> the rooms (prefixes) its modules may import, besides itself and FOUNDATION.
@@ -48,6 +49,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.units": (),
     "dbscale._compat": (),
     "dbscale._flow": (),
+    "dbscale.forks": (),  # what a forked child forgets: every room holding connections registers there
     "dbscale.config": (),
     "dbscale.metrics": (),
     "dbscale.topology": (),

@@ -38,6 +38,7 @@ from dbscale.cache.serde import Serializer
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
 from dbscale.errors import CacheEntryError, MarkerUnavailable, SerializationError
+from dbscale.forks import AtFork, inherit
 from dbscale.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class CacheCore:
         self.redis_failed = self.gate.failed
         self.closed = False
         self._tick = itertools.count().__next__
+        _cores.add(self)
 
     # -- I/O pieces made on first use (Redis clients, the listener thread) ------------------------
     def l2_clients(self, holder: Callable[[Callable[[], _C]], _H], client: Callable[..., _C]) -> _H:
@@ -424,3 +426,21 @@ class CacheFront:
             xfetch_beta=cfg.xfetch_beta if xfetch_beta is None else xfetch_beta,
             tags=tuple(tags),
         )
+
+
+def _reset_after_fork(core: CacheCore) -> None:
+    """In a forked child (:mod:`dbscale.forks`): its own origin (the parent must not take the child's
+    invalidations for its own, nor the child the parent's), new locks, an empty L1 and retry queue,
+    and no listener: the parent's thread is not in the child, so the next use subscribes anew (until
+    then L1 takes nothing). The Redis clients keep working (:mod:`dbscale.cache.l2_base` drops their
+    inherited connections)."""
+    inherit(core._listener)  # its Redis connection is the parent's: referenced, never closed here
+    core.origin = uuid.uuid4().hex
+    core._lock = threading.Lock()
+    core._listener = None
+    core.l1.after_fork()
+    core.retry.after_fork()
+    core.breaker.after_fork()
+
+
+_cores: AtFork[CacheCore] = AtFork(_reset_after_fork)

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dbscale.forks import AtFork
+
 __all__ = ["AsyncSingleFlight", "SingleFlight"]
 
 
@@ -55,12 +57,18 @@ def _never(key: str, token: int) -> bool:
 class SingleFlight:
     """Single-flight for threads. ``outdated(key, token)``: was ``key`` invalidated since ``token``?"""
 
-    __slots__ = ("_flights", "_lock", "_outdated")
+    __slots__ = ("__weakref__", "_flights", "_lock", "_outdated")
 
     def __init__(self, outdated: Outdated = _never) -> None:
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._outdated = outdated
+        _thread_flights.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: no flight (their leaders are the parent's threads, which a child has not)."""
+        self._flights = {}
+        self._lock = threading.Lock()
 
     def run(self, key: str, fn: Callable[[], Any], token: int = 0) -> Any:
         """Run ``fn`` once for concurrent callers of ``key``; share its outcome.
@@ -97,11 +105,16 @@ class SingleFlight:
 class AsyncSingleFlight:
     """Single-flight for asyncio tasks; flights of different event loops are kept apart. See :class:`SingleFlight`."""
 
-    __slots__ = ("_flights", "_outdated")
+    __slots__ = ("__weakref__", "_flights", "_outdated")
 
     def __init__(self, outdated: Outdated = _never) -> None:
         self._flights: dict[tuple[int, str], tuple[asyncio.Future[Any], int]] = {}
         self._outdated = outdated
+        _task_flights.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: no flight (their futures belong to the parent's event loops)."""
+        self._flights = {}
 
     async def run(self, key: str, fn: Callable[[], Awaitable[Any]], token: int = 0) -> Any:
         """Await ``fn()`` once for concurrent callers of ``key`` on this loop; share its outcome."""
@@ -138,3 +151,8 @@ class AsyncSingleFlight:
         finally:
             if self._flights.get(fkey) is entry:
                 del self._flights[fkey]
+
+
+#: Every single-flight table, emptied in a forked child (:mod:`dbscale.forks`).
+_thread_flights: AtFork[SingleFlight] = AtFork(SingleFlight._after_fork)
+_task_flights: AtFork[AsyncSingleFlight] = AtFork(AsyncSingleFlight._after_fork)

@@ -207,6 +207,14 @@ class RetryQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def after_fork(self) -> None:
+        """In a forked child: nothing pending (the parent retries its own), new locks, no thread yet."""
+        self._items = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
     def add(self, inv: Invalidation) -> None:
         """Queue ``inv`` and make sure the retry thread runs."""
         with self._lock:

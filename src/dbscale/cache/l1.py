@@ -145,6 +145,12 @@ class L1:
             self._gen += 1
             self._floor = self._gen
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a parent's thread may have held this one) and nothing cached
+        (invalidations sent before the child subscribes never reach it)."""
+        self._lock = threading.Lock()
+        self.clear()
+
     def clear(self) -> None:
         """Drop everything and refuse in-flight inserts."""
         with self._lock:

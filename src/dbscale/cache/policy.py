@@ -71,6 +71,10 @@ class CircuitBreaker:
         self._d = _BreakerData()
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a parent's thread may have held this one)."""
+        self._lock = threading.Lock()
+
     @property
     def state(self) -> BreakerState:
         """The current state."""
