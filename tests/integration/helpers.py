@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from sqlalchemy import text
 
 from dbscale import Cluster
@@ -236,3 +237,24 @@ class RoundTripProxy:
             for sock in (src, dst):
                 with suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def over_maxmemory(raw: Any, filler: str) -> Iterator[None]:
+    """Redis over its ``maxmemory`` for the block (``noeviction``: writes get -OOM): ``maxmemory`` just above
+    what Redis held before a 2 MB ``filler``; ``maxmemory``, its policy and the filler are restored after it."""
+    import redis
+
+    saved = raw.config_get("maxmemory", "maxmemory-policy")
+    try:
+        raw.config_set("maxmemory-policy", "noeviction")
+        for _ in range(32):
+            raw.rpush(filler, b"x" * 65_536)
+        raw.config_set("maxmemory", int(raw.info("memory")["used_memory"]) - 1_000_000)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            raw.rpush(filler, b"x")
+        yield
+    finally:
+        raw.config_set("maxmemory", saved["maxmemory"])
+        raw.config_set("maxmemory-policy", saved["maxmemory-policy"])
+        raw.delete(filler)

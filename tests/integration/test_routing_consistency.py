@@ -188,8 +188,10 @@ def test_replica_past_max_lag_stops_getting_reads_and_returns(
             while time.monotonic() - paused_at < max_lag + 4 * interval + 1.0:
                 if "main-replica1" in spread(cluster, 10):
                     last_on_replica1 = time.monotonic()
-            # lag passes max_lag about max_lag after the pause; within two intervals more it gets no reads
-            assert last_on_replica1 - paused_at <= max_lag + 2 * interval + 0.3
+            # lag passes max_lag about max_lag after the pause; within a few rounds more it gets no reads
+            # (two rounds when they are punctual; a loaded CI machine once took 2.05 s: four rounds of slack,
+            # still short of the 3.0 s the loop watches, so a replica that kept its reads still fails here)
+            assert last_on_replica1 - paused_at <= max_lag + 4 * interval + 0.3
             assert spread(cluster, 50) == {"main-replica2"}
             restore_topology.resume_replay("main-replica1")
             resumed_at = time.monotonic()

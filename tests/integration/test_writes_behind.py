@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, Cluster
 from dbscale.errors import NotInTransaction, NotReplicated
 
-from .helpers import replicated_table
+from .helpers import over_maxmemory, replicated_table
 
 CLI = [sys.executable, "-c", "from dbscale.cli import main; main()"]
 
@@ -373,27 +372,6 @@ def test_a_save_replaces_foreign_data_at_its_entry_and_a_foreign_stream_refuses_
     assert _rows_of(topology_config_path, views) == {1: {"k": 1, "v": 1, "note": None}}
 
 
-@contextmanager
-def _over_maxmemory(raw: Any, filler: str) -> Iterator[None]:
-    """Redis over its ``maxmemory`` for the block (``noeviction``: writes get -OOM): ``maxmemory`` just above
-    what Redis held before a 2 MB ``filler``; ``maxmemory``, its policy and the filler are restored after it."""
-    import redis
-
-    saved = raw.config_get("maxmemory", "maxmemory-policy")
-    try:
-        raw.config_set("maxmemory-policy", "noeviction")
-        for _ in range(32):
-            raw.rpush(filler, b"x" * 65_536)
-        raw.config_set("maxmemory", int(raw.info("memory")["used_memory"]) - 1_000_000)
-        with pytest.raises(redis.exceptions.OutOfMemoryError):
-            raw.rpush(filler, b"x")
-        yield
-    finally:
-        raw.config_set("maxmemory", saved["maxmemory"])
-        raw.config_set("maxmemory-policy", saved["maxmemory-policy"])
-        raw.delete(filler)
-
-
 def _xadds(raw: Any) -> int:
     """The XADDs Redis has run, refused or failed so far (``INFO commandstats``)."""
     stats = raw.info("commandstats").get("cmdstat_xadd", {})
@@ -427,7 +405,7 @@ def test_a_save_call_over_maxmemory_is_refused_whole_and_each_of_its_callers_is_
             stream, entries = pv.strategy.stream, [pv.strategy.entry_key(f"{views}:{k}") for k in keys]
             depth, xadds = raw.xlen(stream), _xadds(raw)
             sizes = _count_round_trips(pv)
-            with _over_maxmemory(raw, f"{views}:filler"):
+            with over_maxmemory(raw, f"{views}:filler"):
                 done = await asyncio.gather(
                     *(pv.save({"k": k, "v": k, "note": "x" * 1000}) for k in keys), return_exceptions=True
                 )
@@ -471,7 +449,7 @@ def test_blocking_saves_sharing_a_call_over_maxmemory_all_raise_and_none_lands(
             except Exception as exc:
                 failures.append(exc)
 
-        with _over_maxmemory(raw, f"{views}:filler"):
+        with over_maxmemory(raw, f"{views}:filler"):
             pv._sending.acquire()  # as if a round trip were in flight: the savers queue behind it
             workers = [threading.Thread(target=saver, args=(k,)) for k in keys]
             for w in workers:

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from dbscale import AsyncCluster, Cluster
 
-from .helpers import replicated_table
+from .helpers import over_maxmemory, replicated_table
 
 WRITERS, KEYS = 16, 50
 
@@ -194,5 +194,28 @@ def test_garbage_at_an_entry_is_a_miss_and_is_replaced(topology_config_path: Pat
         raw.set(entry7, b"garbage again")
         users.save({"k": 7, "v": 71, "w": "z"})  # committed, then the entry replaces the garbage
         assert users.redis.fetch(f"{rows_table}:7") == (True, {"k": 7, "v": 71, "w": "z"})
+        raw.close()
+        users.close()
+
+
+def test_a_save_over_maxmemory_commits_the_row_and_says_redis_is_out_of_memory(
+    topology_config_path: Path, rows_table: str
+) -> None:
+    import redis
+
+    from dbscale.errors import CacheUnavailable
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        users = cluster.cache.write_through(rows_table, key_column="k", key=f"{rows_table}:{{k}}")
+        users.save({"k": 1, "v": 10, "w": "a"})
+        raw = redis.Redis.from_url(str(cluster.config.cache.redis_url))
+        with (
+            over_maxmemory(raw, f"{rows_table}:filler"),
+            pytest.raises(CacheUnavailable, match=r"is committed.*out of memory.*maxmemory"),
+        ):
+            users.save({"k": 1, "v": 11, "w": "b"})
+        assert _committed(cluster, rows_table)[1] == {"k": 1, "v": 11, "w": "b"}  # the database has it
+        users.save({"k": 1, "v": 12, "w": "c"})  # memory is back: the entry follows the row again
+        assert users.get(1) == {"k": 1, "v": 12, "w": "c"}
         raw.close()
         users.close()

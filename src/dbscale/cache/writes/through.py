@@ -12,7 +12,7 @@ from contextlib import suppress
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import text
 
 from dbscale.cache.core import CacheFront
@@ -73,8 +73,11 @@ class RedisEntries:
                 self._script = self.client.register_script(SET_IF_NEWER)
             stored = bool(self._script(keys=[s.entry_key(key)], args=args))
         except RedisError as exc:
+            why = (
+                "Redis is out of memory (used memory above its maxmemory)" if isinstance(exc, OutOfMemoryError) else exc
+            )
             raise CacheUnavailable(
-                f"the row of {key!r} is committed, but Redis did not take its cache entry ({exc}): the entry"
+                f"the row of {key!r} is committed, but Redis did not take its cache entry ({why}): the entry"
                 " may keep the previous value until its TTL; check Redis"
             ) from exc
         s.fence(key)
