@@ -21,7 +21,7 @@ from dbscale.errors import ClusterClosed, ConfigError
 from dbscale.forks import AtFork, inherit
 from dbscale.metrics import Metrics
 from dbscale.routing.context import CausalContext
-from dbscale.routing.pool import carry_idle_window, install_idle_ping
+from dbscale.routing.pool import install_idle_ping
 from dbscale.routing.settings import RouterWiring, router_wiring
 from dbscale.sharding.placement import Key
 from dbscale.sharding.shardmap import ShardMap, shard_map_of
@@ -199,12 +199,10 @@ def renew_pool(engine: Engine) -> None:
 
     SQLAlchemy's ``dispose(close=False)`` for a child process; the old pool, with the connections
     parked in front of it, is kept referenced (:func:`dbscale.forks.inherit`), so none of them is
-    checked in, reset or closed in the child. The new pool keeps the idle-ping window.
+    checked in, reset or closed in the child. The new pool keeps the idle-ping window (its listeners).
     """
-    old = engine.pool
-    inherit(old)
+    inherit(engine.pool)
     engine.dispose(close=False)
-    carry_idle_window(old, engine.pool)
 
 
 def _reset_after_fork(cluster: ClusterBase) -> None:

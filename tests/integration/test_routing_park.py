@@ -24,6 +24,7 @@ from sqlalchemy import text
 from dbscale import AsyncCluster, Cluster
 from dbscale.config import libpq_conninfo, load_config
 from dbscale.routing.park import AsyncParkingPool, ParkingPool
+from dbscale.routing.pool import idle_window
 from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 pytestmark = pytest.mark.integration
@@ -162,13 +163,21 @@ def test_dispose_closes_parked_connections(topology_config_path: Path) -> None:
 
 def test_the_pool_a_dispose_makes_parks_too(topology_config_path: Path, table: str) -> None:
     """``engine.dispose()`` (failover handling, a forked worker) replaces the engine's pool with
-    ``pool.recreate()``; reads park their connection in the new pool as in the old one."""
+    ``pool.recreate()``; reads park their connection in the new pool as in the old one, and the write
+    pool keeps its idle window (what lets a checkout skip the ping, and an asyncio one skip the greenlet)."""
     query = text(f"SELECT v FROM {table} WHERE k = :k")
 
     def check(metrics: Any, old: Any, pool: Any) -> None:
         assert pool is not old and type(pool) is type(old) and old.parked() == 0
         assert pool.parked() == 1 and pool.checkedout() == 0  # one connection served the reads, and waits parked
         assert metrics.value("pool_connects_total", group="main", node=REPLICA) == 2  # one per pool
+
+    def check_write_pool(engine: Any) -> None:
+        old = engine.pool
+        window = idle_window(old)
+        assert window == 0.5  # the default ping_idle
+        engine.dispose()
+        assert engine.pool is not old and idle_window(engine.pool) == window
 
     with Cluster.from_config(topology_config_path, **one_replica(topology_config_path)) as cluster:
         cluster.reset_causal()
@@ -181,6 +190,7 @@ def test_the_pool_a_dispose_makes_parks_too(topology_config_path: Path, table: s
             with cluster.read() as conn:
                 assert conn.execute(query, {"k": k}).scalar_one() == k * 10
         check(cluster.metrics, old, engine.pool)
+        check_write_pool(cluster.engine("main-primary"))
 
     async def main() -> None:
         async with AsyncCluster.from_config(topology_config_path, **one_replica(topology_config_path)) as acl:
@@ -194,6 +204,7 @@ def test_the_pool_a_dispose_makes_parks_too(topology_config_path: Path, table: s
                 async with acl.read() as conn:
                     assert (await conn.execute(query, {"k": k})).scalar_one() == k * 10
             check(acl.metrics, aold, aengine.sync_engine.pool)
+            check_write_pool(acl.engine("main-primary").sync_engine)
 
     asyncio.run(main())
 

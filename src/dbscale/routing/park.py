@@ -22,8 +22,8 @@ The pool stays honest about them:
   ping fails). One the pool would recycle (``pool_recycle``, the pool invalidated by a lost
   connection after it connected, a soft invalidation) is checked in, and the pool recycles it.
 - :meth:`~ParkingPool.dispose` (``engine.dispose()``, ``cluster.close()``) closes parked
-  connections with the idle ones, and the pool that ``engine.dispose()`` makes next
-  (:meth:`~ParkingPool.recreate`) parks with the same idle window; :meth:`~ParkingPool.drop_parked`
+  connections with the idle ones, and the pool that ``engine.dispose()`` makes next parks with the
+  same idle window (it inherits the ping listener that carries it); :meth:`~ParkingPool.drop_parked`
   checks them all in, marked for recycling (the router calls it when a read on the node failed on
   its connection).
 - Only pools with no checkout, checkin or reset listeners of anyone else park (such a listener
@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueuePool
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from dbscale.routing.pool import USED_KEY, carry_idle_window, idle_window
+from dbscale.routing.pool import USED_KEY, idle_window
 
 
 class _Parking:
@@ -161,13 +161,6 @@ class _Parking:
         self.drop_parked()  # back in the queue, which the pool's dispose closes
         base: Any = super()
         base.dispose()
-
-    def recreate(self) -> Any:
-        """A new pool like this one (``engine.dispose()`` makes it), parking with the same idle window."""
-        base: Any = super()
-        pool = base.recreate()
-        carry_idle_window(self, pool)  # without it, the inherited ping listeners stop the new pool parking
-        return pool
 
 
 def _current(pool: Any, f: Any) -> bool:

@@ -22,21 +22,26 @@ from sqlalchemy import exc as sa_exc
 
 #: ``ConnectionPoolEntry.info`` key: when the connection last proved usable (on ``clock``).
 USED_KEY = "dbscale_used"
-#: The idle window of each pool with the ping installed (a pool absent here is never pinged).
-_WINDOWS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+#: The ping listener's attribute holding its idle window.
+_WINDOW_ATTR = "dbscale_idle_window"
+#: Each pool's idle window, read once from its listeners (None: no ping installed).
+_WINDOWS: weakref.WeakKeyDictionary[Any, float | None] = weakref.WeakKeyDictionary()
 
 
 def idle_window(pool: Any) -> float | None:
-    """The idle window (seconds) after which ``pool``'s connections are pinged; None: never pinged."""
-    return _WINDOWS.get(pool)
+    """The idle window (seconds) after which ``pool``'s connections are pinged; None: never pinged.
 
-
-def carry_idle_window(old: Any, new: Any) -> None:
-    """Give ``new``, made by ``old.recreate()`` (``engine.dispose()``), the idle window of ``old``, whose
-    ping listeners it inherits."""
-    idle = _WINDOWS.get(old)
-    if idle is not None:
-        _WINDOWS[new] = idle
+    Read from the pool's own checkout listeners, which the pool ``engine.dispose()`` makes next
+    (``pool.recreate()``) inherits, so the window travels with them to every later pool; cached per pool.
+    """
+    try:
+        return _WINDOWS[pool]
+    except KeyError:
+        idle = None
+        for listener in pool.dispatch.checkout:
+            idle = getattr(listener, _WINDOW_ATTR, idle)
+        _WINDOWS[pool] = idle
+        return idle
 
 
 def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -57,10 +62,11 @@ def install_idle_ping(engine: Engine, idle: float, clock: Callable[[], float] = 
             raise sa_exc.DisconnectionError(f"ping failed: {type(exc).__name__}") from exc
         record.info[USED_KEY] = clock()
 
-    _WINDOWS[engine.pool] = idle
+    setattr(checkout, _WINDOW_ATTR, idle)  # what idle_window() finds on this pool and the ones recreated from it
+    _WINDOWS.pop(engine.pool, None)
     event.listen(engine, "connect", used)
     event.listen(engine, "checkin", used)
     event.listen(engine, "checkout", checkout)
 
 
-__all__ = ["USED_KEY", "carry_idle_window", "idle_window", "install_idle_ping"]
+__all__ = ["USED_KEY", "idle_window", "install_idle_ping"]
