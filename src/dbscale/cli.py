@@ -49,24 +49,52 @@ LAZY_COMMANDS = {
     "write-behind": "dbscale.cli_writes",
 }
 
+#: The commands defined in this module, built into click commands only when named (or listed by --help):
+#: typer builds a command from its signature and annotations, and building all of them cost every start
+#: 20–35 ms here (`dbscale load` is timed against `psql \copy`).
+commands = typer.Typer()
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or typer.main.get_command_name(getattr(info.callback, "__name__", ""))
+
+
+def _holder_for(name: str) -> typer.Typer | None:
+    """A Typer holding only what ``name`` needs built: its lazy module's commands, or its entry in :data:`commands`."""
+    holder = typer.Typer()
+    module = LAZY_COMMANDS.get(name)
+    if module is not None:
+        importlib.import_module(module).register(holder)  # the module's commands, on a Typer of their own
+        return holder
+    holder.registered_commands = [info for info in commands.registered_commands if _command_name(info) == name]
+    holder.registered_groups = [info for info in commands.registered_groups if info.name == name]
+    return holder if holder.registered_commands or holder.registered_groups else None
+
 
 class _Commands(TyperGroup):
-    """The top-level group: the commands in :data:`LAZY_COMMANDS` are added when named or listed."""
+    """The top-level group: each command is built (and a :data:`LAZY_COMMANDS` module imported) when named or listed."""
 
     def list_commands(self, ctx: _click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *(name for name in LAZY_COMMANDS if name not in self.commands)]
+        names = {*super().list_commands(ctx), *LAZY_COMMANDS, *map(_command_name, commands.registered_commands)}
+        return sorted(names | {str(info.name) for info in commands.registered_groups})
 
     def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
-        module = LAZY_COMMANDS.get(cmd_name)
-        if module is not None and cmd_name not in self.commands:
-            holder = typer.Typer()
-            importlib.import_module(module).register(holder)  # the module's commands, on a Typer of their own
-            made = typer.main.get_command(holder)  # a group, or the one command of a module with one
-            commands: dict[str, _click.Command] = getattr(made, "commands", None) or {cmd_name: made}
-            for name, command in commands.items():
-                if name in LAZY_COMMANDS:
+        holder = None if cmd_name in self.commands else _holder_for(cmd_name)
+        if holder is not None:
+            made = typer.main.get_command(holder)  # a group, or the one command of a holder with one
+            built: dict[str, _click.Command] = getattr(made, "commands", None) or {cmd_name: made}
+            for name, command in built.items():
+                if name == cmd_name or name in LAZY_COMMANDS:
                     self.add_command(command, name)
         return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: _click.Context, args: list[str]
+    ) -> tuple[str | None, _click.Command | None, list[str]]:
+        if args and self.get_command(ctx, args[0]) is None:  # a typo: build them all, so the error names the closest
+            for name in self.list_commands(ctx):
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(
@@ -77,8 +105,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=_Commands,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """The group's own callback (no options): the commands are added by name, so typer must build a group."""
+
+
 node_app = typer.Typer(help="Fault injection on one node of the local topology.", no_args_is_help=True)
-app.add_typer(node_app, name="node")
+commands.add_typer(node_app, name="node")
 
 
 @functools.cache
@@ -239,7 +274,7 @@ def _config_path(state_dir: Path | None, config: Path | None) -> Path:
     return config
 
 
-@app.command()
+@commands.command()
 def up(
     replicas: Annotated[int | None, typer.Option(help="Streaming replicas of group main (default 2).", min=0)] = None,
     shards: Annotated[
@@ -290,7 +325,7 @@ def up(
     _exit_for(statuses)
 
 
-@app.command()
+@commands.command()
 def demo(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     workload: Annotated[
@@ -318,7 +353,7 @@ def demo(
     )
 
 
-@app.command()
+@commands.command()
 def down(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     purge: Annotated[bool, typer.Option("--purge", help="Also delete the state dir (data, configs, logs).")] = False,
@@ -334,7 +369,7 @@ def down(
     console().print(f"topology in {state_dir} stopped" + (" and purged" if purge else ""))
 
 
-@app.command()
+@commands.command()
 def status(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
@@ -363,7 +398,7 @@ def status(
     _exit_for(statuses)
 
 
-@app.command()
+@commands.command()
 def top(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
@@ -381,7 +416,7 @@ def top(
     run_top(_config_path(state_dir, config), interval=interval, metrics_urls=metrics_url, iterations=iterations)
 
 
-@app.command("pgbouncer-config")
+@commands.command("pgbouncer-config")
 def pgbouncer_config(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Local topology dir (default .dbscale).")
@@ -450,7 +485,7 @@ for _action in NodeAction:
     node_app.command(_action.value)(_node_command(_action))
 
 metrics_app = typer.Typer(help="Prometheus metrics of a topology.", no_args_is_help=True)
-app.add_typer(metrics_app, name="metrics")
+commands.add_typer(metrics_app, name="metrics")
 
 
 @metrics_app.command("serve")
@@ -502,7 +537,7 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: An
     print(f"dbscale: warning: {str(message).removeprefix('dbscale: ')}", file=sys.stderr)
 
 
-register_load_command(app)  # dbscale load FILE --table T
+register_load_command(commands)  # dbscale load FILE --table T
 
 
 def main() -> None:

@@ -142,7 +142,9 @@ def load(
     from dbscale.bulk.plan import csv_fields, csv_records
     from dbscale.bulk.shell import Primaries, bulk_load
     from dbscale.config import load_config
+    from dbscale_launcher import resume_collection
 
+    resume_collection()  # paused by the launcher for the start-up imports
     if not config.exists():
         raise ConfigError(f"no topology config at {config} (run `dbscale up` first, or pass --config FILE)")
     topology = load_config(config)

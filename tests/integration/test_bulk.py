@@ -131,12 +131,13 @@ def test_skip_sends_three_bad_rows_to_the_reject_file_and_loads_the_rest(
     assert result.returncode == 0, result.stderr
     assert "rejected 3 rows" in result.stderr
     assert counts(cluster, target) == (9_997, 9_997)
-    records = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
-    assert [r["row"] for r in records] == [1_234, 5_000, 7_777]
-    assert records[0]["column"] == "qty" and "integer" in records[0]["reason"]
-    assert records[1]["column"] == "qty" and "null" in records[1]["reason"]
-    assert "extra data" in records[2]["reason"]
-    assert records[2]["data"] == bad[7_777].strip()
+    lines = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    records = {r["row"]: r for r in lines}  # in the order the lanes found them: each names its input row
+    assert len(lines) == 3 and sorted(records) == [1_234, 5_000, 7_777]
+    assert records[1_234]["column"] == "qty" and "integer" in records[1_234]["reason"]
+    assert records[5_000]["column"] == "qty" and "null" in records[5_000]["reason"]
+    assert "extra data" in records[7_777]["reason"]
+    assert records[7_777]["data"] == bad[7_777].strip()
 
 
 def test_a_loader_killed_mid_load_then_resumed_loads_exactly_the_input(
@@ -420,12 +421,15 @@ def test_a_successful_load_ends_its_process_without_the_teardown(
     topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
 ) -> None:
     """``dbscale load`` that succeeded skips the interpreter's teardown (dbscale_launcher.QUICK_EXIT): exit
-    handlers still run and every line is out; a failed load exits the usual way, with its status."""
+    handlers still run and every line is out; a failed load exits the usual way, with its status. The
+    garbage collector, paused by the launcher for the start-up imports, is back on for the load, with
+    what those imports made frozen."""
     data = write_csv(tmp_path / "in.csv", 1_000)
     script = (
-        "import atexit, sys\n"
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print(f'collector on {gc.isenabled()}, frozen {gc.get_freeze_count() > 0}', file=sys.stderr))\n"
         "class Finalized:\n"
-        "    def __del__(self): print('finalized', file=sys.stderr)\n"
+        "    def __del__(self, err=sys.stderr): print('finalized', file=err)  # sys may be gone by then\n"
         "keep = Finalized()  # a module global: only the interpreter's teardown finalizes it\n"
         "atexit.register(lambda: print('exit handler', file=sys.stderr))\n"
         "from dbscale_launcher import main\n"
@@ -441,6 +445,7 @@ def test_a_successful_load_ends_its_process_without_the_teardown(
     assert done.returncode == 0, done.stderr
     assert "loaded 1,000 rows" in done.stderr and "exit handler" in done.stderr
     assert "finalized" not in done.stderr  # no teardown
+    assert "collector on True, frozen True" in done.stderr
     assert counts(cluster, target) == (1_000, 1_000)
 
     failed = run("load", str(data), "--table", target, "--header")  # the same ids again: a key violation

@@ -12,6 +12,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import dbscale
 
@@ -116,3 +119,51 @@ def test_cli_default_state_dir_is_the_local_topologys() -> None:
     from dbscale.local.topology import DEFAULT_STATE_DIR
 
     assert Path(DEFAULT_STATE_DIR) == cli.DEFAULT_STATE_DIR
+
+
+def test_a_named_command_is_the_only_one_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer builds a command from its signature; building every command at each start cost `dbscale load`
+    20–35 ms here, so only the one named is built (--help and a typo still see them all)."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from dbscale.cli import _command_name, app
+
+    built: list[str] = []
+    real = typer.main.get_command_from_info
+
+    def spy(command_info: typer.models.CommandInfo, **kwargs: Any) -> Any:
+        built.append(_command_name(command_info))
+        return real(command_info, **kwargs)
+
+    monkeypatch.setattr(typer.main, "get_command_from_info", spy)
+    runner = CliRunner()
+    done = runner.invoke(app, ["load", "--help"])
+    assert done.exit_code == 0 and "--batch-rows" in done.output
+    assert built == ["load"]
+    built.clear()
+    listed = runner.invoke(app, ["--help"])
+    assert listed.exit_code == 0
+    for name in ("up", "down", "status", "demo", "top", "load", "node", "metrics", "pgbouncer-config", "advise"):
+        assert name in listed.output, name
+    typo = runner.invoke(app, ["statsu"])
+    assert typo.exit_code == 2 and "Did you mean 'status'" in typo.output
+
+
+def test_collection_resumes_only_where_the_launcher_paused_it() -> None:
+    """``resume_collection()`` (called by ``dbscale load`` after its imports) turns the collector back on
+    only when the launcher paused it: a program that disabled it itself keeps it off."""
+    import gc
+
+    import dbscale_launcher
+
+    gc.disable()
+    try:
+        dbscale_launcher.resume_collection()
+        assert not gc.isenabled()
+        dbscale_launcher._paused = True
+        dbscale_launcher.resume_collection()
+        assert gc.isenabled() and gc.get_freeze_count() > 0 and not dbscale_launcher._paused
+    finally:
+        gc.unfreeze()
+        gc.enable()

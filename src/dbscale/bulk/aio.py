@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +123,7 @@ class AsyncPrimaries:
     def __init__(self, config: TopologyConfig) -> None:
         self.config = config
         self._connections: dict[str, psycopg.AsyncConnection[Any]] = {}
+        self._opening: dict[str, ALock] = {}  # one connect per target, however many callers ask at once
 
     @staticmethod
     def direct(config: TopologyConfig) -> bool:
@@ -143,11 +144,17 @@ class AsyncPrimaries:
     @asynccontextmanager
     async def transaction(self, target: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
-        conn = self._connections.get(target)
-        if conn is None or conn.closed:
-            conn = self._connections[target] = await self._connect(group_of(target))
+        conn = await self.connection(target)
         async with conn.transaction():
             yield conn
+
+    async def connection(self, target: str) -> psycopg.AsyncConnection[Any]:
+        """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
+        async with self._opening.setdefault(target, ALock()):
+            conn = self._connections.get(target)
+            if conn is None or conn.closed:
+                conn = self._connections[target] = await self._connect(group_of(target))
+        return conn
 
     async def _connect(self, group: str) -> psycopg.AsyncConnection[Any]:
         cfg = self.config.group(group)
@@ -304,6 +311,7 @@ class AsyncBulkLoader:
     def _lane(self, target: str, queue: _Queue) -> Callable[[], Awaitable[None]]:
         async def lane() -> None:
             try:
+                await self._open(target)
                 while (item := await self._take(queue)) is not None:
                     try:
                         result = await self._load(target, item.batch, item.after, item.gate)
@@ -315,6 +323,16 @@ class AsyncBulkLoader:
                 self._drop(queue)
 
         return lane
+
+    async def _open(self, target: str) -> None:
+        """Connect ``target``'s lane while the reader cuts its first batch (the CLI's lanes connect side by side).
+
+        A failure here is left to the lane's first batch, which connects again and reports it as a load
+        error; a lane that gets no batch (a short input) must not fail the load.
+        """
+        if isinstance(self.cluster, AsyncPrimaries):
+            with suppress(PrimaryUnavailable):
+                await self.cluster.connection(target)
 
     async def _put(self, queue: _Queue, item: _Item) -> None:
         """Queue ``item`` for its lane, waiting while the lane has ``QUEUED`` batches not yet taken."""

@@ -18,7 +18,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,7 @@ class Primaries:
     def __init__(self, config: TopologyConfig) -> None:
         self.config = config
         self._connections: dict[str, psycopg.Connection[Any]] = {}
+        self._opening: dict[str, Lock] = {}  # one connect per target, however many callers ask at once
 
     @staticmethod
     def direct(config: TopologyConfig) -> bool:
@@ -144,11 +145,17 @@ class Primaries:
     @contextmanager
     def transaction(self, target: str) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
-        conn = self._connections.get(target)
-        if conn is None or conn.closed:
-            conn = self._connections[target] = self._connect(group_of(target))
+        conn = self.connection(target)
         with conn.transaction():
             yield conn
+
+    def connection(self, target: str) -> psycopg.Connection[Any]:
+        """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
+        with self._opening.setdefault(target, Lock()):
+            conn = self._connections.get(target)
+            if conn is None or conn.closed:
+                conn = self._connections[target] = self._connect(group_of(target))
+        return conn
 
     def _connect(self, group: str) -> psycopg.Connection[Any]:
         cfg = self.config.group(group)
@@ -303,6 +310,7 @@ class BulkLoader:
     def _lane(self, target: str, queue: _Queue) -> Callable[[], None]:
         def lane() -> None:
             try:
+                self._open(target)
                 while (item := self._take(queue)) is not None:
                     try:
                         result = self._load(target, item.batch, item.after, item.gate)
@@ -314,6 +322,16 @@ class BulkLoader:
                 self._drop(queue)
 
         return lane
+
+    def _open(self, target: str) -> None:
+        """Connect ``target``'s lane while the reader cuts its first batch (the CLI's lanes connect side by side).
+
+        A failure here is left to the lane's first batch, which connects again and reports it as a load
+        error; a lane that gets no batch (a short input) must not fail the load.
+        """
+        if isinstance(self.cluster, Primaries):
+            with suppress(PrimaryUnavailable):
+                self.cluster.connection(target)
 
     def _put(self, queue: _Queue, item: _Item) -> None:
         """Queue ``item`` for its lane, waiting while the lane has ``QUEUED`` batches not yet taken."""
