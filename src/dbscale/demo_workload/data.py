@@ -88,10 +88,7 @@ def load_shop(cluster: Cluster, size: ShopSize, seed: int = 7) -> bool:
         cluster,
         ORDERS,
         ("id", "user_id", "amount", "created_at"),
-        (
-            (i, rng.randint(1, size.users), rng.randint(100, 20_000), CREATED_AT)
-            for i in range(1, size.orders + 1)
-        ),
+        ((i, rng.randint(1, size.users), rng.randint(100, 20_000), CREATED_AT) for i in range(1, size.orders + 1)),
     )
     with cluster.write() as conn:
         conn.execute(text(f"CREATE INDEX ON {ORDERS} (user_id, created_at DESC)"))
