@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -196,3 +197,30 @@ def test_function_sql_embeds_shard_epoch_and_quoted_names() -> None:
 def test_function_sql_refuses_unsafe_identifiers(kwargs: dict[str, str]) -> None:
     with pytest.raises(GlobalIdError, match="lower-case SQL identifier"):
         next_id_function_sql(1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_generator_made_before_a_fork_refuses_in_the_child_and_a_new_one_works() -> None:
+    """A forked child's copy would repeat the parent's IDs (same shard, same millisecond): it raises there,
+    naming the fix; one made in the child issues IDs, and the parent's keeps working."""
+    generator = IdGenerator(shard=5)
+    generator.next_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, exit without pytest's teardown
+        try:
+            try:
+                generator.next_id()
+                verdict = "issued an id"
+            except GlobalIdError as exc:
+                fresh = IdGenerator(shard=6)
+                verdict = f"refused: {exc}" if shard_of_id(fresh.next_id()) == 6 else "new generator broken"
+            os.write(write, verdict.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        verdict = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert verdict.startswith("refused: IdGenerator(shard=5) was made before this process was forked"), verdict
+    assert "post_fork" in verdict
+    assert shard_of_id(generator.next_id()) == 5  # the parent's is untouched

@@ -21,11 +21,14 @@ millisecond if need be). So IDs of one generator are strictly increasing whateve
 :class:`IdGenerator` applies that rule under a lock (thread-safe, one per logical shard and
 process); :func:`next_id_function_sql` renders the same rule as a PL/pgSQL function for
 PostgreSQL. Two generators must never share a logical shard number (e.g. a Python generator and
-the database function of the same shard), or their IDs can collide.
+the database function of the same shard), or their IDs can collide. A process made by ``os.fork()``
+holds a copy of its parent's generators, which would issue the same IDs as the parent's in the
+same millisecond: there they raise instead, and the child makes its own with a shard of its own.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -126,6 +129,19 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: How many times this process's line of ancestors forked into it: a generator issues IDs only in the
+#: process it was made in (a copy in a child would repeat its parent's IDs).
+_forks = 0
+
+
+def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class IdGenerator:
     """Thread-safe generator of global IDs for one logical shard; IDs strictly increase.
 
@@ -133,7 +149,7 @@ class IdGenerator:
     GIL) only when 1,024 IDs were already made in the current millisecond.
     """
 
-    __slots__ = ("_clock", "_epoch", "_last", "_lock", "_shard")
+    __slots__ = ("_born", "_clock", "_epoch", "_last", "_lock", "_shard")
 
     def __init__(
         self,
@@ -147,6 +163,7 @@ class IdGenerator:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: int | None = None
+        self._born = _forks  # the process it issues IDs in
 
     @property
     def shard(self) -> int:
@@ -159,7 +176,17 @@ class IdGenerator:
         return self._epoch
 
     def next_id(self) -> int:
-        """A new ID, greater than every ID this generator made before."""
+        """A new ID, greater than every ID this generator made before.
+
+        Raises :class:`~dbscale.errors.GlobalIdError` in a process forked after the generator was made.
+        """
+        if self._born != _forks:
+            raise GlobalIdError(
+                f"IdGenerator(shard={self._shard}) was made before this process was forked from its parent,"
+                " whose copy issues the same IDs in the same millisecond: make the generator in each process"
+                " (after the fork: gunicorn's post_fork, a Celery worker_process_init handler), each with a"
+                " logical shard of its own"
+            )
         with self._lock:
             while True:
                 new = next_id(self._last, self._clock(), self._shard, self._epoch)
