@@ -599,3 +599,59 @@ def test_startup_warns_about_redis_settings_that_lose_acknowledged_changes(
     finally:
         for name, value in before.items():
             raw.config_set(name, value)
+
+
+def test_a_writer_made_before_fork_saves_and_flushes_in_the_child(topology_config_path: Path, views: str) -> None:
+    """A write-behind object made before ``os.fork()`` (gunicorn ``--preload``): in the child, a save goes
+    out on the child's own even when a parent's thread held the sender at the fork (else it would wait for
+    a thread that is not there, forever), a save the parent had queued is not sent by the child (its caller
+    is the parent's), and the parent's flusher object is a consumer of its own there."""
+    from dbscale._compat import Wakeup
+    from dbscale.cache.writes.policy import SAVE, Queued, pack_save
+
+    with Cluster.from_config(topology_config_path) as cluster:
+        pv = cluster.cache.write_behind(views, key_column="k", key=f"{views}:{{k}}")
+        pv.save({"k": 1, "v": 1, "note": "parent"})  # the save connection is open
+        flusher = pv.start_flusher(interval=0.05)
+        s = pv.strategy
+        held = {"k": 3, "v": 3, "note": "queued in the parent"}
+        queued = Queued(pack_save(s.entry_key(s.key_of(held)), s.key_of(held), SAVE, s.dumps(held)), Wakeup())
+        pv._sending.acquire()  # a parent's thread is mid-round-trip at the fork, one save queued behind it
+        pv._queue.append(queued)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            verdict = "failed"
+            try:
+                pv.save({"k": 2, "v": 2, "note": "child"})
+                pv.flush(timeout=30)
+                rows = _rows(cluster, views)
+                inherited = (flusher.consumer, flusher.epoch)
+                verdict = f"rows {sorted(rows)} consumer {inherited[0]} epoch {inherited[1]}"
+            except BaseException as exc:
+                verdict = f"failed: {exc!r}"
+            finally:
+                os.write(write, verdict.encode())
+                os._exit(0)
+        os.close(write)
+        try:
+            deadline = time.monotonic() + 60
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail("the child's save waited for the parent's sender (a lock held at the fork)")
+                time.sleep(0.05)
+            with os.fdopen(read, "rb") as pipe:
+                verdict = pipe.read().decode()
+        finally:
+            pv._queue.remove(queued)
+            pv._sending.release()
+        assert verdict.startswith("rows [1, 2] consumer "), verdict
+        consumer = verdict.split()[4]
+        assert consumer != flusher.consumer and consumer.split("-")[-2] == str(pid) and verdict.endswith("epoch None")
+        assert pv.flusher_running is flusher  # the parent's (the child's flush may have taken the stream over)
+        pv.flush(timeout=30)
+        assert sorted(_rows(cluster, views)) == [1, 2]  # the parent's queued save was never sent
+        flusher.stop()
+        pv.close()

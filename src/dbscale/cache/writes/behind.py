@@ -89,6 +89,7 @@ from dbscale.cache.writes.policy import (
 )
 from dbscale.cache.writes.through import RedisEntries, install_schema, read_row
 from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
+from dbscale.forks import AtFork, inherit
 
 log = logging.getLogger("dbscale.write_behind")
 
@@ -139,6 +140,7 @@ class WriteBehind:
         self._shared = False  # the last round trip carried several callers' saves
         self.flusher_running: Flusher | None = None
         self._flush_flusher: Flusher | None = None
+        _writers.add(self)
 
     def _persistence_check(self) -> None:
         """Warn (once per object) about Redis settings that lose acknowledged changes: no AOF, eviction."""
@@ -408,11 +410,12 @@ class Flusher:
         self.batch = batch
         self.block_ms = int(block * 1000)
         self.interval = interval
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.consumer = consumer or _consumer_name()
         self.epoch: int | None = None
         self.types: dict[str, str] | None = None  # the table's column types (read once)
         self._stop = Event()
         self._runner: Runner | None = None
+        _flushers.add(self)
 
     def takeover(self) -> None:
         """Create the group and the checkpoint row if needed, and become the stream's flusher (bump the epoch)."""
@@ -577,3 +580,33 @@ class Flusher:
 
 
 __all__ = ["GROUP", "Flusher", "WriteBehind"]
+
+
+def _consumer_name() -> str:
+    """A flusher's default name in the consumer group: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _writer_after_fork(writer: WriteBehind) -> None:
+    """In a forked child: the parent's queued saves (its callers are not here), its sender's lock (maybe
+    held by a thread that is not here) and its flushers stay the parent's; the child sends and flushes
+    its own (:mod:`dbscale.forks`)."""
+    inherit((writer._queue, writer.flusher_running, writer._flush_flusher))
+    writer._queue = deque()
+    writer._sending = Lock()
+    writer._shared = False
+    writer.flusher_running = None
+    writer._flush_flusher = None
+
+
+def _flusher_after_fork(flusher: Flusher) -> None:
+    """In a forked child: a flusher object is the child's own consumer, not the parent's running one (a new
+    name; it takes the stream over, with a new epoch, if it runs here); its thread or task is not here."""
+    flusher.consumer = _consumer_name()
+    flusher.epoch = None
+    flusher._stop = Event()
+    flusher._runner = None
+
+
+_writers: AtFork[WriteBehind] = AtFork(_writer_after_fork)
+_flushers: AtFork[Flusher] = AtFork(_flusher_after_fork)

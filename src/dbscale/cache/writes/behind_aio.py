@@ -88,6 +88,7 @@ from dbscale.cache.writes.policy import (
 )
 from dbscale.cache.writes.through_aio import AsyncRedisEntries, install_schema, read_row
 from dbscale.errors import CacheUnavailable, FlusherFenced, FlushTimeout, NotReplicated
+from dbscale.forks import AtFork, inherit
 
 log = logging.getLogger("dbscale.write_behind")
 
@@ -138,6 +139,7 @@ class AsyncWriteBehind:
         self._shared = False  # the last round trip carried several callers' saves
         self.flusher_running: AsyncFlusher | None = None
         self._flush_flusher: AsyncFlusher | None = None
+        _writers.add(self)
 
     async def _persistence_check(self) -> None:
         """Warn (once per object) about Redis settings that lose acknowledged changes: no AOF, eviction."""
@@ -407,11 +409,12 @@ class AsyncFlusher:
         self.batch = batch
         self.block_ms = int(block * 1000)
         self.interval = interval
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.consumer = consumer or _consumer_name()
         self.epoch: int | None = None
         self.types: dict[str, str] | None = None  # the table's column types (read once)
         self._stop = AEvent()
         self._runner: ARunner | None = None
+        _flushers.add(self)
 
     async def takeover(self) -> None:
         """Create the group and the checkpoint row if needed, and become the stream's flusher (bump the epoch)."""
@@ -576,3 +579,33 @@ class AsyncFlusher:
 
 
 __all__ = ["GROUP", "AsyncFlusher", "AsyncWriteBehind"]
+
+
+def _consumer_name() -> str:
+    """A flusher's default name in the consumer group: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _writer_after_fork(writer: AsyncWriteBehind) -> None:
+    """In a forked child: the parent's queued saves (its callers are not here), its sender's lock (maybe
+    held by a thread that is not here) and its flushers stay the parent's; the child sends and flushes
+    its own (:mod:`dbscale.forks`)."""
+    inherit((writer._queue, writer.flusher_running, writer._flush_flusher))
+    writer._queue = deque()
+    writer._sending = ALock()
+    writer._shared = False
+    writer.flusher_running = None
+    writer._flush_flusher = None
+
+
+def _flusher_after_fork(flusher: AsyncFlusher) -> None:
+    """In a forked child: a flusher object is the child's own consumer, not the parent's running one (a new
+    name; it takes the stream over, with a new epoch, if it runs here); its thread or task is not here."""
+    flusher.consumer = _consumer_name()
+    flusher.epoch = None
+    flusher._stop = AEvent()
+    flusher._runner = None
+
+
+_writers: AtFork[AsyncWriteBehind] = AtFork(_writer_after_fork)
+_flushers: AtFork[AsyncFlusher] = AtFork(_flusher_after_fork)
