@@ -453,3 +453,39 @@ def test_a_successful_load_ends_its_process_without_the_teardown(
     assert "duplicate key" in failed.stderr and "exit handler" in failed.stderr
     assert "finalized" in failed.stderr  # the usual exit
     assert counts(cluster, target) == (1_000, 1_000)
+
+
+def test_direct_lanes_open_one_connection_each_blocking_and_asyncio(
+    topology_config_path: Path, target: str, cluster: Cluster
+) -> None:
+    """What ``dbscale load`` loads through (``Primaries``, and its asyncio twin): a lane's connection is opened
+    once however many callers ask at the same moment (the lanes open theirs as they start, while the reader
+    cuts the first batch), and every lane loads on its own server backend."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dbscale.bulk.aio import AsyncPrimaries
+    from dbscale.bulk.shell import Primaries
+    from dbscale.config import load_config
+
+    config = load_config(topology_config_path)
+    lanes = {"main#0", "main#1", "main#2"}
+    with Primaries(config) as direct:
+        with ThreadPoolExecutor(8) as pool:
+            asked = list(pool.map(lambda _: direct.connection("main#1"), range(8)))
+        assert len({id(conn) for conn in asked}) == 1
+        rows = [(n, "a", n, None, None) for n in range(1, 5_001)]
+        assert bulk_load(direct, target, rows, batch_rows=1_000, parallel=3, progress=False).loaded == 5_000
+        assert set(direct._connections) == lanes
+        assert len({conn.info.backend_pid for conn in direct._connections.values()}) == 3
+
+    async def twin() -> tuple[int, int, int]:
+        async with AsyncPrimaries(config) as direct:
+            asked = await asyncio.gather(*(direct.connection("main#2") for _ in range(8)))
+            rows = [(n, "a", n, None, None) for n in range(5_001, 10_001)]
+            loaded = await bulk_load_async(direct, target, rows, batch_rows=1_000, parallel=3, progress=False)
+            assert set(direct._connections) == lanes
+            backends = {conn.info.backend_pid for conn in direct._connections.values()}
+            return len({id(conn) for conn in asked}), loaded.loaded, len(backends)
+
+    assert asyncio.run(twin()) == (1, 5_000, 3)
+    assert counts(cluster, target) == (10_000, 10_000)
