@@ -173,8 +173,9 @@ class ClusterBase:
             install_idle_ping(engine, pool.ping_idle)
 
     def _after_fork(self) -> None:
-        """In a forked child (:mod:`dbscale.forks`): a new lock (a parent's thread may have held this one)."""
+        """In a forked child (:mod:`dbscale.forks`): new locks (a parent's thread may have held one)."""
         self._lock = threading.Lock()
+        self.metrics.after_fork()
 
     def _check_open(self) -> None:
         if self._closed:

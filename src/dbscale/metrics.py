@@ -50,6 +50,10 @@ class Metrics:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock for making metrics (a parent's thread may have held this one)."""
+        self._lock = threading.Lock()
+
     def _get(self, kind: type[_M], name: str, doc: str, labels: Sequence[str], **extra: Any) -> _M:
         full = f"{self._prefix}_{name}"
         with self._lock:

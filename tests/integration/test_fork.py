@@ -242,3 +242,29 @@ def test_the_cache_of_a_cluster_made_before_fork_stays_coherent_both_ways(topolo
         finally:
             if proc.is_alive():
                 proc.kill()
+
+
+def test_a_metrics_lock_held_at_the_fork_does_not_hang_the_child(topology_config_path: Path) -> None:
+    """A parent's thread making a metric at the fork holds the registry's lock; the child's copy of that lock
+    would stay held forever, so the child's first new metric would hang without a new one."""
+    with Cluster.from_config(topology_config_path) as cluster:
+        cluster.metrics._lock.acquire()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    cluster.metrics.counter("fork_probe", "made in a forked child").inc()
+                    code = 0
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 30
+            while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail("the child waited for the parent's metrics lock")
+                time.sleep(0.02)
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+        finally:
+            cluster.metrics._lock.release()
