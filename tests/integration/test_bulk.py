@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -398,6 +399,24 @@ def test_the_loader_refuses_what_cannot_work(cluster: Cluster, target: str) -> N
         bulk_load(cluster, target, [], on_error="ignore", progress=False)  # type: ignore[arg-type]
 
 
+def test_a_resume_id_recorded_for_another_table_is_refused(cluster: Cluster, target: str) -> None:
+    """Resuming from another table's record would skip rows this table never got: refused, naming both."""
+    other = f"{target}_other"
+    with cluster.write() as conn:
+        conn.execute(text(f"CREATE TABLE {other} ({COLUMNS})"))
+    try:
+        rows = [(n, "a", n, None, None) for n in range(1, 101)]
+        load_id = f"shared-{target}"
+        assert bulk_load(cluster, target, rows, resume=load_id, restart=True, progress=False).loaded == 100
+        with pytest.raises(dbscale.BulkLoadError, match=f"a load into '{target}', not '{other}'.*resume id of its own"):
+            bulk_load(cluster, other, rows, resume=load_id, progress=False)
+        assert counts(cluster, other) == (0, 0)
+        assert bulk_load(cluster, other, rows, resume=load_id, restart=True, progress=False).loaded == 100
+    finally:
+        with cluster.write() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {other}"))
+
+
 def test_the_cli_routes_a_sharded_load_to_the_shard_cluster_shard_for_names(
     topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
 ) -> None:
@@ -489,3 +508,46 @@ def test_direct_lanes_open_one_connection_each_blocking_and_asyncio(
 
     assert asyncio.run(twin()) == (1, 5_000, 3)
     assert counts(cluster, target) == (10_000, 10_000)
+
+
+@pytest.mark.parametrize("through", ["cluster", "direct"])
+def test_async_loads_cancelled_at_random_points_then_resumed_load_exactly_the_input(
+    topology_config_path: Path, target: str, cluster: Cluster, through: str
+) -> None:
+    """``bulk_load_async`` with three lanes, cancelled at random moments (mid-COPY, mid-commit, while the
+    reader waits) eight times, then run to the end with the same resume id: exactly the input, each row
+    once (the resume record is in each batch's transaction, so a batch is committed with it or not at all),
+    and the connections a cancelled load held are not handed to the next one mid-COPY."""
+    import random
+
+    from dbscale.bulk.aio import AsyncPrimaries
+    from dbscale.config import load_config
+
+    total = 60_000
+    rows = [(n, f"row {n}", n % 100, None, None) for n in range(1, total + 1)]
+    rng = random.Random(1234)
+    config = load_config(topology_config_path)
+    options: dict[str, Any] = {"batch_rows": 500, "parallel": 3, "resume": f"cancelled-{target}", "progress": False}
+
+    async def load(acl: AsyncCluster) -> int:
+        if through == "direct":
+            async with AsyncPrimaries(config) as direct:
+                return (await bulk_load_async(direct, target, rows, **options)).loaded
+        return (await bulk_load_async(acl, target, rows, **options)).loaded
+
+    async def main() -> tuple[list[int], int]:
+        committed = []
+        async with AsyncCluster.from_config(topology_config_path) as acl:
+            for _ in range(8):
+                task = asyncio.create_task(load(acl))
+                await asyncio.sleep(rng.uniform(0.01, 0.08))
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                committed.append(counts(cluster, target)[0])
+            return committed, await load(acl)
+
+    committed, last = asyncio.run(main())
+    assert sum(0 < n < total for n in committed) >= 4, committed  # most were cut off mid-load
+    assert committed == sorted(committed) and last == total - committed[-1] > 0
+    assert counts(cluster, target) == (total, total)

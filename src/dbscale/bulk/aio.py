@@ -537,7 +537,8 @@ class AsyncBulkLoader:
         """Each target's recorded resume position for this load (forgotten first with ``restart``).
 
         A load resumed with another ``batch_rows`` or ``parallel`` would put rows in other lanes
-        than the recorded positions speak of: the recorded settings are adopted.
+        than the recorded positions speak of: the recorded settings are adopted. A record of a load
+        into another table is refused (resuming from it would skip rows this table never got).
         """
         positions: dict[str, int] = {}
         for group in groups:
@@ -547,7 +548,12 @@ class AsyncBulkLoader:
                     await pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
                 cur = await pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
                 found = await cur.fetchall()
-            for load_id, position, batch_rows, lanes in found:
+            for load_id, table, position, batch_rows, lanes in found:
+                if table != self.table:
+                    raise BulkLoadError(
+                        f"resume id {self.resume!r} holds the position of a load into {table!r}, not {self.table!r}:"
+                        " give this load a resume id of its own (or restart=True to forget that record)"
+                    )
                 self.batch_rows, self.lanes = int(batch_rows), int(lanes)
                 positions[group + str(load_id)[len(str(self.resume)) :]] = int(position)
         return positions

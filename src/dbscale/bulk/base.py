@@ -30,7 +30,8 @@ CREATE_PROGRESS = (
     " batch_rows integer NOT NULL, lanes integer NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
 )
 READ_PROGRESS = (
-    f"SELECT load_id, position, batch_rows, lanes FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
+    f"SELECT load_id, target, position, batch_rows, lanes FROM {PROGRESS_TABLE}"
+    " WHERE load_id = %s OR starts_with(load_id, %s)"
 )
 RECORD_PROGRESS = (
     f"INSERT INTO {PROGRESS_TABLE} AS p (load_id, target, position, loaded, rejected, batch_rows, lanes)"
