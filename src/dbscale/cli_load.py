@@ -140,7 +140,7 @@ def load(
 ) -> None:
     """Bulk load a CSV or JSON-lines file with COPY: committed per batch, resumable, bad rows named or skipped."""
     from dbscale.bulk.plan import csv_fields, csv_records
-    from dbscale.bulk.shell import Primaries, bulk_load
+    from dbscale.bulk.shell import BulkLoader, Primaries
     from dbscale.config import load_config
     from dbscale_launcher import resume_collection
 
@@ -165,22 +165,30 @@ def load(
             progress = sys.stderr.isatty()
         bar = FileProgress(handle, file.stat().st_size, _stderr()) if progress else nullcontext(False)
         with _target(topology, Primaries) as cluster, bar as callback:
+            loader = BulkLoader(
+                cluster,
+                table,
+                columns=names,
+                batch_rows=batch_rows,
+                parallel=parallel,
+                progress=callback,
+                on_error=on_error.value,
+                resume=load_id(table, file),
+                restart=not resume,
+                reject_file=rejects,
+                shard_key=shard_key,
+                input_format="csv" if kind is InputFormat.csv else "text",
+            )
             try:
-                result = bulk_load(
-                    cluster,
-                    table,
-                    rows,
-                    columns=names,
-                    batch_rows=batch_rows,
-                    parallel=parallel,
-                    progress=callback,
-                    on_error=on_error.value,
-                    resume=load_id(table, file),
-                    restart=not resume,
-                    reject_file=rejects,
-                    shard_key=shard_key,
-                    input_format="csv" if kind is InputFormat.csv else "text",
+                result = loader.run(rows)
+            except KeyboardInterrupt:
+                committed = loader.progress.loaded
+                print(
+                    f"dbscale: interrupted after {committed:,} rows were committed in this run;"
+                    " run it again with --resume to continue after exactly what is committed",
+                    file=sys.stderr,
                 )
+                raise typer.Exit(130) from None
             except BadRowError as exc:
                 line = exc.row + (1 if header else 0)
                 hint = f" (line {line} of {file.name})" if kind is InputFormat.csv else ""

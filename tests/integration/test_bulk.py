@@ -141,9 +141,12 @@ def test_skip_sends_three_bad_rows_to_the_reject_file_and_loads_the_rest(
     assert records[7_777]["data"] == bad[7_777].strip()
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_a_loader_killed_mid_load_then_resumed_loads_exactly_the_input(
-    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path, how: signal.Signals
 ) -> None:
+    """SIGKILL (a crash) or Ctrl-C mid-load, then ``--resume``: exactly the input. Ctrl-C exits 130 saying how
+    many rows this run committed and that ``--resume`` continues after them."""
     rows = 300_000
     data = write_csv(tmp_path / "big.csv", rows, header=False)
     args = [
@@ -157,24 +160,30 @@ def test_a_loader_killed_mid_load_then_resumed_loads_exactly_the_input(
         "--config",
         str(topology_config_path),
     ]
-    loader = subprocess.Popen([*args, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    loader = subprocess.Popen([*args, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     position = 0
     deadline = time.monotonic() + 120
     try:
         while position == 0 and time.monotonic() < deadline and loader.poll() is None:
             time.sleep(0.01)
             with cluster.write() as conn:
+                if conn.scalar(text("SELECT to_regclass('dbscale_bulk_loads')")) is None:  # the loader makes it
+                    continue
                 found = conn.execute(
                     text("SELECT max(position) FROM dbscale_bulk_loads WHERE starts_with(load_id, :id)"),
                     {"id": load_id(target, data)},
                 ).scalar()
             position = int(found or 0)
     finally:
-        loader.send_signal(signal.SIGKILL)
-        loader.wait()
+        loader.send_signal(how)
+        _, said = loader.communicate(timeout=60)
     assert 0 < position < rows, f"the loader was not caught mid-load (position {position})"
     loaded, distinct = counts(cluster, target)
     assert loaded == distinct and loaded < rows
+    if how == signal.SIGINT:
+        assert loader.returncode == 130, said
+        reported = int(said.split("interrupted after ")[1].split(" rows")[0].replace(",", ""))
+        assert 0 < reported <= loaded and "--resume" in said, said
 
     resumed = load_cli(topology_config_path, data, "--table", target, "--batch-rows", 2000, "--resume")
     assert resumed.returncode == 0, resumed.stderr
