@@ -9,6 +9,7 @@ loaded, set aside and skipped. The resume record is kept under one id per table 
 
 from __future__ import annotations
 
+import codecs
 import enum
 import sys
 from collections.abc import Callable, Iterator
@@ -156,6 +157,8 @@ def load(
     rejects = reject_file or (file.with_name(file.name + ".rejects.jsonl") if on_error is OnError.skip else None)
     names = [c.strip() for c in columns.split(",")] if columns else None
     with file.open("rb") as handle:
+        if handle.peek(3)[:3] == codecs.BOM_UTF8:  # a byte order mark (Excel's "CSV UTF-8" writes one): not data
+            handle.read(3)
         if header:
             first = handle.readline()
             names = names or [c.strip() for c in csv_fields(first)]

@@ -560,3 +560,27 @@ def test_async_loads_cancelled_at_random_points_then_resumed_load_exactly_the_in
     assert sum(0 < n < total for n in committed) >= 4, committed  # most were cut off mid-load
     assert committed == sorted(committed) and last == total - committed[-1] > 0
     assert counts(cluster, target) == (total, total)
+
+
+def test_a_utf8_byte_order_mark_is_not_data(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte order mark: it is skipped, not read as part of the
+    first column's name (``--header``) or of the first value (CSV without a header, JSON lines)."""
+    bom = b"\xef\xbb\xbf"
+    with_header = tmp_path / "excel.csv"
+    with_header.write_bytes(bom + b"id,name,qty,price,day\r\n1,a,1,1.00,2024-01-01\r\n2,b,2,2.00,2024-01-02\r\n")
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes(bom + b"3,c,3,3.00,2024-01-03\n")
+    lines = tmp_path / "rows.jsonl"
+    lines.write_bytes(bom + b'{"id": 4, "name": "d", "qty": 4, "price": null, "day": null}\n')
+    for args in ((with_header, "--header"), (bare,), (lines,)):
+        done = load_cli(topology_config_path, *args, "--table", target)
+        assert done.returncode == 0, done.stderr
+    with cluster.write() as conn:
+        assert conn.execute(text(f"SELECT id, name FROM {target} ORDER BY id")).all() == [
+            (1, "a"),
+            (2, "b"),
+            (3, "c"),
+            (4, "d"),
+        ]
