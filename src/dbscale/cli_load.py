@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dbscale.errors import BadRowError, ConfigError
+from dbscale.errors import BadRowError, BulkLoadError, ConfigError
 
 if TYPE_CHECKING:  # the loader (psycopg) is imported when `load` runs, not when the CLI starts; rich for the bar only
     from rich.console import Console
@@ -118,12 +118,16 @@ def load(
         int,
         typer.Option(
             "--batch-rows",
+            min=1,
             help="Rows per COPY and commit. A COPY statement costs the server a few ms besides its rows, so a file"
             " loads faster in larger batches; --resume continues after the last committed one whatever the size.",
         ),
     ] = 50_000,
     parallel: Annotated[
-        int, typer.Option("--parallel", help="Connections per group loading side by side (the server parses in each).")
+        int,
+        typer.Option(
+            "--parallel", min=1, help="Connections per group loading side by side (the server parses in each)."
+        ),
     ] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after what an earlier run committed.")] = False,
     on_error: Annotated[OnError, typer.Option("--on-error", help="stop at a bad row, or skip it.")] = OnError.stop,
@@ -168,20 +172,23 @@ def load(
             progress = sys.stderr.isatty()
         bar = FileProgress(handle, file.stat().st_size, _stderr()) if progress else nullcontext(False)
         with _target(topology, Primaries) as cluster, bar as callback:
-            loader = BulkLoader(
-                cluster,
-                table,
-                columns=names,
-                batch_rows=batch_rows,
-                parallel=parallel,
-                progress=callback,
-                on_error=on_error.value,
-                resume=load_id(table, file),
-                restart=not resume,
-                reject_file=rejects,
-                shard_key=shard_key,
-                input_format="csv" if kind is InputFormat.csv else "text",
-            )
+            try:
+                loader = BulkLoader(
+                    cluster,
+                    table,
+                    columns=names,
+                    batch_rows=batch_rows,
+                    parallel=parallel,
+                    progress=callback,
+                    on_error=on_error.value,
+                    resume=load_id(table, file),
+                    restart=not resume,
+                    reject_file=rejects,
+                    shard_key=shard_key,
+                    input_format="csv" if kind is InputFormat.csv else "text",
+                )
+            except BulkLoadError as exc:  # an option the loader refuses (the reject file's path): a usage error
+                raise ConfigError(str(exc)) from None
             try:
                 result = loader.run(rows)
             except KeyboardInterrupt:

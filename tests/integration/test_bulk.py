@@ -406,6 +406,12 @@ def test_the_loader_refuses_what_cannot_work(cluster: Cluster, target: str) -> N
         bulk_load(cluster, target, [], columns=["id", "nope"], progress=False)
     with pytest.raises(dbscale.BulkLoadError, match="on_error"):
         bulk_load(cluster, target, [], on_error="ignore", progress=False)  # type: ignore[arg-type]
+    rows = [(1, "a", 1, None, None), (2, "b", None, None, None)]  # row 2 breaks NOT NULL
+    with pytest.raises(dbscale.BulkLoadError, match="'/no/such/dir', which does not exist"):  # before any row
+        bulk_load(cluster, target, rows, on_error="skip", reject_file="/no/such/dir/r.jsonl", progress=False)
+    assert counts(cluster, target) == (0, 0)
+    with pytest.raises(dbscale.BulkLoadError, match=r"cannot write row 2 to the reject file '/dev/full' \(No space"):
+        bulk_load(cluster, target, rows, on_error="skip", reject_file="/dev/full", progress=False)
 
 
 def test_a_resume_id_recorded_for_another_table_is_refused(cluster: Cluster, target: str) -> None:

@@ -167,3 +167,17 @@ def test_collection_resumes_only_where_the_launcher_paused_it() -> None:
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_load_options_out_of_range_are_usage_errors(tmp_path: Path) -> None:
+    """``--batch-rows 0`` and ``--parallel 0`` are refused by the option parser (exit 2), before any config
+    is read or any connection made."""
+    from typer.testing import CliRunner
+
+    from dbscale.cli import app
+
+    data = tmp_path / "in.csv"
+    data.write_text("1,a\n")
+    for option in ("--batch-rows", "--parallel"):
+        done = CliRunner().invoke(app, ["load", str(data), "--table", "t", option, "0", "--config", "/nonexistent"])
+        assert done.exit_code == 2 and option in done.output, done.output

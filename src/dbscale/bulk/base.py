@@ -6,6 +6,8 @@ everything else they need that is not a pure decision (``bulk/plan.py``) lives h
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +116,17 @@ class RejectFile:
         self.path = None if path is None else Path(path)
         self._file: IO[bytes] | None = None
         self._lock = threading.Lock()  # shard groups load in parallel threads (blocking flavour)
+        if self.path is not None:  # checked before the load: the first bad row may come after many committed batches
+            parent = self.path.parent
+            if self.path.is_dir() or not parent.is_dir():
+                where = (
+                    "is a directory"
+                    if self.path.is_dir()
+                    else f"is in {str(parent)!r}, which {'is not a directory' if parent.exists() else 'does not exist'}"
+                )
+                raise BulkLoadError(f"reject_file {str(self.path)!r} {where}: name a file in an existing directory")
+            if not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
+                raise BulkLoadError(f"reject_file {str(self.path)!r} cannot be written here: pick a writable path")
 
     def write(self, bad: Rejected) -> None:
         """Append one rejected row (flushed at once: the file is the record of what was set aside)."""
@@ -124,10 +137,21 @@ class RejectFile:
         record = {"row": bad.number, "column": bad.column, "value": bad.value, "reason": bad.reason, "data": bad.data}
         line = orjson.dumps(record, default=str) + b"\n"
         with self._lock:
-            if self._file is None:
-                self._file = self.path.open("ab")
-            self._file.write(line)
-            self._file.flush()
+            try:
+                if self._file is None:
+                    self._file = self.path.open("ab")
+                self._file.write(line)
+                self._file.flush()
+            except OSError as exc:
+                broken, self._file = self._file, None
+                if broken is not None:  # its unwritten line would fail again at close: dropped with it
+                    with contextlib.suppress(OSError):
+                        broken.close()
+                raise BulkLoadError(
+                    f"cannot write row {bad.number} to the reject file {str(self.path)!r} ({exc.strerror or exc});"
+                    " the rows before it are committed: free the disk or fix the path, then load again with the"
+                    " same resume id"
+                ) from exc
 
     def close(self) -> None:
         """Close the file if one was opened."""
