@@ -590,3 +590,26 @@ def test_a_utf8_byte_order_mark_is_not_data(
             (3, "c"),
             (4, "d"),
         ]
+
+
+def test_table_names_are_read_as_sql_reads_them(cluster: Cluster) -> None:
+    """``--table`` / ``table=`` is SQL name syntax, as in ``psql \\copy``: ``schema.t``, ``"MixedCase"`` (an
+    unquoted name folds to lower case); a name that is not SQL name syntax is refused, not sent."""
+    name = f"Bulk_{uuid.uuid4().hex[:8]}"
+    with cluster.write() as conn:
+        conn.execute(text(f'CREATE TABLE "{name}" (id int, note text)'))
+    try:
+        assert bulk_load(cluster, f'"{name}"', [(1, "quoted")], progress=False).loaded == 1
+        assert bulk_load(cluster, f'public."{name}"', [(2, "qualified")], progress=False).loaded == 1
+        with pytest.raises(dbscale.BulkLoadError, match="does not exist"):  # folds to lower case: another table
+            bulk_load(cluster, name, [(3, "unquoted")], progress=False)
+        with pytest.raises(dbscale.BulkLoadError, match="is not a table name"):
+            bulk_load(cluster, f'"{name}"; DROP TABLE x', [(4, "injected")], progress=False)
+        with cluster.write() as conn:
+            assert conn.execute(text(f'SELECT id, note FROM "{name}" ORDER BY id')).all() == [
+                (1, "quoted"),
+                (2, "qualified"),
+            ]
+    finally:
+        with cluster.write() as conn:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))

@@ -197,6 +197,9 @@ def test_locate_reads_postgres_copy_context_and_key_detail() -> None:
     where = locate("COPY t, line 7", "Key (id)=(5) already exists.", None)
     assert (where.line, where.column, where.value) == (7, "id", "5")
     assert locate(None, None, "name").column == "name"
+    # a NOT NULL violation names the column in its own field; the context quotes the whole line, not a value
+    where = locate('COPY t, line 1: "1,a"', None, "qty")
+    assert (where.line, where.column, where.value) == (1, "qty", None)
 
 
 def test_rejected_describes_row_column_and_value() -> None:

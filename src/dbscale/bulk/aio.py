@@ -32,6 +32,7 @@ from dbscale.bulk.base import (
     FORGET_PROGRESS,
     READ_PROGRESS,
     RECORD_PROGRESS,
+    RELATION_SQL,
     RejectFile,
     _Abandoned,
     _DumpFailed,
@@ -209,6 +210,7 @@ class AsyncBulkLoader:
         check_options(batch_rows, parallel, on_error, reject_file)
         self.cluster = cluster
         self.table = table
+        self.relation = table  # the table as the server names it (read by _describe)
         self.columns = list(columns) if columns else []
         self.batch_rows = batch_rows
         self.lanes = parallel
@@ -514,8 +516,17 @@ class AsyncBulkLoader:
         found: list[tuple[str, str, int]] = []
         for group in groups:
             async with self._transaction(target_name(group, 0, self.lanes)) as pg:
-                cur = await pg.execute(COLUMNS_SQL, [self.table])
-                found = await cur.fetchall()
+                try:
+                    relation = (await (await pg.execute(RELATION_SQL, [self.table])).fetchone() or [None])[0]
+                except psycopg.errors.InvalidName as exc:
+                    raise BulkLoadError(
+                        f"{self.table!r} is not a table name ({exc}): write it as in SQL, e.g. orders,"
+                        ' sales.orders or "MixedCase"'
+                    ) from None
+                if relation is not None:
+                    self.relation = str(relation)
+                    cur = await pg.execute(COLUMNS_SQL, [self.relation])
+                    found = await cur.fetchall()
             if found:
                 break
         if not found:
@@ -580,7 +591,9 @@ class AsyncBulkLoader:
         return group_for
 
     def _statement(self) -> Any:
-        return copy_statement(self.table, self.columns, "csv" if self.raw_csv else "binary" if self.binary else "text")
+        return copy_statement(
+            self.relation, self.columns, "csv" if self.raw_csv else "binary" if self.binary else "text"
+        )
 
     def _type_of(self, column: str | None) -> str:
         return self.types[self.columns.index(column)] if column in self.columns else "its column type"

@@ -41,6 +41,9 @@ RECORD_PROGRESS = (
     " loaded = p.loaded + excluded.loaded, rejected = p.rejected + excluded.rejected, updated_at = now()"
 )
 FORGET_PROGRESS = f"DELETE FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
+#: The table a name means, as SQL reads it (``t``, ``schema.t``, ``"MixedCase"``), printed back quoted where it must
+#: be; NULL when there is none (a name that is not SQL name syntax raises ``InvalidName``).
+RELATION_SQL = "SELECT to_regclass(%s)::text"
 #: The table's loadable columns in order, with their types (generated columns cannot be loaded).
 COLUMNS_SQL = (
     "SELECT attname, format_type(atttypid, atttypmod), atttypid::int FROM pg_attribute"
@@ -50,15 +53,11 @@ COLUMNS_SQL = (
 FOREVER = 1e9  # a deadline for the lanes and the reader that nothing reaches
 
 
-def table_identifier(table: str) -> sql.Composable:
-    """``schema.table`` or ``table`` as a quoted identifier."""
-    return sql.Identifier(*table.split(".", 1))
-
-
-def copy_statement(table: str, columns: Sequence[str], fmt: str) -> sql.Composed:
-    """``COPY t (a, b) FROM STDIN (FORMAT binary|text|csv)``."""
+def copy_statement(relation: str, columns: Sequence[str], fmt: str) -> sql.Composed:
+    """``COPY t (a, b) FROM STDIN (FORMAT binary|text|csv)``; ``relation`` is the table's name as the server
+    prints a ``regclass`` (:data:`RELATION_SQL`: quoted where it must be, so it is used as it is)."""
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
-        table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(fmt)
+        sql.SQL(relation), sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(fmt)
     )
 
 
@@ -220,6 +219,7 @@ __all__ = [
     "PROGRESS_TABLE",
     "READ_PROGRESS",
     "RECORD_PROGRESS",
+    "RELATION_SQL",
     "ProgressBar",
     "RejectFile",
     "bad_row_error",
@@ -232,7 +232,6 @@ __all__ = [
     "progress_callback",
     "rejected_from",
     "shown",
-    "table_identifier",
 ]
 
 

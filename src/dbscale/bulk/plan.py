@@ -521,7 +521,7 @@ def locate(context: str | None, detail: str | None, column: str | None) -> Locat
         if match:
             line = int(match.group(1))
             column = column or (match.group(2) or None)
-            value = match.group(3)
+            value = match.group(3) if match.group(2) else None  # without a column, the quoted text is the whole line
     if detail and column is None:
         key = _KEY.search(detail)
         if key:
