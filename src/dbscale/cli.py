@@ -61,7 +61,7 @@ def _command_name(info: typer.models.CommandInfo) -> str:
 
 def _holder_for(name: str) -> typer.Typer | None:
     """A Typer holding only what ``name`` needs built: its lazy module's commands, or its entry in :data:`commands`."""
-    holder = typer.Typer()
+    holder = typer.Typer(add_completion=False)  # as the app: no --install-completion on a command
     module = LAZY_COMMANDS.get(name)
     if module is not None:
         importlib.import_module(module).register(holder)  # the module's commands, on a Typer of their own

@@ -141,6 +141,9 @@ def test_a_named_command_is_the_only_one_built(monkeypatch: pytest.MonkeyPatch) 
     done = runner.invoke(app, ["load", "--help"])
     assert done.exit_code == 0 and "--batch-rows" in done.output
     assert built == ["load"]
+    for command in (["load"], ["status"], ["advise"], ["node", "stop"]):  # the app has no shell completion
+        helped = runner.invoke(app, [*command, "--help"])
+        assert helped.exit_code == 0 and "--install-completion" not in helped.output, command
     built.clear()
     listed = runner.invoke(app, ["--help"])
     assert listed.exit_code == 0
