@@ -15,7 +15,7 @@ import redis
 
 from dbscale.cache import AsyncCache, Cache
 from dbscale.config import CacheConfig
-from dbscale.errors import SerializationError
+from dbscale.errors import ConfigError, SerializationError
 
 from .helpers import Front, cached, maybe
 
@@ -365,3 +365,20 @@ def test_l1_only_cache_without_redis() -> None:
     f(1)
     assert calls == [1, 1]
     cache.close()
+
+
+def test_a_ttl_that_is_no_lifetime_is_refused_where_it_is_given(make_cache: Any) -> None:
+    """``cached(ttl=-1)`` used to reach Redis as a failed SET (the loader ran on nearly every call) and NaN
+    failed inside the miss path: the decorator, ``get_or_load`` and write-through refuse them at once."""
+    cache = make_cache()
+    calls: list[int] = []
+    with pytest.raises(ConfigError, match=r"ttl=-1: .*positive finite number"):
+
+        @cache.cached(ttl=-1, key="neg:{x}")
+        def negative(x: int) -> int:
+            calls.append(x)
+            return x
+
+    with pytest.raises(ConfigError, match="ttl=nan"):
+        cache.get_or_load("k", lambda: 1, ttl=float("nan"))
+    assert calls == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dbscale.cache.leases import LeaseStatus, WaitAction, parse_lease_reply, wait_decision
 from dbscale.cache.markers import MARGIN, marker_ttl
-from dbscale.cache.policy import BreakerState, CircuitBreaker, jittered_ttl, xfetch_should_recompute
+from dbscale.cache.policy import BreakerState, CircuitBreaker, check_ttl, jittered_ttl, xfetch_should_recompute
+from dbscale.errors import ConfigError
 
 
 @given(st.floats(0.01, 1e6), st.floats(0, 0.99), st.floats(0, 0.999999))
@@ -105,3 +107,15 @@ def test_parse_lease_reply() -> None:
 def test_marker_ttl_is_max_lag_plus_margin_unless_configured() -> None:
     assert marker_ttl(None, 10.0) == 10.0 + MARGIN
     assert marker_ttl(3.0, 10.0) == 3.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, -0.5, float("nan"), float("inf"), True, "5m", None.__class__])
+def test_a_ttl_that_is_no_lifetime_is_refused(bad: object) -> None:
+    """0, negative, NaN, infinite, a bool or a non-number: a ConfigError naming the value (a negative TTL used
+    to reach Redis as a failed SET and the loader ran on every call; NaN failed deep inside the miss path)."""
+    with pytest.raises(ConfigError, match="positive finite number"):
+        check_ttl(bad)  # type: ignore[arg-type]
+
+
+def test_a_lifetime_passes_and_none_means_the_default() -> None:
+    assert check_ttl(300) == 300.0 and check_ttl(0.25) == 0.25 and check_ttl(None) is None

@@ -33,7 +33,7 @@ from dbscale.cache.l2 import CacheUnavailable, RedisL2
 from dbscale.cache.l2_cluster import make_l2
 from dbscale.cache.leases import LeaseReply
 from dbscale.cache.markers import Causality, marker_ttl
-from dbscale.cache.policy import CircuitBreaker, jittered_ttl, xfetch_should_recompute
+from dbscale.cache.policy import CircuitBreaker, check_ttl, jittered_ttl, xfetch_should_recompute
 from dbscale.cache.serde import Serializer
 from dbscale.cache.stats import CacheStats
 from dbscale.config import CacheConfig
@@ -417,8 +417,9 @@ class CacheFront:
         xfetch_beta: float | None = None,
         tags: Sequence[str] = (),
     ) -> Options:
-        """Resolve per-call settings against the config."""
+        """Resolve per-call settings against the config (a ``ttl`` that is not a positive number of seconds is refused)."""
         cfg = self.core.config
+        ttl = check_ttl(ttl)
         return Options(
             cfg.default_ttl if ttl is None else ttl,
             l1=l1 and cfg.l1_size > 0,

@@ -11,7 +11,22 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["BreakerState", "CircuitBreaker", "jittered_ttl", "xfetch_should_recompute"]
+from dbscale.errors import ConfigError
+
+__all__ = ["BreakerState", "CircuitBreaker", "check_ttl", "jittered_ttl", "xfetch_should_recompute"]
+
+
+def check_ttl(ttl: float | None, name: str = "ttl") -> float | None:
+    """``ttl`` if it is a lifetime an entry can have (a positive, finite number of seconds) or None (the
+    configured default); else a :class:`~dbscale.errors.ConfigError` saying so, before anything is cached."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
+        raise ConfigError(
+            f"{name}={ttl!r}: how long an entry lives, in seconds, is a positive finite number (e.g. 300);"
+            " None takes [cache] default_ttl"
+        )
+    return float(ttl)
 
 
 def jittered_ttl(ttl: float, jitter: float, rand: float) -> float:

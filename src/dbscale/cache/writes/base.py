@@ -11,6 +11,7 @@ from typing import Any
 
 from dbscale.cache.core import CacheFront
 from dbscale.cache.invalidation import Invalidation, encode_message
+from dbscale.cache.policy import check_ttl
 from dbscale.cache.writes.policy import TableSpec, as_str, cache_key
 from dbscale.config import is_cluster_url
 from dbscale.errors import SerializationError, WriteBehindError
@@ -50,6 +51,9 @@ class Strategy:
         self.table = TableSpec.of(target, key_column)
         self.template = key
         self.invalidates = tuple(invalidates)
+        ttl = check_ttl(ttl)
+        if tombstone_ttl != 0:  # 0: no tombstone (write-behind)
+            check_ttl(tombstone_ttl, "tombstone_ttl")
         self.ttl_ms = max(1, int((core.config.default_ttl if ttl is None else ttl) * 1000))
         self.tombstone_ms = max(1, int(tombstone_ttl * 1000))
         self.prefix = f"{core.config.namespace}:w:{self.table.label}:"
