@@ -185,6 +185,8 @@ PostgresURL = Annotated[str, AfterValidator(_postgres_url)]
 RedisURL = Annotated[str, AfterValidator(_redis_url)]
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 Duration = Annotated[float, BeforeValidator(_duration)]
+#: A duration that must not be zero (a TTL, a timeout).
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(_size)]
 
 
@@ -250,8 +252,8 @@ class CacheConfig(_Model):
     namespace: str = Field("dbscale", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     l1_size: int = Field(10_000, ge=0)
     l1_max_bytes: Size | None = None
-    default_ttl: Duration = 300.0
-    redis_timeout: Duration = 0.05
+    default_ttl: PositiveDuration = 300.0
+    redis_timeout: PositiveDuration = 0.05
     serializer: Literal["orjson", "msgpack", "pickle"] = "orjson"
     l1_ttl: Duration = 5.0
     negative_ttl: Duration = 30.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -41,6 +42,8 @@ def parse_duration(value: str | float | int) -> float:
         if match is None:
             raise ValueError(f"{value!r} is not a duration (use e.g. 250ms, 2s, 5m, 1h, or a number of seconds)")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds):  # TOML reads nan and inf as floats
+        raise ValueError(f"{value!r} is not a finite duration (use e.g. 250ms, 2s, 5m)")
     if seconds < 0:
         raise ValueError(f"{value!r} is negative; durations must be >= 0")
     return seconds

@@ -119,6 +119,17 @@ class TestErrors:
     def test_bad_duration(self) -> None:
         assert error_of(primary=PG, max_lag="soon").startswith("groups.main.max_lag: 'soon' is not a duration")
 
+    def test_a_duration_is_finite_and_a_ttl_or_redis_timeout_is_not_zero(self) -> None:
+        """TOML reads ``nan`` and ``inf`` as floats; a zero TTL caches nothing and a zero Redis timeout fails
+        every call over to the database."""
+        assert error_of(primary=PG, max_lag=float("nan")) == (
+            "groups.main.max_lag: nan is not a finite duration (use e.g. 250ms, 2s, 5m)"
+        )
+        assert "not a finite duration" in error_of(primary=PG, pool={"pool_timeout": float("inf")})
+        for setting in ("default_ttl", "redis_timeout"):
+            message = error_of(primary=PG, cache={"redis_url": "redis://127.0.0.1:6379/0", setting: 0})
+            assert message == f"cache.{setting}: Input should be greater than 0", message
+
     def test_unknown_setting_is_named(self) -> None:
         message = error_of(primary=PG, pool={"pool_sise": 3})
         assert message == (
