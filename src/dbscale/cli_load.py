@@ -13,9 +13,9 @@ import codecs
 import enum
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -42,9 +42,42 @@ class OnError(enum.StrEnum):
     skip = "skip"
 
 
+#: The FILE that means standard input.
+STDIN = Path("-")
+
+
 def load_id(table: str, file: Path) -> str:
-    """The resume record's id for loading ``file`` into ``table``."""
-    return f"load:{table}:{file.resolve()}"
+    """The resume record's id for loading ``file`` into ``table`` (standard input has one id per table)."""
+    return f"load:{table}:{'<stdin>' if file == STDIN else file.resolve()}"
+
+
+def _open_input(file: Path, stack: ExitStack) -> tuple[IO[bytes], Callable[[], int], int | None]:
+    """The input's bytes (a ``.gz`` file decompressed as it is read, standard input for ``-``), how far into
+    the file the reading is (for the progress bar: compressed bytes of a ``.gz``), and the file's size (None
+    when unknown: standard input)."""
+    if file == STDIN:
+        return sys.stdin.buffer, lambda: 0, None
+    raw = stack.enter_context(file.open("rb"))
+    if file.suffix.lower() == ".gz":
+        import gzip  # compressed input only
+
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        stack.callback(unzipped.close)
+        return cast("IO[bytes]", unzipped), raw.tell, file.stat().st_size
+    return raw, raw.tell, file.stat().st_size
+
+
+def _format_of(file: Path) -> InputFormat:
+    """csv or jsonl from the file name (``.jsonl``, ``.ndjson``, ``.json``, also under ``.gz``); csv for ``-``."""
+    name = file.name[:-3] if file.suffix.lower() == ".gz" else file.name
+    return InputFormat.jsonl if Path(name).suffix.lower() in (".jsonl", ".ndjson", ".json") else InputFormat.csv
+
+
+def _skip_byte_order_mark(handle: IO[bytes]) -> None:
+    """Skip a UTF-8 byte order mark opening the input (Excel's "CSV UTF-8" writes one): it is not data."""
+    peek = getattr(handle, "peek", None)
+    if peek is not None and peek(3)[:3] == codecs.BOM_UTF8:
+        handle.read(3)
 
 
 def _jsonl_rows(handle: IO[bytes]) -> Iterator[Any]:
@@ -68,13 +101,13 @@ def _jsonl_rows(handle: IO[bytes]) -> Iterator[Any]:
 
 
 class FileProgress:
-    """A rich progress bar over the file's bytes: rows loaded, rows/s, ETA."""
+    """A rich progress bar over the file's bytes: rows loaded, rows/s, ETA (standard input: no total, no ETA)."""
 
-    def __init__(self, handle: IO[bytes], size: int, console: Console) -> None:
+    def __init__(self, position: Callable[[], int], size: int | None, console: Console) -> None:
         from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        self._handle = handle
+        self._position = position
         self._bar = RichProgress(
             TextColumn("[bold]loading"),
             BarColumn(),
@@ -98,14 +131,20 @@ class FileProgress:
         """Called by the loader after each batch."""
         self._bar.update(
             self._task,
-            completed=self._handle.tell(),
+            completed=self._position(),
             rows=f"{progress.loaded:,}",
             rate=f"{progress.rows_per_second:,.0f}",
         )
 
 
 def load(
-    file: Annotated[Path, typer.Argument(help="The CSV or JSON-lines file to load.", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="The CSV or JSON-lines file to load (.gz is decompressed as it is read; - reads standard input).",
+            dir_okay=False,  # its existence is checked in the body: typer's exists=True refuses "-" for a Path
+        ),
+    ],
     table: Annotated[str, typer.Option("--table", help="The target table (it must exist).")],
     fmt: Annotated[
         InputFormat | None, typer.Option("--format", help="csv or jsonl (default: from the file name).")
@@ -150,19 +189,23 @@ def load(
     from dbscale_launcher import resume_collection
 
     resume_collection()  # paused by the launcher for the start-up imports
+    if file != STDIN and not file.is_file():
+        raise ConfigError(f"{file}: no such file (name a CSV or JSON-lines file, or - for standard input)")
     if not config.exists():
         raise ConfigError(f"no topology config at {config} (run `dbscale up` first, or pass --config FILE)")
     topology = load_config(config)
-    kind = fmt or (InputFormat.jsonl if file.suffix.lower() in (".jsonl", ".ndjson", ".json") else InputFormat.csv)
+    kind = fmt or _format_of(file)
     if header and kind is InputFormat.jsonl:
         raise ConfigError("--header is for CSV files (JSON lines name their fields)")
     if reject_file is not None and on_error is OnError.stop:
         raise ConfigError("--reject-file needs --on-error skip")
+    if file == STDIN and on_error is OnError.skip and reject_file is None:
+        raise ConfigError("--on-error skip on standard input: name the reject file with --reject-file")
     rejects = reject_file or (file.with_name(file.name + ".rejects.jsonl") if on_error is OnError.skip else None)
     names = [c.strip() for c in columns.split(",")] if columns else None
-    with file.open("rb") as handle:
-        if handle.peek(3)[:3] == codecs.BOM_UTF8:  # a byte order mark (Excel's "CSV UTF-8" writes one): not data
-            handle.read(3)
+    with ExitStack() as opened:
+        handle, position, size = _open_input(file, opened)
+        _skip_byte_order_mark(handle)
         if header:
             first = handle.readline()
             names = names or [c.strip() for c in csv_fields(first)]
@@ -170,7 +213,7 @@ def load(
         bar: AbstractContextManager[Callable[[Progress], None] | bool]
         if progress is None:  # a bar redrawn into a log file or a pipe is noise: only on a terminal
             progress = sys.stderr.isatty()
-        bar = FileProgress(handle, file.stat().st_size, _stderr()) if progress else nullcontext(False)
+        bar = FileProgress(position, size, _stderr()) if progress else nullcontext(False)
         with _target(topology, Primaries) as cluster, bar as callback:
             try:
                 loader = BulkLoader(

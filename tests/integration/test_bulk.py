@@ -621,3 +621,54 @@ def test_table_names_are_read_as_sql_reads_them(cluster: Cluster) -> None:
     finally:
         with cluster.write() as conn:
             conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+
+
+def test_gzip_files_and_standard_input(
+    topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
+) -> None:
+    """``FILE.csv.gz`` / ``FILE.jsonl.gz`` are decompressed as they are read (the format from the name under
+    ``.gz``); ``-`` reads standard input, stops at a bad row like a file, and ``--resume`` with the input piped
+    again continues after exactly what is committed."""
+    import gzip
+
+    data = write_csv(tmp_path / "in.csv", 3_000)
+    (tmp_path / "in.csv.gz").write_bytes(gzip.compress(data.read_bytes()))
+    (tmp_path / "in.jsonl.gz").write_bytes(
+        gzip.compress(b'{"id": 3001, "name": "j", "qty": 1, "price": "2.50", "day": "2024-02-03"}\n')
+    )
+    for name in ("in.csv.gz", "in.jsonl.gz"):
+        done = load_cli(
+            topology_config_path, tmp_path / name, "--table", target, *(["--header"] if "csv" in name else [])
+        )
+        assert done.returncode == 0, done.stderr
+    assert counts(cluster, target) == (3_001, 3_001)
+
+    with cluster.write() as conn:
+        conn.execute(text(f"TRUNCATE {target}"))
+    lines = [csv_line(n) for n in range(1, 2_001)]
+    broken = [*lines[:1_500], "1501,x,oops,1.00,2024-01-01\n", *lines[1_501:]]
+
+    def piped(rows: list[str], *more: str) -> subprocess.CompletedProcess[str]:
+        command = [
+            DBSCALE,
+            "load",
+            "-",
+            "--table",
+            target,
+            "--batch-rows",
+            "500",
+            "--config",
+            str(topology_config_path),
+        ]
+        return subprocess.run(
+            [*command, "--no-progress", *more], input="".join(rows), capture_output=True, text=True, timeout=120
+        )
+
+    stopped = piped(broken)
+    assert stopped.returncode == 1 and "row 1501, column 'qty'" in stopped.stderr, stopped.stderr
+    assert counts(cluster, target) == (1_500, 1_500)
+    resumed = piped(lines, "--resume")
+    assert resumed.returncode == 0 and "skipped 1,500 rows" in resumed.stderr, resumed.stderr
+    assert counts(cluster, target) == (2_000, 2_000)
+    refused = piped(lines, "--on-error", "skip")
+    assert refused.returncode == 2 and "--reject-file" in refused.stderr
