@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import codecs
 import enum
+import os
+import stat
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 
@@ -47,8 +50,9 @@ STDIN = Path("-")
 
 
 def load_id(table: str, file: Path) -> str:
-    """The resume record's id for loading ``file`` into ``table`` (standard input has one id per table)."""
-    return f"load:{table}:{'<stdin>' if file == STDIN else file.resolve()}"
+    """The resume record's id for loading ``file`` into ``table`` (standard input has one id per table; a pipe
+    such as ``<(zcat …)`` is named as given, its target changes from run to run)."""
+    return f"load:{table}:{'<stdin>' if file == STDIN else file.resolve() if file.is_file() else file}"
 
 
 def _open_input(file: Path, stack: ExitStack) -> tuple[IO[bytes], Callable[[], int], int | None]:
@@ -58,13 +62,17 @@ def _open_input(file: Path, stack: ExitStack) -> tuple[IO[bytes], Callable[[], i
     if file == STDIN:
         return sys.stdin.buffer, lambda: 0, None
     raw = stack.enter_context(file.open("rb"))
+    regular = stat.S_ISREG(
+        os.fstat(raw.fileno()).st_mode
+    )  # not a pipe (`<(zcat …)`), whose size and offset mean nothing
+    position, size = (raw.tell, file.stat().st_size) if regular else ((lambda: 0), None)
     if file.suffix.lower() == ".gz":
         import gzip  # compressed input only
 
         unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
         stack.callback(unzipped.close)
-        return cast("IO[bytes]", unzipped), raw.tell, file.stat().st_size
-    return raw, raw.tell, file.stat().st_size
+        return cast("IO[bytes]", unzipped), position, size
+    return raw, position, size
 
 
 def _format_of(file: Path) -> InputFormat:
@@ -189,7 +197,7 @@ def load(
     from dbscale_launcher import resume_collection
 
     resume_collection()  # paused by the launcher for the start-up imports
-    if file != STDIN and not file.is_file():
+    if file != STDIN and not file.exists():
         raise ConfigError(f"{file}: no such file (name a CSV or JSON-lines file, or - for standard input)")
     if not config.exists():
         raise ConfigError(f"no topology config at {config} (run `dbscale up` first, or pass --config FILE)")
@@ -199,15 +207,19 @@ def load(
         raise ConfigError("--header is for CSV files (JSON lines name their fields)")
     if reject_file is not None and on_error is OnError.stop:
         raise ConfigError("--reject-file needs --on-error skip")
-    if file == STDIN and on_error is OnError.skip and reject_file is None:
-        raise ConfigError("--on-error skip on standard input: name the reject file with --reject-file")
+    piped = file == STDIN or not file.is_file()  # standard input, `<(zcat …)`: no place for a default reject file
+    if piped and on_error is OnError.skip and reject_file is None:
+        raise ConfigError(f"--on-error skip reading {file} (not a file): name the reject file with --reject-file")
     rejects = reject_file or (file.with_name(file.name + ".rejects.jsonl") if on_error is OnError.skip else None)
     names = [c.strip() for c in columns.split(",")] if columns else None
     with ExitStack() as opened:
-        handle, position, size = _open_input(file, opened)
-        _skip_byte_order_mark(handle)
+        try:
+            handle, position, size = _open_input(file, opened)
+            _skip_byte_order_mark(handle)
+            first = handle.readline() if header else b""
+        except _READ_ERRORS as exc:
+            _unreadable(file, exc, 0)
         if header:
-            first = handle.readline()
             names = names or [c.strip() for c in csv_fields(first)]
         rows: Any = csv_records(handle) if kind is InputFormat.csv else _jsonl_rows(handle)
         bar: AbstractContextManager[Callable[[Progress], None] | bool]
@@ -235,19 +247,34 @@ def load(
             try:
                 result = loader.run(rows)
             except KeyboardInterrupt:
-                committed = loader.progress.loaded
                 print(
-                    f"dbscale: interrupted after {committed:,} rows were committed in this run;"
+                    f"dbscale: interrupted after {loader.progress.loaded:,} rows were committed in this run;"
                     " run it again with --resume to continue after exactly what is committed",
                     file=sys.stderr,
                 )
                 raise typer.Exit(130) from None
+            except _READ_ERRORS as exc:
+                _unreadable(file, exc, loader.progress.loaded)
             except BadRowError as exc:
                 line = exc.row + (1 if header else 0)
                 hint = f" (line {line} of {file.name})" if kind is InputFormat.csv else ""
                 print(f"dbscale: error: {exc}{hint}", file=sys.stderr)
                 raise typer.Exit(1) from None
     _summary(result, table, rejects)
+
+
+#: What reading the input raises when it cannot go on (a missing permission, a truncated or corrupt .gz).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _unreadable(file: Path, exc: BaseException, committed: int) -> NoReturn:
+    """Stop the command: the input could not be read on (after ``committed`` rows of this run)."""
+    print(
+        f"dbscale: error: reading {file} failed ({exc}) after {committed:,} rows were committed in this run;"
+        " fix the input and run it again with --resume to continue after them",
+        file=sys.stderr,
+    )
+    raise typer.Exit(1) from None
 
 
 def _target(topology: TopologyConfig, primaries: type[Primaries]) -> Primaries | Cluster:
