@@ -101,9 +101,14 @@ def acquire(lock: threading.Lock, timeout: float) -> bool:
 
 
 async def aacquire(lock: asyncio.Lock, timeout: float) -> bool:
-    """Take ``lock`` within ``timeout`` seconds; False if it stayed held."""
+    """Take ``lock`` within ``timeout`` seconds; False if it stayed held.
+
+    ``asyncio.timeout``, not ``wait_for``: Python 3.11's ``wait_for`` swallows a cancellation that
+    arrives as the awaited call finishes, and the caller runs on as if never cancelled.
+    """
     try:
-        await asyncio.wait_for(lock.acquire(), timeout)
+        async with asyncio.timeout(timeout):
+            await lock.acquire()
     except TimeoutError:
         return False
     return True
@@ -115,9 +120,11 @@ def event_wait(event: threading.Event, timeout: float) -> bool:
 
 
 async def aevent_wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait until ``event`` is set or ``timeout`` seconds passed; whether it is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+    """Wait until ``event`` is set or ``timeout`` seconds passed; whether it is set (cancellable, as :func:`aacquire`)."""
+    if not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
     return event.is_set()
 
 
@@ -272,9 +279,9 @@ class Workers:
         done, _ = wait_futures(futures.values(), timeout=timeout)
         return {name: fut.result() for name, fut in futures.items() if fut in done}
 
-    def close(self) -> None:
-        """Stop taking calls; queued ones are cancelled, running ones finish in their threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Stop taking calls; queued ones are cancelled, running ones finish in their threads (waited for with ``wait``)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class AWorkers:
@@ -284,15 +291,19 @@ class AWorkers:
         self.name = name
 
     async def run(self, calls: Mapping[str, Callable[[], Awaitable[T]]], timeout: float) -> dict[str, T]:
-        """The results of the calls that finished within ``timeout``; late ones are cancelled (and unwound)."""
+        """The results of the calls that finished within ``timeout``; late ones are cancelled (and unwound).
+
+        Cancelled itself, it cancels every call and returns (raising) only once they have unwound.
+        """
         tasks = {name: asyncio.ensure_future(call()) for name, call in calls.items()}
         if not tasks:
             return {}
         try:
             done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
-        except BaseException:
+        except BaseException:  # the caller is cancelled: so are the calls, and it returns once they unwound
             for task in tasks.values():
                 task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
             raise
         for task in pending:
             task.cancel()
@@ -300,8 +311,8 @@ class AWorkers:
             await asyncio.gather(*pending, return_exceptions=True)
         return {name: task.result() for name, task in tasks.items() if task in done}
 
-    def close(self) -> None:
-        """Nothing to release (the tasks end with their round)."""
+    def close(self, wait: bool = False) -> None:
+        """Nothing to release or wait for: :meth:`run` returns, even cancelled, once its tasks ended."""
 
 
 __all__ = [

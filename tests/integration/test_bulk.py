@@ -526,12 +526,6 @@ def test_direct_lanes_open_one_connection_each_blocking_and_asyncio(
     assert counts(cluster, target) == (10_000, 10_000)
 
 
-@pytest.mark.xfail(
-    reason="known bug, not fixed yet: a cancelled bulk_load_async returns before its lane tasks have unwound"
-    " (AWorkers.run cancels them without awaiting), so a load run again at once can read the resume positions"
-    " before an in-flight batch commits and load that batch twice (duplicate key); seen in full-file runs",
-    strict=False,
-)
 @pytest.mark.parametrize("through", ["cluster", "direct"])
 def test_async_loads_cancelled_at_random_points_then_resumed_load_exactly_the_input(
     topology_config_path: Path, target: str, cluster: Cluster, through: str
@@ -581,6 +575,62 @@ def test_async_loads_cancelled_at_random_points_then_resumed_load_exactly_the_in
     assert sum(0 < n < total for n in committed) >= 3, committed  # cut off mid-load, after progress
     assert committed == sorted(committed) and last == total - committed[-1]
     assert counts(cluster, target) == (total, total)
+
+
+def test_a_blocking_load_interrupted_in_process_returns_after_its_lanes_ended_and_resumes_exactly(
+    cluster: Cluster, target: str
+) -> None:
+    """Ctrl-C reaches the calling thread, not the lanes: ``bulk_load`` raises KeyboardInterrupt only once
+    no lane thread can still commit, so the caller that catches it and loads again resumes exactly."""
+    import threading
+
+    rows = [(n, f"row {n}", n, None, None) for n in range(1, 60_001)]
+
+    def interrupt(progress: Any) -> None:
+        if progress.batches == 3:  # a lane's thread: Ctrl-C as the terminal sends it, to the main thread
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        bulk_load(cluster, target, rows, batch_rows=500, parallel=3, resume="ctrl-c", progress=interrupt)
+        time.sleep(30)  # had the load ended first, the interrupt lands here and the count below fails
+    lanes_left = [t.name for t in threading.enumerate() if t.name.startswith("dbscale-bulk")]
+    assert lanes_left == []
+    committed = counts(cluster, target)[0]
+    assert 0 < committed < 60_000
+    rest = bulk_load(cluster, target, rows, batch_rows=500, parallel=3, resume="ctrl-c", progress=False)
+    assert rest.loaded == 60_000 - committed
+    assert counts(cluster, target) == (60_000, 60_000)
+
+
+def test_a_resumed_load_waits_for_a_batch_whose_commit_is_still_in_flight(cluster: Cluster, target: str) -> None:
+    """A killed or cancelled loader's last batch can commit after its client is gone. A load resumed
+    meanwhile must not read the position before it (and load that batch again): it waits until the batch
+    has committed — or rolled back — and resumes after whatever landed."""
+    import threading
+
+    from dbscale.bulk.base import RECORD_PROGRESS
+
+    rows = [(n, f"row {n}", n, None, None) for n in range(1, 1_001)]
+    assert bulk_load(cluster, target, rows[:500], batch_rows=100, resume="late", progress=False).loaded == 500
+    with cluster.write() as conn:  # the lost client's batch 501–600, sent and not yet committed
+        raw = conn.connection.driver_connection
+        raw.execute(RECORD_PROGRESS, ["late", target, 600, 100, 0, 100, 1, "late"])
+        with raw.cursor().copy(f"COPY {target} (id, name, qty) FROM STDIN") as copy:
+            for n in range(501, 601):
+                copy.write_row((n, f"row {n}", n))
+        resumed: list[Any] = []
+        loader = threading.Thread(
+            target=lambda: resumed.append(
+                bulk_load(cluster, target, rows, batch_rows=100, resume="late", progress=False)
+            )
+        )
+        loader.start()
+        time.sleep(1.0)
+        assert loader.is_alive(), "the resumed load did not wait for the batch in flight"
+        assert counts(cluster, target) == (500, 500)
+    loader.join(60)  # the batch committed as the block ended
+    assert resumed and resumed[0].loaded == 400
+    assert counts(cluster, target) == (1_000, 1_000)
 
 
 def test_a_utf8_byte_order_mark_is_not_data(

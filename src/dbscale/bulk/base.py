@@ -31,13 +31,20 @@ CREATE_PROGRESS = (
     " position bigint NOT NULL, loaded bigint NOT NULL, rejected bigint NOT NULL,"
     " batch_rows integer NOT NULL, lanes integer NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
 )
+#: A load's batches hold its lock shared until they commit; reading its positions takes it exclusive, so a
+#: resumed load waits for a batch still in flight (a killed or cancelled client's COMMIT may land late: read
+#: before it, the position would be short and the batch loaded twice). Keyed by the load id without its lane.
+LOAD_LOCK_KEY = "hashtextextended('dbscale_bulk:' || %s, 0)"
+LOCK_LOAD = f"SELECT pg_advisory_xact_lock({LOAD_LOCK_KEY})"
 READ_PROGRESS = (
     f"SELECT load_id, target, position, batch_rows, lanes FROM {PROGRESS_TABLE}"
     " WHERE load_id = %s OR starts_with(load_id, %s)"
 )
 RECORD_PROGRESS = (
     f"INSERT INTO {PROGRESS_TABLE} AS p (load_id, target, position, loaded, rejected, batch_rows, lanes)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (load_id) DO UPDATE SET position = excluded.position,"
+    f" SELECT %s::text, %s::text, %s::bigint, %s::bigint, %s::bigint, %s::integer, %s::integer"
+    f" FROM pg_advisory_xact_lock_shared({LOAD_LOCK_KEY})"
+    " ON CONFLICT (load_id) DO UPDATE SET position = excluded.position,"
     " loaded = p.loaded + excluded.loaded, rejected = p.rejected + excluded.rejected, updated_at = now()"
 )
 FORGET_PROGRESS = f"DELETE FROM {PROGRESS_TABLE} WHERE load_id = %s OR starts_with(load_id, %s)"
@@ -216,6 +223,7 @@ __all__ = [
     "CREATE_PROGRESS",
     "FOREVER",
     "FORGET_PROGRESS",
+    "LOCK_LOAD",
     "PROGRESS_TABLE",
     "READ_PROGRESS",
     "RECORD_PROGRESS",

@@ -31,6 +31,7 @@ from dbscale.bulk.base import (
     CREATE_PROGRESS,
     FOREVER,
     FORGET_PROGRESS,
+    LOCK_LOAD,
     READ_PROGRESS,
     RECORD_PROGRESS,
     RELATION_SQL,
@@ -145,10 +146,19 @@ class Primaries:
 
     @contextmanager
     def transaction(self, target: str) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on ``target``'s connection (opened on first use), committed when the block ends."""
+        """One transaction on ``target``'s connection (opened on first use), committed when the block ends.
+
+        A connection the block left busy (cancelled mid-COPY: its rollback cannot be sent) is closed, and
+        the next transaction opens a new one.
+        """
         conn = self.connection(target)
-        with conn.transaction():
-            yield conn
+        try:
+            with conn.transaction():
+                yield conn
+        except BaseException:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.close()
+            raise
 
     def connection(self, target: str) -> psycopg.Connection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
@@ -270,7 +280,7 @@ class BulkLoader:
             ) from exc
         finally:
             self._halt(-1)  # a lane or the reader still running (an interrupt) ends after its batch
-            workers.close()
+            workers.close(wait=True)  # blocking lanes still loading (Ctrl-C) end with their batch
             self.rejects.close()
             close_callback(self.callback)
         self.progress.seconds = elapsed(self._start)
@@ -505,7 +515,7 @@ class BulkLoader:
     def _record_args(self, target: str, position: int, loaded: int, rejected: int) -> list[Any]:
         """The resume record of ``target``: the load id, plus ``#lane`` with parallel lanes."""
         load_id = f"{self.resume}{target[len(group_of(target)) :]}"
-        return [load_id, self.table, position, loaded, rejected, self.batch_rows, self.lanes]
+        return [load_id, self.table, position, loaded, rejected, self.batch_rows, self.lanes, self.resume]
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _describe(self, groups: list[str]) -> None:
@@ -552,6 +562,7 @@ class BulkLoader:
         for group in groups:
             with self._transaction(target_name(group, 0, self.lanes)) as pg:
                 pg.execute(CREATE_PROGRESS)
+                pg.execute(LOCK_LOAD, [self.resume])  # after every batch still in flight has ended
                 if self.restart:
                     pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
                 cur = pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
