@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_aevent_wait_cancelled_as_the_event_is_set_stays_cancelled() -> None:
         outcomes = []
         for _ in range(20):
             event = asyncio.Event()
-            ran_on = []
+            ran_on: list[bool] = []
 
             async def waiter(event: asyncio.Event = event, ran_on: list[bool] = ran_on) -> None:
                 await aevent_wait(event, 60)
@@ -73,7 +74,7 @@ def test_a_cancelled_aworkers_run_returns_after_its_calls_unwound() -> None:
     run again at once reads a resume position that is short and loads that batch twice."""
     unwound: list[str] = []
 
-    def call(name: str, cleanup: float) -> object:
+    def call(name: str, cleanup: float) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             try:
                 await asyncio.sleep(60)
@@ -85,7 +86,7 @@ def test_a_cancelled_aworkers_run_returns_after_its_calls_unwound() -> None:
 
     async def main() -> list[str]:
         workers = AWorkers(2, "test")
-        task = asyncio.create_task(workers.run({"a": call("a", 0.05), "b": call("b", 0.1)}, 60))  # type: ignore[dict-item]
+        task = asyncio.create_task(workers.run({"a": call("a", 0.05), "b": call("b", 0.1)}, 60))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -224,12 +224,26 @@ def wait_leader(members: Sequence[NodeInfo], rt: Runtime, timeout: float) -> Nod
         time.sleep(0.2)
 
 
+def published_state(node: NodeInfo) -> str | None:
+    """The state ``node`` has published in the DCS, as ``/cluster`` shows it to everyone (None if absent)."""
+    for m in cluster_view([node], 1.0).get("members", []):
+        if m.get("name") == node.name:
+            return str(m.get("state"))
+    return None
+
+
 def wait_member(node: NodeInfo, rt: Runtime, timeout: float) -> None:
-    """Wait until Patroni reports ``node`` running and its PostgreSQL accepts connections."""
+    """Wait until Patroni reports ``node`` running, in the DCS too, and its PostgreSQL accepts connections.
+
+    A member's own ``/patroni`` says running one HA loop before its key in etcd does, and
+    ``/cluster`` (what ``dbscale status`` and the other members see) reads the key.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
             state = get(node, "/patroni", 1.0).get("state")
+            if state == "running" and published_state(node) != "running":
+                state = "running (not yet published)"
         except OSError:
             state = None
         if state == "running":
