@@ -151,13 +151,16 @@ class AsyncPrimaries:
         the next transaction opens a new one.
         """
         conn = await self.connection(target)
+        await conn.execute("BEGIN")
         try:
-            async with conn.transaction():
-                yield conn
+            yield conn
         except BaseException:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                await conn.rollback()
+            except psycopg.Error:
                 await conn.close()
             raise
+        await conn.commit()
 
     async def connection(self, target: str) -> psycopg.AsyncConnection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""

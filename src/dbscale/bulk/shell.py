@@ -152,13 +152,16 @@ class Primaries:
         the next transaction opens a new one.
         """
         conn = self.connection(target)
+        conn.execute("BEGIN")
         try:
-            with conn.transaction():
-                yield conn
+            yield conn
         except BaseException:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.rollback()
+            except psycopg.Error:
                 conn.close()
             raise
+        conn.commit()
 
     def connection(self, target: str) -> psycopg.Connection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""

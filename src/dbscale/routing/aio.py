@@ -272,8 +272,11 @@ class AsyncGroupRouter(GroupRouterBase):
                 yield conn
             except BaseException as exc:
                 if conn.in_transaction():
-                    with suppress(sa_exc.SQLAlchemyError):
+                    try:
                         await conn.rollback()
+                    except sa_exc.SQLAlchemyError:  # busy (cancelled mid-COPY) or broken: not pooled again
+                        with suppress(sa_exc.SQLAlchemyError):
+                            await conn.invalidate()
                 mapped = self._write_failed(writer, target, exc, "the transaction")
                 if mapped is exc:
                     raise

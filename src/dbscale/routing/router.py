@@ -270,8 +270,11 @@ class GroupRouter(GroupRouterBase):
                 yield conn
             except BaseException as exc:
                 if conn.in_transaction():
-                    with suppress(sa_exc.SQLAlchemyError):
+                    try:
                         conn.rollback()
+                    except sa_exc.SQLAlchemyError:  # busy (cancelled mid-COPY) or broken: not pooled again
+                        with suppress(sa_exc.SQLAlchemyError):
+                            conn.invalidate()
                 mapped = self._write_failed(writer, target, exc, "the transaction")
                 if mapped is exc:
                     raise
