@@ -637,6 +637,37 @@ def test_a_resumed_load_waits_for_a_batch_whose_commit_is_still_in_flight(cluste
     assert counts(cluster, target) == (1_000, 1_000)
 
 
+@pytest.mark.parametrize("through", ["cluster", "direct"])
+def test_a_batch_left_open_by_a_vanished_client_is_named_not_waited_for_forever(
+    topology_config_path: Path, cluster: Cluster, target: str, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """A client cut off by the network leaves its batch's transaction open until the server notices (hours
+    with default keepalives): the resumed load waits ``resume_wait``, then names the backend and how to end
+    it, instead of hanging with no word."""
+    from dbscale.bulk.base import RECORD_PROGRESS
+    from dbscale.bulk.shell import Primaries
+    from dbscale.config import load_config
+
+    monkeypatch.setattr(BulkLoader, "resume_wait", "1s")
+    load_id = f"gone-{target}"
+    rows = [(n, f"row {n}", n, None, None) for n in range(1, 201)]
+    assert bulk_load(cluster, target, rows[:100], batch_rows=100, resume=load_id, progress=False).loaded == 100
+    with cluster.write() as conn:  # the vanished client's batch
+        raw = conn.connection.driver_connection
+        raw.execute(RECORD_PROGRESS, [load_id, target, 200, 100, 0, 100, 1, load_id])
+        backend = (raw.execute("SELECT pg_backend_pid()").fetchone() or [0])[0]  # PgBouncer's pid is not it
+        with Primaries(load_config(topology_config_path)) as direct:
+            loader: Any = direct if through == "direct" else cluster
+            with pytest.raises(dbscale.BulkLoadError) as caught:
+                bulk_load(loader, target, rows, batch_rows=100, resume=load_id, progress=False)
+        message = str(caught.value)
+        assert "still open on group 'main' after 1s" in message
+        assert f"SELECT pg_terminate_backend({backend})" in message, message
+        raw.rollback()  # the batch never lands: the resumed load loads it
+    assert bulk_load(cluster, target, rows, batch_rows=100, resume=load_id, progress=False).loaded == 100
+    assert counts(cluster, target) == (200, 200)
+
+
 def test_a_utf8_byte_order_mark_is_not_data(
     topology_config_path: Path, cluster: Cluster, target: str, tmp_path: Path
 ) -> None:

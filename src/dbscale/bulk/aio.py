@@ -30,6 +30,8 @@ from dbscale.bulk.base import (
     CREATE_PROGRESS,
     FOREVER,
     FORGET_PROGRESS,
+    LIMIT_LOCK_WAIT,
+    LOAD_LOCK_HOLDERS,
     LOCK_LOAD,
     READ_PROGRESS,
     RECORD_PROGRESS,
@@ -43,6 +45,7 @@ from dbscale.bulk.base import (
     copy_statement,
     dump_culprit,
     elapsed,
+    in_flight_error,
     is_row_error,
     progress_callback,
     rejected_from,
@@ -201,6 +204,9 @@ class AsyncPrimaries:
 
 class AsyncBulkLoader:
     """One load of ``rows`` into ``table`` (see :func:`bulk_load_async` for the parameters)."""
+
+    #: How long a resumed load waits for a batch of its load still open (a dead client's) before naming it.
+    resume_wait = "30s"
 
     def __init__(
         self,
@@ -566,13 +572,20 @@ class AsyncBulkLoader:
         """
         positions: dict[str, int] = {}
         for group in groups:
-            async with self._transaction(target_name(group, 0, self.lanes)) as pg:
-                await pg.execute(CREATE_PROGRESS)
-                await pg.execute(LOCK_LOAD, [self.resume])  # after every batch still in flight has ended
-                if self.restart:
-                    await pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
-                cur = await pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
-                found = await cur.fetchall()
+            target = target_name(group, 0, self.lanes)
+            try:
+                async with self._transaction(target) as pg:
+                    await pg.execute(CREATE_PROGRESS)
+                    await pg.execute(LIMIT_LOCK_WAIT, [self.resume_wait])
+                    await pg.execute(LOCK_LOAD, [self.resume])  # after every batch still in flight has ended
+                    if self.restart:
+                        await pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
+                    cur = await pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
+                    found = await cur.fetchall()
+            except psycopg.errors.LockNotAvailable:
+                async with self._transaction(target) as pg:
+                    holders = await (await pg.execute(LOAD_LOCK_HOLDERS, [self.resume])).fetchall()
+                raise in_flight_error(str(self.resume), group, self.resume_wait, holders) from None
             for load_id, table, position, batch_rows, lanes in found:
                 if table != self.table:
                     raise BulkLoadError(

@@ -36,6 +36,16 @@ CREATE_PROGRESS = (
 #: before it, the position would be short and the batch loaded twice). Keyed by the load id without its lane.
 LOAD_LOCK_KEY = "hashtextextended('dbscale_bulk:' || %s, 0)"
 LOCK_LOAD = f"SELECT pg_advisory_xact_lock({LOAD_LOCK_KEY})"
+#: How long the wait for that lock may take (``lock_timeout``, this transaction only) before the load names the
+#: backend holding it: a client gone without the server noticing (a network cut) leaves it open for hours.
+LIMIT_LOCK_WAIT = "SELECT set_config('lock_timeout', %s, true)"
+#: The backends holding a load's lock: pid, state, seconds since their transaction began.
+LOAD_LOCK_HOLDERS = (
+    "SELECT a.pid, a.state, coalesce(round(extract(epoch FROM now() - a.xact_start))::int, 0)"
+    " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    f" AND ((l.classid::bigint << 32) | l.objid::bigint) = {LOAD_LOCK_KEY} ORDER BY a.pid"
+)
 READ_PROGRESS = (
     f"SELECT load_id, target, position, batch_rows, lanes FROM {PROGRESS_TABLE}"
     " WHERE load_id = %s OR starts_with(load_id, %s)"
@@ -58,6 +68,21 @@ COLUMNS_SQL = (
     " ORDER BY attnum"
 )
 FOREVER = 1e9  # a deadline for the lanes and the reader that nothing reaches
+
+
+def in_flight_error(resume: str, group: str, wait: str, holders: Sequence[tuple[int, str, int]]) -> BulkLoadError:
+    """The error of a resumed load that waited ``wait`` for batches of its load still open on ``group``."""
+    held = "; ".join(f"backend {pid}: {state}, its transaction open {secs} s" for pid, state, secs in holders)
+    ends = " or ".join(f"SELECT pg_terminate_backend({pid})" for pid, _, _ in holders)
+    return BulkLoadError(
+        f"resume id {resume!r}: a batch of this load is still open on group {group!r} after {wait}"
+        f" ({held or 'it ended meanwhile'}); its client may be gone without the server noticing."
+        + (
+            f" Wait and run again, or end it with {ends} and run again (its batch rolls back and is loaded again)"
+            if holders
+            else " Run again"
+        )
+    )
 
 
 def copy_statement(relation: str, columns: Sequence[str], fmt: str) -> sql.Composed:
@@ -223,6 +248,8 @@ __all__ = [
     "CREATE_PROGRESS",
     "FOREVER",
     "FORGET_PROGRESS",
+    "LIMIT_LOCK_WAIT",
+    "LOAD_LOCK_HOLDERS",
     "LOCK_LOAD",
     "PROGRESS_TABLE",
     "READ_PROGRESS",
@@ -236,6 +263,7 @@ __all__ = [
     "copy_statement",
     "dump_culprit",
     "elapsed",
+    "in_flight_error",
     "is_row_error",
     "progress_callback",
     "rejected_from",

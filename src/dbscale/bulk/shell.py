@@ -31,6 +31,8 @@ from dbscale.bulk.base import (
     CREATE_PROGRESS,
     FOREVER,
     FORGET_PROGRESS,
+    LIMIT_LOCK_WAIT,
+    LOAD_LOCK_HOLDERS,
     LOCK_LOAD,
     READ_PROGRESS,
     RECORD_PROGRESS,
@@ -44,6 +46,7 @@ from dbscale.bulk.base import (
     copy_statement,
     dump_culprit,
     elapsed,
+    in_flight_error,
     is_row_error,
     progress_callback,
     rejected_from,
@@ -200,6 +203,9 @@ class Primaries:
 
 class BulkLoader:
     """One load of ``rows`` into ``table`` (see :func:`bulk_load` for the parameters)."""
+
+    #: How long a resumed load waits for a batch of its load still open (a dead client's) before naming it.
+    resume_wait = "30s"
 
     def __init__(
         self,
@@ -563,13 +569,20 @@ class BulkLoader:
         """
         positions: dict[str, int] = {}
         for group in groups:
-            with self._transaction(target_name(group, 0, self.lanes)) as pg:
-                pg.execute(CREATE_PROGRESS)
-                pg.execute(LOCK_LOAD, [self.resume])  # after every batch still in flight has ended
-                if self.restart:
-                    pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
-                cur = pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
-                found = cur.fetchall()
+            target = target_name(group, 0, self.lanes)
+            try:
+                with self._transaction(target) as pg:
+                    pg.execute(CREATE_PROGRESS)
+                    pg.execute(LIMIT_LOCK_WAIT, [self.resume_wait])
+                    pg.execute(LOCK_LOAD, [self.resume])  # after every batch still in flight has ended
+                    if self.restart:
+                        pg.execute(FORGET_PROGRESS, [self.resume, f"{self.resume}#"])
+                    cur = pg.execute(READ_PROGRESS, [self.resume, f"{self.resume}#"])
+                    found = cur.fetchall()
+            except psycopg.errors.LockNotAvailable:
+                with self._transaction(target) as pg:
+                    holders = pg.execute(LOAD_LOCK_HOLDERS, [self.resume]).fetchall()
+                raise in_flight_error(str(self.resume), group, self.resume_wait, holders) from None
             for load_id, table, position, batch_rows, lanes in found:
                 if table != self.table:
                     raise BulkLoadError(
