@@ -154,16 +154,20 @@ class AsyncPrimaries:
         the next transaction opens a new one.
         """
         conn = await self.connection(target)
-        await conn.execute("BEGIN")
         try:
+            await conn.execute("BEGIN")
             yield conn
         except BaseException:
-            try:
+            with suppress(psycopg.Error):
                 await conn.rollback()
-            except psycopg.Error:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.close()
             raise
-        await conn.commit()
+        try:
+            await conn.commit()
+        finally:  # a COMMIT interrupted before its answer leaves the connection in no state to reuse
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.close()
 
     async def connection(self, target: str) -> psycopg.AsyncConnection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""

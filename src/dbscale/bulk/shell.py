@@ -155,16 +155,20 @@ class Primaries:
         the next transaction opens a new one.
         """
         conn = self.connection(target)
-        conn.execute("BEGIN")
         try:
+            conn.execute("BEGIN")
             yield conn
         except BaseException:
-            try:
+            with suppress(psycopg.Error):
                 conn.rollback()
-            except psycopg.Error:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.close()
             raise
-        conn.commit()
+        try:
+            conn.commit()
+        finally:  # a COMMIT interrupted before its answer leaves the connection in no state to reuse
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.close()
 
     def connection(self, target: str) -> psycopg.Connection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
