@@ -30,6 +30,7 @@ from dbscale.errors import (  # no I/O imports: cheap, and needed to catch error
     NoReplicaAvailable,
     PrimaryUnavailable,
     ProjectionError,
+    ReplicationTimeout,
     SerializationError,
 )
 
@@ -110,6 +111,7 @@ __all__ = [
     "PrimaryUnavailable",
     "ProjectionError",
     "ReadConnection",
+    "ReplicationTimeout",
     "SerializationError",
     "TopologyConfig",
     "__version__",

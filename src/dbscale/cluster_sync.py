@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from dbscale._compat import Workers
 from dbscale.cluster_base import _NO_KEY, ClusterBase, renew_pool
 from dbscale.config import TopologyConfig, sqlalchemy_url
+from dbscale.errors import ConfigError
 from dbscale.forks import inherit
 from dbscale.routing.park import ParkingPool
 from dbscale.routing.router import GroupRouter, ReadConnection
@@ -117,6 +118,20 @@ class Cluster(ClusterBase):
         """Run one health-check round now (every group, or ``group``), in the calling thread."""
         for name in [group] if group else list(self.config.groups):
             self.router(name).monitor.run_round()
+
+    def wait_replicated(self, group: str | None = None, *, timeout: float = 30.0) -> list[str]:
+        """Wait until every replica of ``group`` (default: the default group) that serves reads has replayed
+        everything its writer had flushed when this was called (every commit made before the call, but an
+        asynchronous one, ``synchronous_commit = off``, the WAL writer has not flushed yet); return those replicas' names.
+
+        For after a bulk load or a migration, before traffic that reads from replicas: a causal token
+        (``read(after=...)``) makes one reader see one write, this makes every replica see all of them.
+        Replicas that are down or banned serve no reads and are not waited for. Raises
+        :class:`~dbscale.ReplicationTimeout` naming each replica still behind after ``timeout`` seconds.
+        """
+        if not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r}: give the seconds to wait, above 0 (e.g. 30)")
+        return self.router(group).wait_replicated(timeout)
 
     def routing_status(self) -> list[dict[str, Any]]:
         """Per node: group, role, health, lag, reads, writes, bans (runs a check round if none ran)."""

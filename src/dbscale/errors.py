@@ -50,6 +50,14 @@ class NoReplicaAvailable(NodeUnavailable):
     """
 
 
+class ReplicationTimeout(DbscaleError, TimeoutError):
+    """``wait_replicated()`` ran out of time: a replica had not replayed the writer's position yet.
+
+    The message names each replica behind and by how many bytes; check whether its replay is paused
+    (``pg_is_wal_replay_paused()``) or slow (``dbscale status``), or wait longer.
+    """
+
+
 class PoolTimeout(NodeUnavailable):
     """No pooled connection to a node became free within ``pool_timeout``; raise the pool size or find the leak."""
 
@@ -246,6 +254,7 @@ __all__ = [
     "PoolTimeout",
     "PrimaryUnavailable",
     "ProjectionError",
+    "ReplicationTimeout",
     "SerializationError",
     "ShardingError",
     "UnsupportedKeyError",

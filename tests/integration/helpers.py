@@ -7,7 +7,6 @@ import functools
 import inspect
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -23,15 +22,9 @@ from dbscale.cache import AsyncCache, Cache
 
 
 def wait_replicated(cluster: Cluster, timeout: float = 10.0) -> None:
-    """Until every replica of the default group has replayed everything its primary wrote (router's view)."""
-    router = cluster.router()
-    deadline = time.monotonic() + timeout
-    while True:
-        cluster.refresh()
-        if all(router.state.views[r].lag_bytes == 0 for r in router.settings.replicas):
-            return
-        assert time.monotonic() < deadline, "replicas did not catch up"
-        time.sleep(0.05)
+    """Until every replica of the default group has replayed everything its primary wrote."""
+    cluster.refresh()  # a replica a test just restarted is seen as up again
+    cluster.wait_replicated(timeout=timeout)
 
 
 @contextmanager

@@ -374,3 +374,28 @@ def test_first_round_with_caught_up_or_unreachable_replicas_needs_no_confirmatio
     assert not core.needs_confirmation(healthy())
     down = apply_round(GroupState.initial(S), {"p": PRIMARY, "r1": replica(), "r2": OSError("refused")}, S, 1.0)
     assert not core.needs_confirmation(down)
+
+
+def test_wait_replicated_waits_for_lagging_replicas_not_for_down_or_banned_ones() -> None:
+    from dbscale.routing.bans import BanState
+    from dbscale.routing.core import NodeView, replicas_serving
+
+    views = {
+        "p": NodeView("p", role="primary", reachable=True),
+        "lagging": NodeView("lagging", role="replica", reachable=True, lag_seconds=900.0),
+        "down": NodeView("down", role="replica", reachable=False),
+        "banned": NodeView("banned", role="replica", reachable=True, ban=BanState(strikes=1, until=200.0)),
+        "unchecked": NodeView("unchecked"),
+    }
+    state = GroupState(views, "p")
+    assert replicas_serving(state, now=100.0) == ["lagging"]
+    assert replicas_serving(state, now=300.0) == ["lagging", "banned"]
+
+
+def test_replication_timeout_names_only_the_replicas_short_of_the_position() -> None:
+    from dbscale.routing.core import replication_behind
+
+    message = replication_behind("main", 0x3000100, {"r1": 0x3000100, "r2": 0x3000000}, 1.5)
+    assert "r2 replayed 0/3000000 (256 bytes short)" in message
+    assert "r1" not in message
+    assert "0/3000100 within 1.5s" in message

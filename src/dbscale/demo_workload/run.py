@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dbscale.demo_workload.layers import LAYERS, Edge, RedisL2, Replicas, Stack,
 from dbscale.demo_workload.report import results_table, speedup, write_report
 from dbscale.demo_workload.runner import Result, run_cell
 from dbscale.demo_workload.ycsb import WORKLOADS, ScrambledZipfian
+from dbscale.errors import ReplicationTimeout
 from dbscale.integrations.edge import EdgePolicy
 from dbscale.local import LocalTopology, nginx
 from dbscale.local.ports import free_ports
@@ -36,15 +38,8 @@ class WorkloadOutcome:
 
 
 def _wait_replicated(cluster: Cluster, timeout: float = 120.0) -> None:
-    router = cluster.router()
-    deadline = time.monotonic() + timeout
-    while True:
-        cluster.refresh()
-        if all(router.state.views[r].lag_bytes == 0 for r in router.settings.replicas):
-            return
-        if time.monotonic() > deadline:
-            return  # the routing is lag-aware anyway: reads go to the primary meanwhile
-        time.sleep(0.1)
+    with suppress(ReplicationTimeout):  # the routing is lag-aware anyway: reads go to the primary meanwhile
+        cluster.wait_replicated(timeout=timeout)
 
 
 def check(results: list[Result]) -> list[str]:

@@ -29,10 +29,10 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable, ReplicationTimeout
 from dbscale.forks import inherit
 from dbscale.routing.context import CommitHooks, arun_hooks
-from dbscale.routing.core import ReadPlan, primary_down
+from dbscale.routing.core import ReadPlan, primary_down, replicas_serving, replication_behind
 from dbscale.routing.errors import (
     PoolTimeout,
     describe,
@@ -51,6 +51,9 @@ from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+#: What a replica can be waited for: WAL reaches it only once flushed, and an inserted record that no
+#: commit flushes (a checkpointer's or bgwriter's) may sit unflushed, and unsent, for a long time.
+FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 #: Sent as one message at the end of a write (see ``AsyncGroupRouter._commit``).
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
@@ -176,6 +179,41 @@ class AsyncGroupRouter(GroupRouterBase):
         if seen == first:
             self.note_stalled(node, seen)
         return False
+
+    async def wait_replicated(self, timeout: float) -> list[str]:
+        """Wait until every replica serving reads has replayed what the writer had flushed when called; those replicas.
+
+        See :meth:`dbscale.AsyncCluster.wait_replicated`.
+        """
+        await self.ensure_started()
+        deadline = self.clock() + timeout
+        writer = await self.await_writer(deadline)
+        conn = await self.connect(writer)
+        try:
+            wanted = parse_lsn(str((await conn.exec_driver_sql(FLUSH_LSN_SQL)).scalar()))
+        finally:
+            await asyncio.shield(conn.close())
+        replayed: dict[str, int] = {}
+        for node in replicas_serving(self.state, self.clock()):
+            try:
+                conn = await self.connect(node, read_only=True)
+                try:
+                    step = 0.001
+                    while (seen := await self.replay_lsn(conn)) < wanted and self.clock() < deadline:
+                        await conn.rollback()
+                        await asyncio.sleep(min(step, max(0.0, deadline - self.clock())))
+                        step = min(step * 2, 0.05)
+                finally:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        await asyncio.shield(conn.close())
+            except (sa_exc.DBAPIError, NodeUnavailable) as exc:  # gone since its last check: banned, serves nothing
+                self.note_failure(node, describe(exc))
+                continue
+            self.note_replay(node, seen)
+            replayed[node] = seen
+        if any(lsn < wanted for lsn in replayed.values()):
+            raise ReplicationTimeout(replication_behind(self.name, wanted, replayed, timeout))
+        return list(replayed)
 
     # -- reads ------------------------------------------------------------------------------------
     def read(self, mark: Mark | None, *, snapshot: bool = False) -> AsyncReadConnection:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from dbscale.names import Fallback, ObservedRole
 from dbscale.routing.balance import Policy, choose
 from dbscale.routing.bans import BanPolicy, BanState
-from dbscale.routing.lsn import WAL_PAGE, Mark, parse_lsn, record_boundary
+from dbscale.routing.lsn import WAL_PAGE, Mark, format_lsn, parse_lsn, record_boundary
 from dbscale.units import ReadYourWrites
 
 Role = ObservedRole
@@ -420,6 +420,30 @@ def refusal(state: GroupState, names: Sequence[str]) -> str | None:
     return None
 
 
+def replicas_serving(state: GroupState, now: float) -> list[str]:
+    """The replicas ``wait_replicated`` waits for: every one that can serve reads now or soon, lagging or not.
+
+    A replica that is unreachable or banned serves nothing until a health check readmits it (and its
+    lag is checked then, as for any replica); one beyond ``max_lag`` is waited for, since the wait is
+    what brings it back within.
+    """
+    return [n for n, v in state.views.items() if v.role == "replica" and v.reachable and v.ban.usable(now)]
+
+
+def replication_behind(group: str, wanted: int, replayed: Mapping[str, int], timeout: float) -> str:
+    """The ``ReplicationTimeout`` message: which replicas are short of ``wanted``, by how much."""
+    behind = ", ".join(
+        f"{name} replayed {format_lsn(lsn)} ({wanted - lsn:,} bytes short)"
+        for name, lsn in replayed.items()
+        if lsn < wanted
+    )
+    return (
+        f"group {group!r}: not every replica replayed the writer's {format_lsn(wanted)} within {timeout:g}s: {behind};"
+        " is its replay paused (pg_is_wal_replay_paused()) or slow (dbscale status)? Wait longer, or read with a"
+        " causal token (cluster.read(after=...)) instead"
+    )
+
+
 def primary_down(state: GroupState, settings: Settings) -> str:
     """Why no writer is known, for error messages: 'the primary is down (main-primary: ...)'."""
     view = state.views[settings.primary]
@@ -478,5 +502,7 @@ __all__ = [
     "replayed_everything_received",
     "replica_lag",
     "replica_ok",
+    "replicas_serving",
+    "replication_behind",
     "write_target",
 ]

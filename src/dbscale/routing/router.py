@@ -27,10 +27,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.pool import PoolProxiedConnection
 
-from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable
+from dbscale.errors import NodeUnavailable, NoReplicaAvailable, PrimaryUnavailable, ReplicationTimeout
 from dbscale.forks import inherit
 from dbscale.routing.context import CommitHooks, run_hooks
-from dbscale.routing.core import ReadPlan, primary_down
+from dbscale.routing.core import ReadPlan, primary_down, replicas_serving, replication_behind
 from dbscale.routing.errors import (
     PoolTimeout,
     describe,
@@ -49,6 +49,9 @@ from dbscale.routing.quick import checkin_idle, checkout_without_io
 
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 INSERT_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+#: What a replica can be waited for: WAL reaches it only once flushed, and an inserted record that no
+#: commit flushes (a checkpointer's or bgwriter's) may sit unflushed, and unsent, for a long time.
+FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 #: Sent as one message at the end of a write (see ``GroupRouter._commit``).
 COMMIT_SQL = f"SELECT pg_current_xact_id_if_assigned() IS NOT NULL; COMMIT; {INSERT_LSN_SQL}"
 READY_SQL = "SELECT 1"
@@ -174,6 +177,41 @@ class GroupRouter(GroupRouterBase):
         if seen == first:
             self.note_stalled(node, seen)
         return False
+
+    def wait_replicated(self, timeout: float) -> list[str]:
+        """Wait until every replica serving reads has replayed what the writer had flushed when called; those replicas.
+
+        See :meth:`dbscale.Cluster.wait_replicated`.
+        """
+        self.ensure_started()
+        deadline = self.clock() + timeout
+        writer = self.await_writer(deadline)
+        conn = self.connect(writer)
+        try:
+            wanted = parse_lsn(str(conn.exec_driver_sql(FLUSH_LSN_SQL).scalar()))
+        finally:
+            conn.close()
+        replayed: dict[str, int] = {}
+        for node in replicas_serving(self.state, self.clock()):
+            try:
+                conn = self.connect(node, read_only=True)
+                try:
+                    step = 0.001
+                    while (seen := self.replay_lsn(conn)) < wanted and self.clock() < deadline:
+                        conn.rollback()
+                        time.sleep(min(step, max(0.0, deadline - self.clock())))
+                        step = min(step * 2, 0.05)
+                finally:
+                    with suppress(sa_exc.SQLAlchemyError):
+                        conn.close()
+            except (sa_exc.DBAPIError, NodeUnavailable) as exc:  # gone since its last check: banned, serves nothing
+                self.note_failure(node, describe(exc))
+                continue
+            self.note_replay(node, seen)
+            replayed[node] = seen
+        if any(lsn < wanted for lsn in replayed.values()):
+            raise ReplicationTimeout(replication_behind(self.name, wanted, replayed, timeout))
+        return list(replayed)
 
     # -- reads ------------------------------------------------------------------------------------
     def read(self, mark: Mark | None, *, snapshot: bool = False) -> ReadConnection:
