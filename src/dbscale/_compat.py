@@ -35,7 +35,7 @@ import inspect
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import AbstractContextManager, nullcontext
@@ -181,11 +181,14 @@ def _loader_name(func: Callable[..., Any]) -> str:
 
 
 class LoopLocal(Generic[T]):
-    """One ``make()`` for the process, made on first use (blocking code has no event loop to tell apart)."""
+    """One ``make()`` for the process, made on first use (blocking code has no event loop to tell apart).
+
+    ``close`` is for the asyncio flavour (the value lives as long as the process; its owner closes it).
+    """
 
     __slots__ = ("_lock", "_make", "_value")
 
-    def __init__(self, make: Callable[[], T]) -> None:
+    def __init__(self, make: Callable[[], T], close: Callable[[T], Any] | None = None) -> None:
         self._make = make
         self._value: T | None = None
         self._lock = threading.Lock()
@@ -212,13 +215,20 @@ class LoopLocal(Generic[T]):
 
 
 class ALoopLocal(Generic[T]):
-    """One ``make()`` per running event loop (an asyncio client belongs to the loop it first ran on)."""
+    """One ``make()`` per running event loop (an asyncio client belongs to the loop it first ran on).
 
-    __slots__ = ("_make", "_values")
+    With ``close``, a value still held when ``asyncio.run()`` (or an ``asyncio.Runner``) ends its loop
+    is closed by ``await close(value)`` on that loop before it stops — a blocking program that calls
+    ``asyncio.run()`` per request leaves no client's sockets to the garbage collector.
+    """
 
-    def __init__(self, make: Callable[[], T]) -> None:
+    __slots__ = ("_close", "_guards", "_make", "_values")
+
+    def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[None]] | None = None) -> None:
         self._make = make
+        self._close = close
         self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     def get(self) -> T:
         """The running loop's value, made now if there is none."""
@@ -226,7 +236,30 @@ class ALoopLocal(Generic[T]):
         value = self._values.get(loop)
         if value is None:
             value = self._values[loop] = self._make()
+            if self._close is not None:
+                self._guards[loop] = self._close_at_shutdown(loop, value, self._close)
         return value
+
+    def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, value: T, close: Callable[[T], Awaitable[None]]
+    ) -> Any:
+        """An async generator suspended on ``loop``: ``loop.shutdown_asyncgens()`` (run by ``asyncio.run``
+        and ``Runner.close``) finalises it while the loop still runs, and its ``finally`` closes ``value``."""
+        values, guards = self._values, self._guards  # their entries hold the loop: dropped here, or kept forever
+
+        async def guard() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                guards.pop(loop, None)
+                if values.get(loop) is value:  # not popped (and closed) by its owner meanwhile
+                    values.pop(loop, None)
+                    with contextlib.suppress(Exception):
+                        await close(value)
+
+        agen = guard()
+        step = asyncio.ensure_future(agen.__anext__())  # the first step registers it with the loop's asyncgen hooks
+        return agen, step  # held: the loop's weak set alone would let it be finalised (and the value closed) now
 
     def peek(self) -> T | None:
         """The running loop's value if it was made, else None (makes nothing)."""
@@ -238,6 +271,7 @@ class ALoopLocal(Generic[T]):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
+        self._guards.pop(loop, None)
         return self._values.pop(loop, None)
 
 

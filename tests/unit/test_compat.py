@@ -107,3 +107,29 @@ def test_workers_close_wait_waits_for_running_calls() -> None:
     assert workers.run({"slow": slow}, 0.01) == {}
     workers.close(wait=True)
     assert finished.is_set()
+
+
+def test_aloop_local_closes_each_loops_value_as_asyncio_run_ends_once() -> None:
+    from dbscale._compat import ALoopLocal
+
+    closed: list[int] = []
+    made = iter(range(100))
+
+    async def close(value: int) -> None:
+        await asyncio.sleep(0)  # the loop still runs
+        closed.append(value)
+
+    local: ALoopLocal[int] = ALoopLocal(lambda: next(made), close)
+
+    async def use() -> int:
+        return local.get() + local.get() * 0
+
+    async def use_and_pop() -> int | None:
+        local.get()
+        return local.pop()  # its owner closes it: not closed again when the loop ends
+
+    assert [asyncio.run(use()), asyncio.run(use())] == [0, 1]
+    assert closed == [0, 1]
+    assert asyncio.run(use_and_pop()) == 2
+    assert closed == [0, 1]
+    assert len(local._values) == len(local._guards) == 0

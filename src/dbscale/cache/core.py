@@ -53,6 +53,11 @@ _C = TypeVar("_C")
 _H = TypeVar("_H")
 
 
+def _close_client(client: Any) -> Any:
+    """``client.close()``: an asyncio L2 client's coroutine, awaited when its event loop ends (``ALoopLocal``)."""
+    return client.close()
+
+
 class Options:
     """Per-call (or per-decorated-function) settings, resolved against the config once."""
 
@@ -125,7 +130,9 @@ class CacheCore:
         _cores.add(self)
 
     # -- I/O pieces made on first use (Redis clients, the listener thread) ------------------------
-    def l2_clients(self, holder: Callable[[Callable[[], _C]], _H], client: Callable[..., _C]) -> _H:
+    def l2_clients(
+        self, holder: Callable[[Callable[[], _C], Callable[[_C], Any]], _H], client: Callable[..., _C]
+    ) -> _H:
         """The ``holder`` of this core's ``client`` L2 clients, shared by every front of the core.
 
         A front asks once, with its flavour's pair (``ALoopLocal`` and ``l2_cluster_async.make_l2``:
@@ -143,7 +150,7 @@ class CacheCore:
                         self.url, self.keys, timeout=self.config.redis_timeout, admin_timeout=self.admin_timeout
                     )
 
-                found = self._clients[client] = holder(make)
+                found = self._clients[client] = holder(make, _close_client)
         return found
 
     def sync_l2(self) -> RedisL2 | None:
