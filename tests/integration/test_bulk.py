@@ -203,6 +203,50 @@ def test_a_loader_killed_mid_load_then_resumed_loads_exactly_the_input(
     assert counts(cluster, target) == (rows, rows)
 
 
+@pytest.mark.parametrize("node", ["pgbouncer-main", "main-primary"])
+def test_the_endpoint_killed_mid_load_then_resumed_loads_exactly_the_input(
+    topology_config_path: Path, restore_topology: Any, target: str, tmp_path: Path, node: str
+) -> None:
+    """The node behind ``dbscale load`` dies mid-load (SIGKILL: PgBouncer, which its lanes write through, or
+    the primary itself, COMMITs in flight): the load stops with an error saying what this run committed;
+    once the node is back, ``--resume`` loads exactly the rest — no batch twice, none missing."""
+    import psycopg
+
+    rows = 200_000
+    data = write_csv(tmp_path / "big.csv", rows, header=False)
+    primary = restore_topology.url("main-primary")  # counted on the primary itself, not through the dying path
+
+    def committed() -> int:
+        with psycopg.connect(primary, connect_timeout=5) as conn:
+            return int((conn.execute(f"SELECT count(*) FROM {target}").fetchone() or [0])[0])
+
+    common = ["--table", target, "--batch-rows", "2000", "--parallel", "2", "--resume"]
+    loader = subprocess.Popen(
+        [DBSCALE, "load", str(data), *common, "--config", str(topology_config_path), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while committed() == 0 and time.monotonic() < deadline and loader.poll() is None:
+            time.sleep(0.01)
+        restore_topology.kill(node)
+        _, said = loader.communicate(timeout=120)
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+    assert loader.returncode == 1, said
+    assert "rows committed in this run" in said or "rows were committed in this run" in said, said
+    restore_topology.up()
+    before = committed()
+    assert 0 < before < rows, before
+    resumed = load_cli(topology_config_path, data, *common)
+    assert resumed.returncode == 0, resumed.stderr
+    with psycopg.connect(primary) as conn:
+        assert conn.execute(f"SELECT count(*), count(DISTINCT id) FROM {target}").fetchone() == (rows, rows)
+
+
 def test_library_loads_tuples_and_dicts_binary_and_names_a_bad_python_value(cluster: Cluster, target: str) -> None:
     day = datetime.date(2024, 5, 1)
     result = bulk_load(cluster, target, ((n, f"n{n}", n, None, day) for n in range(1, 2_001)), progress=False)

@@ -40,6 +40,7 @@ FOUNDATION = (
     "dbscale._compat",
     "dbscale._flow",
     "dbscale.forks",
+    "dbscale.readiness",
 )
 
 #: room prefix -> the rooms (prefixes) its modules may import, besides itself and FOUNDATION.
@@ -54,6 +55,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "dbscale.metrics": (),
     "dbscale.topology": (),
     "dbscale.pgbouncer": (),
+    "dbscale.readiness": (),  # whether a driver error means "not ready yet" (no SQLAlchemy: dbscale load uses it)
     "dbscale.engines": (),  # read-only views of Patroni and Redis Cluster (status, local topology)
     "dbscale.routing": (),
     "dbscale.cache": (),

@@ -71,3 +71,14 @@ def test_causal_scope_is_per_asyncio_task() -> None:
         return list(await asyncio.gather(request("main/0/10"), request(None), request("main/0/20")))
 
     assert asyncio.run(run()) == ["main/0/10", None, "main/0/20"]
+
+
+def test_not_ready_is_the_restarting_server_or_pgbouncer_waiting_to_log_in() -> None:
+    import psycopg
+
+    from dbscale.readiness import not_ready
+
+    assert not_ready(psycopg.errors.ProtocolViolation("server login has been failing, try again later"))
+    assert not_ready(psycopg.OperationalError("FATAL: the database system is starting up"))
+    assert not not_ready(psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"))
+    assert not not_ready(ValueError("server login has been failing"))  # not a driver error

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dbscale._compat import AEvent, ALock, AWorkers, aevent_wait
+from dbscale._compat import AEvent, ALock, AWorkers, aevent_wait, asleep
 from dbscale.bulk.base import (
     COLUMNS_SQL,
     CREATE_PROGRESS,
@@ -71,6 +71,7 @@ from dbscale.bulk.plan import (
 )
 from dbscale.config import libpq_conninfo, mask_url
 from dbscale.errors import BulkLoadError, PrimaryUnavailable
+from dbscale.readiness import not_ready
 
 if TYPE_CHECKING:
     from dbscale.cluster_aio import AsyncCluster
@@ -153,9 +154,8 @@ class AsyncPrimaries:
         A connection the block left busy (cancelled mid-COPY: its rollback cannot be sent) is closed, and
         the next transaction opens a new one.
         """
-        conn = await self.connection(target)
+        conn = await self._begin(target)
         try:
-            await conn.execute("BEGIN")
             yield conn
         except BaseException:
             with suppress(psycopg.Error):
@@ -168,6 +168,35 @@ class AsyncPrimaries:
         finally:  # a COMMIT interrupted before its answer leaves the connection in no state to reuse
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.close()
+
+    async def _begin(self, target: str) -> psycopg.AsyncConnection[Any]:
+        """``target``'s connection with a transaction begun; as ``cluster.write()`` does before your code runs, a
+        writer not ready yet (restarting, PgBouncer's ``server_login_retry``) or a connection that died while idle
+        is waited out within the group's ``write_timeout`` — nothing of the batch was sent yet."""
+        group = group_of(target)
+        deadline = time.monotonic() + self.config.group(group).write_timeout
+        while True:
+            try:
+                conn = await self.connection(target)
+            except PrimaryUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asleep(0.05)
+                continue
+            try:
+                await conn.execute("BEGIN")
+                return conn
+            except psycopg.Error as exc:
+                lost = conn.pgconn.status != psycopg.pq.ConnStatus.OK
+                await conn.close()  # the next try opens a new one
+                if not (lost or not_ready(exc)):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise PrimaryUnavailable(
+                        f"group {group!r}: its writer did not take a transaction within write_timeout"
+                        f" ({self.config.group(group).write_timeout:g}s): {' '.join(str(exc).split())}"
+                    ) from None
+                await asleep(0.05)
 
     async def connection(self, target: str) -> psycopg.AsyncConnection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
@@ -269,9 +298,12 @@ class AsyncBulkLoader:
         """
         self._start = time.perf_counter()
         groups = list(self.cluster.config.groups) if self._sharded() else [self.cluster.default_group()]
-        await self._describe(groups)
-        group_for = self._router()
-        positions = await self._positions(groups) if self.resume else {}
+        try:
+            await self._describe(groups)
+            group_for = self._router()
+            positions = await self._positions(groups) if self.resume else {}
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
         convert = self._check_raw if self.raw_csv else self._to_values
         width = None if self.raw_csv else len(self.columns)
         self._queues = {target_name(g, lane, self.lanes): _Queue() for g in groups for lane in range(self.lanes)}
@@ -288,10 +320,7 @@ class AsyncBulkLoader:
             if self._errors:
                 raise min(self._errors, key=lambda pair: pair[0])[1]
         except psycopg.Error as exc:  # not a row's fault: the statement, the server, the connection
-            raise BulkLoadError(
-                f"loading {self.table!r} failed: {str(exc).strip()} ({self.progress.loaded} rows committed in this run;"
-                " fix the cause and load again with the same resume id to continue after them)"
-            ) from exc
+            raise self._failed(exc) from exc
         finally:
             self._halt(-1)  # a lane or the reader still running (an interrupt) ends after its batch
             workers.close(wait=True)  # blocking lanes still loading (Ctrl-C) end with their batch
@@ -299,6 +328,13 @@ class AsyncBulkLoader:
             close_callback(self.callback)
         self.progress.seconds = elapsed(self._start)
         return self.progress
+
+    def _failed(self, exc: psycopg.Error) -> BulkLoadError:
+        """The load's error for one that is not a row's fault: the statement, the server, the connection."""
+        return BulkLoadError(
+            f"loading {self.table!r} failed: {' '.join(str(exc).split())} ({self.progress.loaded} rows committed in"
+            " this run; fix the cause and load again with the same resume id to continue after them)"
+        )
 
     def _reader(self, source: Iterator[Chunk]) -> Callable[[], Awaitable[None]]:
         async def read() -> None:
@@ -478,17 +514,24 @@ class AsyncBulkLoader:
                         RECORD_PROGRESS, self._record_args(target, batch.numbers[hi - 1], hi - lo, unrecorded)
                     )
                 cur = pg.cursor()
-                async with cur.copy(self._statement()) as copy:
-                    if self.raw_csv:
-                        await copy.write(csv_data(batch.values, lo, hi))
-                    else:
-                        if self.binary:
-                            copy.set_types(self.oids)
-                        for i in range(lo, hi):
-                            try:
-                                await copy.write_row(batch.values[i])
-                            except (TypeError, ValueError, psycopg.DataError) as exc:
-                                raise _DumpFailed(i, exc) from exc
+                try:
+                    async with cur.copy(self._statement()) as copy:
+                        if self.raw_csv:
+                            await copy.write(csv_data(batch.values, lo, hi))
+                        else:
+                            if self.binary:
+                                copy.set_types(self.oids)
+                            for i in range(lo, hi):
+                                try:
+                                    await copy.write_row(batch.values[i])
+                                except (TypeError, ValueError, psycopg.DataError) as exc:
+                                    raise _DumpFailed(i, exc) from exc
+                except ValueError as exc:
+                    if pg.pgconn.status == psycopg.pq.ConnStatus.OK:
+                        raise
+                    # psycopg 3.3 ends a COPY whose server died mid-way with "too many values to unpack"
+                    # (the server's error and the end of the stream read as two results): a lost connection
+                    raise psycopg.OperationalError(f"the connection was lost during COPY ({exc})") from exc
                 if after is not None:  # the lane before commits first; if it stopped, so does this one
                     await aevent_wait(after.done, FOREVER)
                     if not after.ok:

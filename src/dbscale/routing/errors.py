@@ -9,6 +9,7 @@ import psycopg
 from sqlalchemy import exc as sa_exc
 
 from dbscale.errors import InvalidCausalToken, PoolTimeout
+from dbscale.readiness import not_ready
 
 #: SQLSTATE classes/codes that mean "this connection or server is gone", not "this query is wrong".
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -35,12 +36,6 @@ _REFUSED = re.compile(
     r"database \"[^\"]*\" does not exist|no pg_hba\.conf entry|no such database|no such user",
     re.IGNORECASE,
 )
-#: The server is there but cannot take the session yet (or PgBouncer cannot reach it yet).
-_NOT_READY = re.compile(
-    r"server login has been failing|the database system is (starting up|shutting down|not yet accepting)|"
-    r"query_wait_timeout|pgbouncer cannot connect to server",
-    re.IGNORECASE,
-)
 _REFUSED_STATES = ("28000", "28P01", "3D000")
 
 FailureKind = Literal["refused", "not_ready", "connection", "other"]
@@ -65,7 +60,7 @@ def failure_kind(exc: BaseException) -> FailureKind:
             state is None and isinstance(orig, psycopg.OperationalError) and _REFUSED.search(text)
         ):
             return "refused"
-        if state == "57P03" or _NOT_READY.search(text):
+        if not_ready(orig):
             return "not_ready"
     return "connection" if is_connection_error(exc) else "other"
 

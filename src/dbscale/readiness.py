@@ -1,0 +1,28 @@
+"""Whether a driver error says the server cannot take a session *yet* — no SQLAlchemy to import.
+
+A restarting server answers ``57P03`` (the database system is starting up / shutting down); PgBouncer
+in front of it refuses with "server login has been failing" (its ``server_login_retry``) or times
+the client out. Both pass: the write paths wait them out within ``write_timeout``
+(:mod:`dbscale.routing.errors` for the routers, :class:`dbscale.bulk.aio.AsyncPrimaries` for
+``dbscale load``, which must start without SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+NOT_READY = re.compile(
+    r"server login has been failing|the database system is (starting up|shutting down|not yet accepting)|"
+    r"query_wait_timeout|pgbouncer cannot connect to server",
+    re.IGNORECASE,
+)
+
+
+def not_ready(exc: BaseException) -> bool:
+    """Whether ``exc`` (a psycopg error) says the server, or PgBouncer in front of it, is not ready yet."""
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate == "57P03" or NOT_READY.search(str(exc)) is not None)
+
+
+__all__ = ["NOT_READY", "not_ready"]
