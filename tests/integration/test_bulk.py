@@ -247,6 +247,22 @@ def test_the_endpoint_killed_mid_load_then_resumed_loads_exactly_the_input(
         assert conn.execute(f"SELECT count(*), count(DISTINCT id) FROM {target}").fetchone() == (rows, rows)
 
 
+def test_wrong_credentials_are_said_at_once_not_retried(
+    topology_config_path: Path, target: str, tmp_path: Path, local_topology: Any
+) -> None:
+    """A password the server refuses is an error at once (as ``cluster.write()`` raises AuthenticationFailed),
+    not a wait of ``write_timeout`` for a writer that will never accept it."""
+    config = tmp_path / "wrong.toml"
+    config.write_text(topology_config_path.read_text().replace(local_topology.password, "not-the-password"))
+    data = write_csv(tmp_path / "small.csv", 10, header=False)
+    started = time.monotonic()
+    said = load_cli(config, data, "--table", target)
+    assert said.returncode == 1, said.stderr
+    assert "refused the connection" in said.stderr and "retrying will not help" in said.stderr, said.stderr
+    assert "Traceback" not in said.stderr
+    assert time.monotonic() - started < 4.0  # write_timeout is 5 s
+
+
 def test_library_loads_tuples_and_dicts_binary_and_names_a_bad_python_value(cluster: Cluster, target: str) -> None:
     day = datetime.date(2024, 5, 1)
     result = bulk_load(cluster, target, ((n, f"n{n}", n, None, day) for n in range(1, 2_001)), progress=False)

@@ -71,8 +71,8 @@ from dbscale.bulk.plan import (
     to_values,
 )
 from dbscale.config import libpq_conninfo, mask_url
-from dbscale.errors import BulkLoadError, PrimaryUnavailable
-from dbscale.readiness import not_ready
+from dbscale.errors import AuthenticationFailed, BulkLoadError, PrimaryUnavailable
+from dbscale.readiness import not_ready, refused
 
 if TYPE_CHECKING:
     from dbscale.cluster_sync import Cluster
@@ -217,8 +217,14 @@ class Primaries:
             return psycopg.Connection.connect(libpq_conninfo(url), autocommit=True, connect_timeout=timeout, **options)
         except psycopg.OperationalError as exc:
             what = "PgBouncer" if bouncer else "primary"
+            why = " ".join(str(exc).split())
+            if refused(exc):  # as cluster.write(): at once, not retried within write_timeout
+                raise AuthenticationFailed(
+                    f"group {group!r}: its {what} {mask_url(url)} refused the connection: {why} — fix the user,"
+                    " password or database name in its URL (retrying will not help)"
+                ) from None
             raise PrimaryUnavailable(
-                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {' '.join(str(exc).split())}"
+                f"group {group!r}: connecting to its {what} {mask_url(url)} failed: {why}"
             ) from None
 
     def close(self) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import psycopg
 from sqlalchemy import exc as sa_exc
 
 from dbscale.errors import InvalidCausalToken, PoolTimeout
-from dbscale.readiness import not_ready
+from dbscale.readiness import not_ready, refused
 
 #: SQLSTATE classes/codes that mean "this connection or server is gone", not "this query is wrong".
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -29,15 +28,6 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.InterfaceError | OSError)
 
 
-#: Connect-time refusals (psycopg reports them with no SQLSTATE): wrong password, unknown role or
-#: database, no pg_hba entry — PostgreSQL's and PgBouncer's wordings.
-_REFUSED = re.compile(
-    r"authentication failed|no password supplied|role \"[^\"]*\" does not exist|"
-    r"database \"[^\"]*\" does not exist|no pg_hba\.conf entry|no such database|no such user",
-    re.IGNORECASE,
-)
-_REFUSED_STATES = ("28000", "28P01", "3D000")
-
 FailureKind = Literal["refused", "not_ready", "connection", "other"]
 
 
@@ -54,11 +44,7 @@ def failure_kind(exc: BaseException) -> FailureKind:
     """
     orig = _orig(exc)
     if isinstance(orig, psycopg.Error):
-        state = orig.sqlstate
-        text = str(orig)
-        if state in _REFUSED_STATES or (
-            state is None and isinstance(orig, psycopg.OperationalError) and _REFUSED.search(text)
-        ):
+        if refused(orig):
             return "refused"
         if not_ready(orig):
             return "not_ready"
