@@ -587,6 +587,35 @@ def test_direct_lanes_open_one_connection_each_blocking_and_asyncio(
     assert counts(cluster, target) == (10_000, 10_000)
 
 
+def test_a_lane_transaction_cancelled_before_begin_answers_leaves_no_open_transaction(
+    topology_config_path: Path,
+) -> None:
+    """Cancelled while its BEGIN is on the wire, a lane's transaction leaves its connection idle or closed —
+    never inside a transaction the next batch would run in."""
+    from dbscale.bulk.aio import AsyncPrimaries
+    from dbscale.config import load_config
+
+    async def main() -> list[str]:
+        states = []
+        async with AsyncPrimaries(load_config(topology_config_path)) as direct:
+            for _ in range(5):
+                conn = await direct.connection("main")
+
+                async def begin() -> None:
+                    async with direct.transaction("main"):
+                        await asyncio.sleep(60)
+
+                task = asyncio.create_task(begin())
+                await asyncio.sleep(0)  # the task ran to its first wait: BEGIN's answer
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                states.append("closed" if conn.closed else conn.info.transaction_status.name)
+        return states
+
+    assert set(asyncio.run(main())) <= {"IDLE", "closed"}
+
+
 @pytest.mark.parametrize("through", ["cluster", "direct"])
 def test_async_loads_cancelled_at_random_points_then_resumed_load_exactly_the_input(
     topology_config_path: Path, target: str, cluster: Cluster, through: str, caplog: pytest.LogCaptureFixture

@@ -158,16 +158,21 @@ class AsyncPrimaries:
         try:
             yield conn
         except BaseException:
-            with suppress(psycopg.Error):
-                await conn.rollback()
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await conn.close()
+            await self._abandon(conn)
             raise
         try:
             await conn.commit()
         finally:  # a COMMIT interrupted before its answer leaves the connection in no state to reuse
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.close()
+
+    @staticmethod
+    async def _abandon(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Roll back; close the connection if that left it anything but idle (busy, broken, cancelled mid-statement)."""
+        with suppress(psycopg.Error):
+            await conn.rollback()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.close()
 
     async def _begin(self, target: str) -> psycopg.AsyncConnection[Any]:
         """``target``'s connection with a transaction begun; as ``cluster.write()`` does before your code runs, a
@@ -196,7 +201,10 @@ class AsyncPrimaries:
                         f"group {group!r}: its writer did not take a transaction within write_timeout"
                         f" ({self.config.group(group).write_timeout:g}s): {' '.join(str(exc).split())}"
                     ) from None
-                await asleep(0.05)
+            except BaseException:  # cancelled (or interrupted) before BEGIN's answer: not left busy for the next one
+                await self._abandon(conn)
+                raise
+            await asleep(0.05)
 
     async def connection(self, target: str) -> psycopg.AsyncConnection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""

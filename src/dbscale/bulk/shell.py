@@ -159,16 +159,21 @@ class Primaries:
         try:
             yield conn
         except BaseException:
-            with suppress(psycopg.Error):
-                conn.rollback()
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.close()
+            self._abandon(conn)
             raise
         try:
             conn.commit()
         finally:  # a COMMIT interrupted before its answer leaves the connection in no state to reuse
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.close()
+
+    @staticmethod
+    def _abandon(conn: psycopg.Connection[Any]) -> None:
+        """Roll back; close the connection if that left it anything but idle (busy, broken, cancelled mid-statement)."""
+        with suppress(psycopg.Error):
+            conn.rollback()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
 
     def _begin(self, target: str) -> psycopg.Connection[Any]:
         """``target``'s connection with a transaction begun; as ``cluster.write()`` does before your code runs, a
@@ -197,7 +202,10 @@ class Primaries:
                         f"group {group!r}: its writer did not take a transaction within write_timeout"
                         f" ({self.config.group(group).write_timeout:g}s): {' '.join(str(exc).split())}"
                     ) from None
-                sleep(0.05)
+            except BaseException:  # cancelled (or interrupted) before BEGIN's answer: not left busy for the next one
+                self._abandon(conn)
+                raise
+            sleep(0.05)
 
     def connection(self, target: str) -> psycopg.Connection[Any]:
         """``target``'s connection, opened on first use (a lane opens it when it starts, before its first batch)."""
